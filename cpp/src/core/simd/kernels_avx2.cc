@@ -1,0 +1,25 @@
+// The avx2 kernel table: kernels.inc compiled with this level's flags (cpp/CMakeLists.txt).
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <immintrin.h>
+
+#include "core/simd/kernels.h"
+#include "sparseforge/core/config.h"
+
+namespace sparseforge {
+namespace simd {
+namespace {
+#define SF_SCALAR_FN static inline
+#include "sparseforge/core/dtype_scalar.inc"  // NOLINT(build/include): internal-linkage copy
+#undef SF_SCALAR_FN
+#define SF_LEVEL_NAME "avx2"
+#include "core/simd/kernels.inc"  // NOLINT(build/include)
+#undef SF_LEVEL_NAME
+}  // namespace
+
+extern const KernelTable kTableAVX2;
+const KernelTable kTableAVX2 = kTable;
+
+}  // namespace simd
+}  // namespace sparseforge
