@@ -1,0 +1,15 @@
+// Registration functions, one per area (python/bindings/bind_<area>.cc).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace sfpy {
+
+void register_errors(pybind11::module_& m);  // exception types and the C++ -> Python mapping
+void register_core(pybind11::module_& m);    // build info, SIMD level, threads, dtype casts
+void register_prune(pybind11::module_& m);   // masks, magnitude pruning, N:M checks
+
+// num_threads from Python: 0 means the default; negative is an error.
+int threads_arg(int num_threads);
+
+}  // namespace sfpy

@@ -1,0 +1,50 @@
+"""sparseforge: weight, activation and KV-cache sparsity for LLMs on the CPU.
+
+Arrays are numpy, row-major; a weight ``W`` has shape ``(out_features, in_features)``.
+Storage dtypes are float32, float16 and bfloat16 (``ml_dtypes.bfloat16``); compute is
+float32. N:M means *n kept* of every *m* consecutive weights along ``in_features``.
+
+Areas: :mod:`sparseforge.prune` (masks, magnitude and N:M pruning).
+"""
+
+from __future__ import annotations
+
+try:
+    from . import _core
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "sparseforge's compiled core (_core) is missing. Install the package with "
+        "`pip install .` from the source tree rather than importing python/sparseforge "
+        "directly."
+    ) from err
+
+from . import prune
+from ._base import (
+    DTypeError,
+    NumericalError,
+    build_info,
+    cast,
+    default_num_threads,
+    detected_simd_level,
+    set_simd_level,
+    simd_level,
+)
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "DTypeError",
+    "NumericalError",
+    "__version__",
+    "build_info",
+    "cast",
+    "default_num_threads",
+    "detected_simd_level",
+    "prune",
+    "set_simd_level",
+    "simd_level",
+]
+
+
+def __dir__() -> list[str]:
+    return __all__
