@@ -141,5 +141,35 @@ TEST(Simd, KeysCountsAndMasksEveryLevelAwkwardSizes) {
   }
 }
 
+// N:M ranks with heavy ties (keys from {0, 1, 2}) and random keys, every n for m = 4 and 8,
+// group counts that leave vector tails: every level equals the scalar table.
+TEST(Simd, NMKeepEveryLevelEveryN) {
+  const auto& ref = simd::kernels_for(0);
+  std::mt19937 rng(3);
+  for (int m : {4, 8}) {
+    for (size_t groups : {1, 2, 3, 4, 5, 7, 8, 9, 33, 100}) {
+      const size_t cols = groups * static_cast<size_t>(m);
+      for (int ties = 0; ties < 2; ++ties) {
+        std::vector<uint32_t> keys(cols);
+        for (auto& k : keys) k = ties ? rng() % 3 : rng() & 0x7FFFFFFFu;
+        for (int n = 1; n < m; ++n) {
+          std::vector<uint8_t> k0(cols), k1(cols);
+          (m == 4 ? ref.nm4_keep : ref.nm8_keep)(keys.data(), cols, n, k0.data());
+          for (size_t g = 0; g < cols; g += static_cast<size_t>(m)) {
+            int kept = 0;
+            for (int j = 0; j < m; ++j) kept += k0[g + j];
+            ASSERT_EQ(kept, n);
+          }
+          for (int level : levels_here()) {
+            const auto& kt = simd::kernels_for(level);
+            (m == 4 ? kt.nm4_keep : kt.nm8_keep)(keys.data(), cols, n, k1.data());
+            ASSERT_EQ(k0, k1) << kt.name << " " << n << ":" << m << " groups=" << groups;
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sparseforge

@@ -114,6 +114,9 @@ void require_ndim(const py::array& a, const char* name, py::ssize_t ndim) {
     fail(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array, got a " +
          std::to_string(a.ndim()) + "-D array of shape " + shape_str(a));
   }
+  if (a.size() == 0) {
+    fail(std::string(name) + ": expected a non-empty array, got shape " + shape_str(a));
+  }
 }
 
 }  // namespace

@@ -130,21 +130,7 @@ void KeySelector::prune_lowest(const uint32_t* keys, size_t n, size_t k, uint8_t
 
 namespace {
 
-// Rank of element i in its group by (key, index): the number of elements before it.
-// O(m^2) compares, branch-free; M fixed lets the compiler unroll the group.
-template <int M>
-void nm_keep_fixed(const uint32_t* keys, size_t cols, int n, uint8_t* keep) {
-  const int prune = M - n;
-  for (size_t g = 0; g < cols; g += M) {
-    const uint32_t* k = keys + g;
-    for (int i = 0; i < M; ++i) {
-      int rank = 0;
-      for (int j = 0; j < M; ++j) rank += (k[j] < k[i]) | ((k[j] == k[i]) & (j < i));
-      keep[g + i] = rank >= prune;
-    }
-  }
-}
-
+// Other m: nth_element per group on (key << 32 | index), which orders by (key, index).
 void nm_keep_generic(const uint32_t* keys, size_t cols, int n, int m, uint8_t* keep) {
   const int prune = m - n;
   uint64_t packed[64];
@@ -163,12 +149,10 @@ void nm_keep_generic(const uint32_t* keys, size_t cols, int n, int m, uint8_t* k
 void nm_keep_from_keys(const uint32_t* keys, size_t cols, int n, int m, uint8_t* keep) {
   SF_CHECK(m >= 2 && m <= 64 && n >= 1 && n < m && cols % static_cast<size_t>(m) == 0);
   switch (m) {
-    case 2:
-      return nm_keep_fixed<2>(keys, cols, n, keep);
     case 4:
-      return nm_keep_fixed<4>(keys, cols, n, keep);
+      return simd::kernels().nm4_keep(keys, cols, n, keep);
     case 8:
-      return nm_keep_fixed<8>(keys, cols, n, keep);
+      return simd::kernels().nm8_keep(keys, cols, n, keep);
     default:
       return nm_keep_generic(keys, cols, n, m, keep);
   }

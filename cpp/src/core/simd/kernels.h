@@ -32,6 +32,10 @@ struct KernelTable {
                          uint32_t* band, size_t* band_n);
   // keep[i] = keys[i] > t
   void (*keep_greater)(const uint32_t* keys, size_t n, uint32_t t, uint8_t* keep);
+  // N:M keep-mask for m = 4 or 8 from keys < 2^31: in every group of m keep[i] = 1 unless
+  // i is among the m - n lowest by (key, index). cols % m == 0.
+  void (*nm4_keep)(const uint32_t* keys, size_t cols, int n, uint8_t* keep);
+  void (*nm8_keep)(const uint32_t* keys, size_t cols, int n, uint8_t* keep);
   // #{i : (x[i] & 0x7FFFFFFF) == 0} and the 16-bit analogue (x & 0x7FFF): zeros of either sign.
   size_t (*count_zeros32)(const uint32_t* x, size_t n);
   size_t (*count_zeros16)(const uint16_t* x, size_t n);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine: system packages through apt, Python packages
+# through pip, then build and install sparseforge from this checkout.
+#   tools/setup.sh          the library and its run-time dependencies
+#   tools/setup.sh --test   also the test tools (pytest, hypothesis, mypy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+missing=()
+for pkg in libeigen3-dev libgtest-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+python3 -m pip install -q --disable-pip-version-check \
+  "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.21" ninja "numpy>=1.24" "ml_dtypes>=0.3"
+# No build isolation: the build directory (build/<wheel tag>) is reused across installs.
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation ".${extras}"
+python3 -c "import sparseforge as sf; print('setup: sparseforge', sf.__version__, 'simd', sf.simd_level())"
