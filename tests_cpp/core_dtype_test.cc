@@ -57,7 +57,8 @@ TEST(DType, F16RoundTripIsIdentityForAllNonNaNPatterns) {
 TEST(DType, F32ToF16RoundsToNearestEvenAtEveryMidpoint) {
   for (uint32_t h = 0; h < 0x7C00u; ++h) {
     const float lo = f16_to_f32(Float16{static_cast<uint16_t>(h)});
-    const float hi = (h + 1 == 0x7C00u) ? 65536.0f : f16_to_f32(Float16{static_cast<uint16_t>(h + 1)});
+    const float hi =
+        (h + 1 == 0x7C00u) ? 65536.0f : f16_to_f32(Float16{static_cast<uint16_t>(h + 1)});
     const float mid = lo + (hi - lo) / 2;  // exact: one bit more than binary16 has
     ASSERT_EQ(static_cast<double>(mid), (static_cast<double>(lo) + hi) / 2) << h;
     const uint16_t even = (h & 1u) ? static_cast<uint16_t>(h + 1) : static_cast<uint16_t>(h);

@@ -60,9 +60,8 @@ TEST(Parallel, LowestFailureIsReportedForAnyThreadCount) {
 
 TEST(Parallel, NestedLoopsRunAndCover) {
   std::vector<std::atomic<int>> hits(64 * 64);
-  parallel_for_each(64, 2, [&](size_t i) {
-    parallel_for_each(64, 2, [&](size_t j) { hits[i * 64 + j]++; });
-  });
+  parallel_for_each(
+      64, 2, [&](size_t i) { parallel_for_each(64, 2, [&](size_t j) { hits[i * 64 + j]++; }); });
   for (auto& h : hits) ASSERT_EQ(h.load(), 1);
 }
 

@@ -33,8 +33,8 @@ std::vector<uint32_t> f32_patterns() {
   std::mt19937 rng(7);
   for (int i = 0; i < 200000; ++i) v.push_back(rng());
   for (uint32_t hi = 0; hi < 65536; ++hi) {
-    for (uint32_t lo : {0x0000u, 0x0001u, 0x0FFFu, 0x1000u, 0x1001u, 0x7FFFu, 0x8000u, 0x8001u,
-                        0xFFFFu}) {
+    for (uint32_t lo :
+         {0x0000u, 0x0001u, 0x0FFFu, 0x1000u, 0x1001u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
       v.push_back((hi << 16) | lo);
     }
   }
@@ -104,11 +104,13 @@ TEST(Simd, KeysCountsAndMasksEveryLevelAwkwardSizes) {
       ASSERT_EQ(k0, k1) << kt.name << " n=" << n;
       ASSERT_EQ(kt.abs_keys_f16(h.data(), n, k1.data()), ref.abs_keys_f16(h.data(), n, k0.data()));
       ASSERT_EQ(k0, k1);
-      ASSERT_EQ(kt.abs_keys_bf16(b.data(), n, k1.data()), ref.abs_keys_bf16(b.data(), n, k0.data()));
+      ASSERT_EQ(kt.abs_keys_bf16(b.data(), n, k1.data()),
+                ref.abs_keys_bf16(b.data(), n, k0.data()));
       ASSERT_EQ(k0, k1);
       // band_collect over several bands, including the empty and the full band
       const uint32_t t = k0[n / 3];
-      for (auto band : {std::pair<uint32_t, uint32_t>{0, 0xFFFFFFFFu}, {t, t}, {1, t}, {t + 1, t}}) {
+      for (auto band :
+           {std::pair<uint32_t, uint32_t>{0, 0xFFFFFFFFu}, {t, t}, {1, t}, {t + 1, t}}) {
         std::vector<uint32_t> b0(n), b1(n);
         size_t n0 = 0, n1 = 0;
         ASSERT_EQ(kt.band_collect(k0.data(), n, band.first, band.second, b1.data(), &n1),

@@ -92,8 +92,8 @@ TYPED_TEST(MagnitudeTyped, NMMatchesOracle) {
     for (size_t groups : {1, 2, 5, 33}) {
       const size_t rows = 7, cols = groups * static_cast<size_t>(p.m);
       for (int ints = 0; ints < 2; ++ints) {
-        const auto v = ints ? testing::small_ints(rows * cols, cols, 1)
-                            : testing::normal(rows * cols, cols);
+        const auto v =
+            ints ? testing::small_ints(rows * cols, cols, 1) : testing::normal(rows * cols, cols);
         Weights<TypeParam> W(rows, cols, v, 2 * ints);
         Mask keep(rows, cols);
         magnitude_nm_mask(W.view(), p, keep.view(), 2);
@@ -150,7 +150,8 @@ TEST(Magnitude, GlobalMatchesFlattenedConcatenationAcrossDtypes) {
     Mask ka(5, 8), kb(3, 13), kc(7, 4);
     magnitude_global_mask({A.view(), B.view(), C.view()}, s, {ka.view(), kb.view(), kc.view()}, 2);
     std::vector<uint8_t> got;
-    for (const auto* m : {&ka.data, &kb.data, &kc.data}) got.insert(got.end(), m->begin(), m->end());
+    for (const auto* m : {&ka.data, &kb.data, &kc.data})
+      got.insert(got.end(), m->begin(), m->end());
     ASSERT_EQ(got, testing::oracle_prune_lowest(all, floor_count(s, all.size()))) << s;
   }
 }
@@ -187,7 +188,8 @@ TEST(Magnitude, NonFiniteInputIsAnError) {
     Weights<Float16> H(6, 8, v);
     Mask keep(6, 8);
     for (int threads : {1, 2}) {
-      EXPECT_THROW(magnitude_mask(W.view(), 0.5, Scope::kRow, keep.view(), threads), InvalidArgument);
+      EXPECT_THROW(magnitude_mask(W.view(), 0.5, Scope::kRow, keep.view(), threads),
+                   InvalidArgument);
       EXPECT_THROW(magnitude_mask(H.view(), 0.5, Scope::kLayer, keep.view(), threads),
                    InvalidArgument);
       EXPECT_THROW(magnitude_mask(W.view(), 0.0, Scope::kLayer, keep.view(), threads),

@@ -42,7 +42,7 @@ TEST(Mask, CountZerosBothSignsNotNaN) {
 
 TEST(Mask, NMViolationsCountsAndLocates) {
   // 2 rows x 8 cols, pattern 2:4: groups (0,0) ok, (0,4) has 3 non-zeros, (1,0) has 4.
-  std::vector<float> w = {1, 0, 0, 2, 1, 1, 1, 0,   //
+  std::vector<float> w = {1, 0, 0, 2, 1, 1, 1, 0,  //
                           1, 1, 1, 1, 0, 0, 0, 0};
   const NMViolations v = nm_violations(ConstMatrixView<float>(w.data(), 2, 8), {2, 4}, 10, 2);
   EXPECT_EQ(v.groups, 4u);
@@ -53,14 +53,15 @@ TEST(Mask, NMViolationsCountsAndLocates) {
   const NMViolations capped = nm_violations(ConstMatrixView<float>(w.data(), 2, 8), {2, 4}, 1, 1);
   EXPECT_EQ(capped.violating, 2u);
   EXPECT_EQ(capped.first.size(), 1u);
-  EXPECT_THROW(nm_violations(ConstMatrixView<float>(w.data(), 2, 8), {2, 3}, 1, 1), InvalidArgument);
+  EXPECT_THROW(nm_violations(ConstMatrixView<float>(w.data(), 2, 8), {2, 3}, 1, 1),
+               InvalidArgument);
 }
 
 TEST(Mask, ParsePatternAndScope) {
   EXPECT_EQ(parse_nm("2:4").n, 2);
   EXPECT_EQ(parse_nm("16:32").m, 32);
-  for (const char* bad : {"", "2", "2:", ":4", "4:2", "2:2", "0:4", "a:b", "2:4:8", "1:33",
-                          "-1:4", " 2:4", "2 :4", "99999999999:4"}) {
+  for (const char* bad : {"", "2", "2:", ":4", "4:2", "2:2", "0:4", "a:b", "2:4:8", "1:33", "-1:4",
+                          " 2:4", "2 :4", "99999999999:4"}) {
     EXPECT_THROW(parse_nm(bad), InvalidArgument) << bad;
   }
   EXPECT_EQ(parse_scope("row"), Scope::kRow);

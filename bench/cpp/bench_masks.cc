@@ -19,9 +19,12 @@ int main(int argc, char** argv) {
   std::string out_path;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
+      reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--out") && i + 1 < argc)
+      out_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
   }
   std::vector<std::pair<size_t, size_t>> shapes = {{4096, 4096}, {11008, 4096}};
   if (quick) shapes = {{1024, 1024}};
@@ -42,7 +45,11 @@ int main(int argc, char** argv) {
     }
     std::vector<uint8_t> keep(n);
     std::vector<sfbench::Case> cases;
-    struct Meta { std::string op; int level; int threads; };
+    struct Meta {
+      std::string op;
+      int level;
+      int threads;
+    };
     std::vector<Meta> meta;
     for (int level = 0; level <= static_cast<int>(top); ++level) {
       for (int threads : {1, 2}) {
@@ -70,8 +77,9 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < cases.size(); ++i) {
       char line[256];
       std::snprintf(line, sizeof line, "| %zux%zu | %s | %s | %d | %.2f | %.0f |\n", rows, cols,
-                    meta[i].op.c_str(), sf::simd_level_name(static_cast<sf::SimdLevel>(meta[i].level)),
-                    meta[i].threads, cases[i].best * 1e3, n / cases[i].best / 1e6);
+                    meta[i].op.c_str(),
+                    sf::simd_level_name(static_cast<sf::SimdLevel>(meta[i].level)), meta[i].threads,
+                    cases[i].best * 1e3, n / cases[i].best / 1e6);
       md << line;
       std::fputs(line, stdout);
     }

@@ -51,7 +51,8 @@ inline void run_interleaved(std::vector<Case>& cases, size_t copies, int reps) {
     for (auto& c : cases) {
       const auto t0 = std::chrono::steady_clock::now();
       c.run(copy++ % copies);
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double dt =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       c.best = std::min(c.best, dt);
     }
   }
@@ -60,7 +61,8 @@ inline void run_interleaved(std::vector<Case>& cases, size_t copies, int reps) {
 inline std::string build_info_markdown() {
   std::ostringstream s;
   s << "| key | value |\n|---|---|\n";
-  for (const auto& kv : sparseforge::build_info()) s << "| " << kv.first << " | " << kv.second << " |\n";
+  for (const auto& kv : sparseforge::build_info())
+    s << "| " << kv.first << " | " << kv.second << " |\n";
   s << "| llc_bytes | " << llc_bytes() << " |\n";
   return s.str();
 }

@@ -22,7 +22,8 @@ int main() {
   sf::prune::apply_mask(sf::MatrixView<float>(pruned.data(), rows, cols), mask, 0);
   const sf::prune::NMViolations v =
       sf::prune::nm_violations(sf::ConstMatrixView<float>(pruned.data(), rows, cols), {2, 4}, 5, 0);
-  const size_t zeros = sf::prune::count_zeros(sf::ConstMatrixView<float>(pruned.data(), rows, cols), 0);
+  const size_t zeros =
+      sf::prune::count_zeros(sf::ConstMatrixView<float>(pruned.data(), rows, cols), 0);
 
   sf::prune::magnitude_mask(view, 0.5, sf::prune::Scope::kRow, mask, 0);
   size_t kept_row0 = 0;

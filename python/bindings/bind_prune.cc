@@ -90,8 +90,10 @@ size_t count_zeros(py::handle W_obj, int num_threads) {
   return sp::count_zeros(W, threads);
 }
 
-std::tuple<size_t, size_t, std::vector<std::pair<size_t, size_t>>> nm_violations(
-    py::handle W_obj, int n, int m, size_t max_report, int num_threads) {
+std::tuple<size_t, size_t, std::vector<std::pair<size_t, size_t>>> nm_violations(py::handle W_obj,
+                                                                                 int n, int m,
+                                                                                 size_t max_report,
+                                                                                 int num_threads) {
   const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
   const int threads = threads_arg(num_threads);
   py::gil_scoped_release release;
@@ -107,8 +109,7 @@ void register_prune(py::module_& m) {
   m.def("magnitude_nm_mask", &magnitude_nm_mask, py::arg("W"), py::arg("n"), py::arg("m"),
         py::arg("num_threads") = 0);
   m.def("magnitude_block_mask", &magnitude_block_mask, py::arg("W"), py::arg("sparsity"),
-        py::arg("block_rows"), py::arg("block_cols"), py::arg("scope"),
-        py::arg("num_threads") = 0);
+        py::arg("block_rows"), py::arg("block_cols"), py::arg("scope"), py::arg("num_threads") = 0);
   m.def("magnitude_global_mask", &magnitude_global_mask, py::arg("weights"), py::arg("sparsity"),
         py::arg("num_threads") = 0);
   m.def("apply_mask_", &apply_mask_inplace, py::arg("W"), py::arg("mask"),

@@ -135,7 +135,8 @@ sparseforge::AnyMatrix matrix_inout(py::handle obj, const char* name, unsigned a
   require_ndim(a, name, 2);
   const size_t stride = row_stride_elems(a, name);
   if (!a.writeable()) {
-    fail(std::string(name) + ": expected a writeable array (modified in place), got a read-only one");
+    fail(std::string(name) +
+         ": expected a writeable array (modified in place), got a read-only one");
   }
   return {t, a.mutable_data(), static_cast<size_t>(a.shape(0)), static_cast<size_t>(a.shape(1)),
           stride};

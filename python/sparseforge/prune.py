@@ -215,7 +215,7 @@ def magnitude_global(
     s = _check_sparsity(sparsity)
     masks = _core.magnitude_global_mask(list(weights), s, threads)
     results = []
-    for i, (W, mask) in enumerate(zip(weights, masks)):
+    for i, (W, mask) in enumerate(zip(weights, masks, strict=True)):
         info = {"method": "magnitude_global", "target_sparsity": s, "index": i}
         results.append(_result(W, mask, info, threads))
     return results
@@ -336,8 +336,9 @@ def check_pattern(
         raise TypeError(f"max_report: expected an int, got {type(max_report).__name__}")
     if max_report < 0:
         raise ValueError(f"max_report: expected >= 0, got {max_report}")
-    groups, violating, first = _core.nm_violations(W, p.n, p.m, int(max_report),
-                                                   threads_arg(num_threads))
+    groups, violating, first = _core.nm_violations(
+        W, p.n, p.m, int(max_report), threads_arg(num_threads)
+    )
     return PatternReport(p, int(groups), int(violating), [(int(r), int(c)) for r, c in first])
 
 

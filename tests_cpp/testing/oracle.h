@@ -35,8 +35,8 @@ inline std::vector<uint8_t> oracle_row(const std::vector<float>& w, size_t rows,
   return keep;
 }
 
-inline std::vector<uint8_t> oracle_nm(const std::vector<float>& w, size_t rows, size_t cols,
-                                      int n, int m) {
+inline std::vector<uint8_t> oracle_nm(const std::vector<float>& w, size_t rows, size_t cols, int n,
+                                      int m) {
   std::vector<uint8_t> keep(rows * cols);
   for (size_t r = 0; r < rows; ++r) {
     for (size_t g = 0; g < cols; g += m) {

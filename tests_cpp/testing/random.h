@@ -14,8 +14,8 @@ namespace testing {
 // Sizes that break SIMD and tiling assumptions: 1..17, primes, powers of two and
 // their neighbours.
 inline std::vector<size_t> awkward_sizes() {
-  return {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 31, 32, 33, 43, 64, 97, 127,
-          128, 129, 401, 500, 1000, 4099};
+  return {1,  2,  3,  4,  5,  6,  7,  8,  9,   10,  11,  12,  13,  14,   15,
+          16, 17, 31, 32, 33, 43, 64, 97, 127, 128, 129, 401, 500, 1000, 4099};
 }
 
 // Normal(0, scale) floats.

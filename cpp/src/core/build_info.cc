@@ -12,8 +12,8 @@ namespace sparseforge {
 std::vector<std::pair<std::string, std::string>> build_info() {
   std::string openmp = "no";
 #if SF_HAVE_OPENMP && defined(_OPENMP)
-  openmp = std::string("yes (") + SF_BUILD_OPENMP_VERSION + ", _OPENMP=" +
-           std::to_string(_OPENMP) + ")";
+  openmp =
+      std::string("yes (") + SF_BUILD_OPENMP_VERSION + ", _OPENMP=" + std::to_string(_OPENMP) + ")";
 #endif
   return {
       {"version", SF_VERSION},

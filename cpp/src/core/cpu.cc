@@ -78,8 +78,7 @@ SimdLevel parse_simd_level(const std::string& name) {
   if (name == "scalar") return SimdLevel::kScalar;
   if (name == "avx2") return SimdLevel::kAVX2;
   if (name == "avx512") return SimdLevel::kAVX512;
-  SF_THROW(InvalidArgument, "level: expected 'scalar', 'avx2' or 'avx512', got '%s'",
-           name.c_str());
+  SF_THROW(InvalidArgument, "level: expected 'scalar', 'avx2' or 'avx512', got '%s'", name.c_str());
 }
 
 namespace simd {

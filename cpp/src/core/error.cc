@@ -31,8 +31,8 @@ std::string with_context(const std::string& message, const char* function) {
 
 void throw_internal(const char* condition, const char* file, int line, const char* function) {
   throw InternalError(format_message(
-      "internal error in sparseforge: '%s' failed at %s:%d [in %s]; please report this",
-      condition, file, line, function));
+      "internal error in sparseforge: '%s' failed at %s:%d [in %s]; please report this", condition,
+      file, line, function));
 }
 
 }  // namespace detail

@@ -1,6 +1,5 @@
 #include "sparseforge/core/parallel.h"
 
-
 #include "sparseforge/core/error.h"
 
 namespace sparseforge {

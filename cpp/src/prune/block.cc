@@ -13,8 +13,7 @@ namespace {
 
 // Squared Frobenius norms of every tile, float64, summed in row-major order inside the tile
 // row by row (fixed order: the same for any thread count).
-std::vector<double> tile_sq_norms(const AnyConstMatrix& W, size_t br, size_t bc,
-                                  int num_threads) {
+std::vector<double> tile_sq_norms(const AnyConstMatrix& W, size_t br, size_t bc, int num_threads) {
   const size_t tr = W.rows / br, tc = W.cols / bc;
   std::vector<double> norms(tr * tc, 0.0);
   parallel_for(tr, num_threads, [&](size_t i0, size_t i1) {
@@ -44,8 +43,7 @@ void prune_lowest_tiles(const std::vector<double>& norms, size_t begin, size_t e
   std::vector<std::pair<double, size_t>> order;
   order.reserve(end - begin);
   for (size_t idx = begin; idx < end; ++idx) order.emplace_back(norms[idx], idx);
-  std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1),
-                   order.end());
+  std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1), order.end());
   for (size_t j = 0; j < k; ++j) pruned[order[j].second] = 1;
 }
 

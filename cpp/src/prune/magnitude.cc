@@ -14,8 +14,7 @@ namespace sparseforge {
 namespace prune {
 namespace {
 
-void magnitude_row_mask(const AnyConstMatrix& W, double sparsity, MaskView keep,
-                        int num_threads) {
+void magnitude_row_mask(const AnyConstMatrix& W, double sparsity, MaskView keep, int num_threads) {
   const size_t k = prune_count(sparsity, W.cols);
   parallel_for(W.rows, num_threads, [&](size_t r0, size_t r1) {
     std::vector<uint32_t> keys(W.cols);
@@ -45,8 +44,8 @@ class RowSpace {
   // fn(global_row, matrix, row, keys, cols) for every row in [g0, g1), keys filled.
   template <class F>
   void for_rows(size_t g0, size_t g1, uint32_t* keys, F&& fn) const {
-    size_t i = static_cast<size_t>(
-        std::upper_bound(offsets_.begin(), offsets_.end(), g0) - offsets_.begin() - 1);
+    size_t i = static_cast<size_t>(std::upper_bound(offsets_.begin(), offsets_.end(), g0) -
+                                   offsets_.begin() - 1);
     for (size_t g = g0; g < g1; ++g) {
       while (g - offsets_[i] >= Ws_[i].rows) ++i;
       const size_t r = g - offsets_[i];

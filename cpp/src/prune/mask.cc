@@ -41,8 +41,7 @@ void check_nm(NMPattern p, size_t cols) {
                "pattern: expected 1 <= n < m <= %d (n kept of every m), got %d:%d", kMaxM, p.n,
                p.m);
   SF_CHECK_ARG(cols % static_cast<size_t>(p.m) == 0,
-               "W: in_features=%zu is not a multiple of m=%d (pattern %d:%d)", cols, p.m, p.n,
-               p.m);
+               "W: in_features=%zu is not a multiple of m=%d (pattern %d:%d)", cols, p.m, p.n, p.m);
 }
 
 Scope parse_scope(const std::string& text) {

@@ -16,7 +16,7 @@ SimdLevel detected_simd_level();  // what this CPU and OS support (and this buil
 SimdLevel simd_level();           // the level kernels use now
 // Sets the active level; throws InvalidArgument above detected_simd_level().
 void set_simd_level(SimdLevel level);
-const char* simd_level_name(SimdLevel level);  // "scalar", "avx2", "avx512"
+const char* simd_level_name(SimdLevel level);         // "scalar", "avx2", "avx512"
 SimdLevel parse_simd_level(const std::string& name);  // throws InvalidArgument
 
 }  // namespace sparseforge

@@ -48,33 +48,33 @@ std::string with_context(const std::string& message, const char* function);
                                  const char* function);
 }  // namespace detail
 
-#define SF_THROW(ExceptionType, ...)                                                 \
-  throw ExceptionType(::sparseforge::detail::with_context(                          \
+#define SF_THROW(ExceptionType, ...)                       \
+  throw ExceptionType(::sparseforge::detail::with_context( \
       ::sparseforge::detail::format_message(__VA_ARGS__), __func__))
 
 // Bad input from a caller: ValueError in Python.
-#define SF_CHECK_ARG(cond, ...)                                      \
-  do {                                                               \
+#define SF_CHECK_ARG(cond, ...)                                                      \
+  do {                                                                               \
     if (SF_UNLIKELY(!(cond))) SF_THROW(::sparseforge::InvalidArgument, __VA_ARGS__); \
   } while (0)
 
 // Wrong storage dtype: sparseforge.DTypeError in Python.
-#define SF_CHECK_DTYPE(cond, ...)                                 \
-  do {                                                            \
+#define SF_CHECK_DTYPE(cond, ...)                                               \
+  do {                                                                          \
     if (SF_UNLIKELY(!(cond))) SF_THROW(::sparseforge::DTypeError, __VA_ARGS__); \
   } while (0)
 
 // A numerical failure with diagnostics: sparseforge.NumericalError in Python.
-#define SF_CHECK_NUMERIC(cond, ...)                                   \
-  do {                                                                \
+#define SF_CHECK_NUMERIC(cond, ...)                                                 \
+  do {                                                                              \
     if (SF_UNLIKELY(!(cond))) SF_THROW(::sparseforge::NumericalError, __VA_ARGS__); \
   } while (0)
 
 // An internal invariant. Throws (never aborts) so a bug cannot kill a Python process.
-#define SF_CHECK(cond)                                                               \
-  do {                                                                               \
-    if (SF_UNLIKELY(!(cond)))                                                        \
-      ::sparseforge::detail::throw_internal(#cond, __FILE__, __LINE__, __func__);    \
+#define SF_CHECK(cond)                                                            \
+  do {                                                                            \
+    if (SF_UNLIKELY(!(cond)))                                                     \
+      ::sparseforge::detail::throw_internal(#cond, __FILE__, __LINE__, __func__); \
   } while (0)
 
 }  // namespace sparseforge

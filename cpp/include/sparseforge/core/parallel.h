@@ -38,9 +38,7 @@ class ExceptionCollector {
  public:
   void capture(size_t index) noexcept;
   // True if a range before `index` has failed, so `index` need not run.
-  bool skip(size_t index) const noexcept {
-    return index > lowest_.load(std::memory_order_relaxed);
-  }
+  bool skip(size_t index) const noexcept { return index > lowest_.load(std::memory_order_relaxed); }
   void rethrow_if_any();
 
  private:

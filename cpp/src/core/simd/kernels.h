@@ -28,8 +28,8 @@ struct KernelTable {
   uint32_t (*abs_keys_bf16)(const uint16_t* x, size_t n, uint32_t* keys);
   // Returns #{i : keys[i] < lo} and copies, in index order, the keys in [lo, hi] to band
   // (capacity n); *band_n receives how many.
-  size_t (*band_collect)(const uint32_t* keys, size_t n, uint32_t lo, uint32_t hi,
-                         uint32_t* band, size_t* band_n);
+  size_t (*band_collect)(const uint32_t* keys, size_t n, uint32_t lo, uint32_t hi, uint32_t* band,
+                         size_t* band_n);
   // keep[i] = keys[i] > t
   void (*keep_greater)(const uint32_t* keys, size_t n, uint32_t t, uint8_t* keep);
   // N:M keep-mask for m = 4 or 8 from keys < 2^31: in every group of m keep[i] = 1 unless
@@ -44,8 +44,8 @@ struct KernelTable {
   void (*apply_mask16)(uint16_t* x, const uint8_t* keep, size_t n);
 };
 
-const KernelTable& kernels();                 // the active level's table
-const KernelTable& kernels_for(int level);    // a given level's table (tests, benchmarks)
+const KernelTable& kernels();               // the active level's table
+const KernelTable& kernels_for(int level);  // a given level's table (tests, benchmarks)
 
 extern const KernelTable kTableScalar;
 #if SF_HAVE_X86_KERNELS

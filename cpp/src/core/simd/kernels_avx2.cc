@@ -1,8 +1,8 @@
 // The avx2 kernel table: kernels.inc compiled with this level's flags (cpp/CMakeLists.txt).
+#include <immintrin.h>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <immintrin.h>
 
 #include "core/simd/kernels.h"
 #include "sparseforge/core/config.h"

@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <cstring>
 
-
 #include "core/simd/kernels.h"
 #include "sparseforge/core/config.h"
 
