@@ -83,14 +83,19 @@ def default_num_threads() -> int:
     return int(_core.default_num_threads())
 
 
+MAX_THREADS = 4096  # the core's limit (resolve_num_threads)
+
+
 def threads_arg(num_threads: int | None) -> int:
     """Validate a ``num_threads`` argument; ``None`` maps to 0 (the core's default)."""
     if num_threads is None:
         return 0
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads: expected None or an int, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads: expected None or a positive int, got {num_threads}")
+    if not 1 <= num_threads <= MAX_THREADS:
+        raise ValueError(
+            f"num_threads: expected None or an int in [1, {MAX_THREADS}], got {num_threads}"
+        )
     return int(num_threads)
 
 

@@ -94,13 +94,6 @@ Step = tuple[str, Callable[[], prune.PruneResult], Callable[[], np.ndarray] | No
 def demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     rows, cols = SIZES[args.size]
     threads = args.threads
-    progress = Progress(9, enabled=not args.quiet)
-    done = progress.step(f"generating {rows}x{cols} {args.dtype} weights")
-    W = _weights(rows, cols, args.dtype, args.seed)
-    W2 = _weights(rows // 2, cols, args.dtype, args.seed + 1)
-    prune.magnitude(W[:8], 0.5, num_threads=threads)  # start the thread pool before timing
-    done()
-
     steps: list[Step] = [
         (
             "magnitude 50% per row",
@@ -129,6 +122,13 @@ def demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             None,
         )
     )
+
+    progress = Progress(len(steps) + 2, enabled=not args.quiet)  # + generation, global
+    done = progress.step(f"generating {rows}x{cols} {args.dtype} weights")
+    W = _weights(rows, cols, args.dtype, args.seed)
+    W2 = _weights(rows // 2, cols, args.dtype, args.seed + 1)
+    prune.magnitude(W[:8], 0.5, num_threads=threads)  # start the thread pool before timing
+    done()
 
     table: list[tuple[Any, ...]] = []
     failed = False

@@ -356,11 +356,21 @@ def sparsity(W: np.ndarray, *, num_threads: int | None = None) -> float:
     if W.size == 0:
         raise ValueError(f"W: expected a non-empty array, got shape {W.shape}")
     threads = threads_arg(num_threads)
-    if W.ndim == 2 and W.dtype.name in ("float32", "float16", "bfloat16"):
-        try:
-            return _core.count_zeros(W, threads) / W.size
-        except ValueError:  # a layout the core does not take (e.g. transposed): use numpy
-            pass
+    if _core_takes(W):
+        return _core.count_zeros(W, threads) / W.size
     if W.dtype.kind not in "biufc" and W.dtype.name != "bfloat16":
         raise TypeError(f"W: expected a numeric array, got dtype {W.dtype}")
     return float(np.count_nonzero(W == 0)) / W.size
+
+
+def _core_takes(W: np.ndarray) -> bool:
+    """True if the core's numpy gate accepts W as a matrix view (no copy needed)."""
+    item = W.itemsize
+    return (
+        W.ndim == 2
+        and W.dtype.name in ("float32", "float16", "bfloat16")
+        and W.dtype.byteorder != ">"
+        and W.flags.aligned
+        and (W.strides[1] == item or W.shape[1] <= 1)
+        and (W.shape[0] <= 1 or (W.strides[0] >= W.shape[1] * item and W.strides[0] % item == 0))
+    )

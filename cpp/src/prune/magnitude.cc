@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "prune/rows.h"
@@ -29,12 +30,15 @@ void magnitude_row_mask(const AnyConstMatrix& W, double sparsity, MaskView keep,
 // The rows of several matrices seen as one sequence (matrix order, then row order).
 class RowSpace {
  public:
-  explicit RowSpace(const std::vector<AnyConstMatrix>& Ws) : Ws_(Ws) {
+  // `arg` names the input in errors: "W" for one matrix, else "weights" -> "weights[i]".
+  RowSpace(const std::vector<AnyConstMatrix>& Ws, const char* arg) : Ws_(Ws) {
     size_t total = 0;
-    for (const AnyConstMatrix& W : Ws) {
+    for (size_t i = 0; i < Ws.size(); ++i) {
       offsets_.push_back(total);
-      total += W.rows;
-      max_cols_ = std::max(max_cols_, W.cols);
+      total += Ws[i].rows;
+      max_cols_ = std::max(max_cols_, Ws[i].cols);
+      names_.push_back(std::string(arg) == "W" ? std::string(arg)
+                                               : std::string(arg) + "[" + std::to_string(i) + "]");
     }
     total_rows_ = total;
   }
@@ -49,13 +53,14 @@ class RowSpace {
     for (size_t g = g0; g < g1; ++g) {
       while (g - offsets_[i] >= Ws_[i].rows) ++i;
       const size_t r = g - offsets_[i];
-      detail::row_abs_keys(Ws_[i], r, keys, Ws_.size() == 1 ? "W" : "weights");
+      detail::row_abs_keys(Ws_[i], r, keys, names_[i].c_str());
       fn(g, i, r, keys, Ws_[i].cols);
     }
   }
 
  private:
   const std::vector<AnyConstMatrix>& Ws_;
+  std::vector<std::string> names_;
   std::vector<size_t> offsets_;
   size_t total_rows_ = 0;
   size_t max_cols_ = 0;
@@ -116,8 +121,8 @@ Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
 }
 
 void global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsity,
-                 const std::vector<MaskView>& keeps, int num_threads) {
-  const RowSpace space(Ws);
+                 const std::vector<MaskView>& keeps, const char* arg, int num_threads) {
+  const RowSpace space(Ws, arg);
   uint64_t total = 0;
   for (const AnyConstMatrix& W : Ws) total += W.rows * W.cols;
   const uint64_t k = prune_count(sparsity, total);
@@ -126,8 +131,10 @@ void global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsity,
       for (size_t r = 0; r < keep.rows; ++r) std::fill(keep.row(r), keep.row(r) + keep.cols, 1);
     }
     // Nothing to prune, but bad input is still bad input.
-    for (const AnyConstMatrix& W : Ws) {
-      check_finite(W, Ws.size() == 1 ? "W" : "weights", num_threads);
+    for (size_t i = 0; i < Ws.size(); ++i) {
+      const std::string name =
+          std::string(arg) == "W" ? std::string(arg) : std::string(arg) + "[" + std::to_string(i) + "]";
+      check_finite(Ws[i], name.c_str(), num_threads);
     }
     return;
   }
@@ -176,7 +183,7 @@ void magnitude_mask(const AnyConstMatrix& W, double sparsity, Scope scope, MaskV
   if (scope == Scope::kRow) {
     magnitude_row_mask(W, sparsity, keep, num_threads);
   } else {
-    global_mask({W}, sparsity, {keep}, num_threads);
+    global_mask({W}, sparsity, {keep}, "W", num_threads);
   }
 }
 
@@ -186,11 +193,12 @@ void magnitude_global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsit
   SF_CHECK_ARG(Ws.size() == keeps.size(), "masks: expected %zu masks, got %zu", Ws.size(),
                keeps.size());
   for (size_t i = 0; i < Ws.size(); ++i) {
-    detail::check_matrix(Ws[i], "weights");
+    const std::string name = "weights[" + std::to_string(i) + "]";
+    detail::check_matrix(Ws[i], name.c_str());
     detail::check_keep(keeps[i], Ws[i].rows, Ws[i].cols, "masks");
   }
   check_sparsity(sparsity);
-  global_mask(Ws, sparsity, keeps, num_threads);
+  global_mask(Ws, sparsity, keeps, "weights", num_threads);
 }
 
 }  // namespace prune
