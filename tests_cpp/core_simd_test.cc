@@ -131,6 +131,15 @@ TEST(Simd, KeysCountsAndMasksEveryLevelAwkwardSizes) {
       ref.apply_mask32(m0.data(), keep.data(), n);
       kt.apply_mask32(m1.data(), keep.data(), n);
       ASSERT_EQ(m0, m1);
+      std::vector<uint32_t> c0(n + 1, 9), c1(n + 1, 9);
+      ASSERT_EQ(kt.masked_copy32(xb, keep.data(), c1.data(), n),
+                ref.masked_copy32(xb, keep.data(), c0.data(), n));
+      ASSERT_EQ(c0, c1);
+      ASSERT_EQ(c0[n], 9u);  // nothing written past the end
+      std::vector<uint16_t> d0(n), d1(n);
+      ASSERT_EQ(kt.masked_copy16(h.data(), keep.data(), d1.data(), n),
+                ref.masked_copy16(h.data(), keep.data(), d0.data(), n));
+      ASSERT_EQ(d0, d1);
       std::vector<uint16_t> s0(h), s1(h);
       ref.apply_mask16(s0.data(), keep.data(), n);
       kt.apply_mask16(s1.data(), keep.data(), n);

@@ -138,6 +138,46 @@ TEST(Magnitude, BlockMatchesOracle) {
   }
 }
 
+// Matrices of >= 16384 weights take the sampled-band threshold; ties at the cut, several
+// matrices, odd shapes and thread counts must all still match the oracle.
+TEST(Magnitude, LayerAndGlobalSampledPathMatchOracle) {
+  for (int ints = 0; ints < 2; ++ints) {
+    const size_t rows = 97, cols = 401;
+    const auto v = ints ? testing::small_ints(rows * cols, 5, 3) : testing::normal(rows * cols, 6);
+    Weights<float> W(rows, cols, v, 3);
+    Weights<BFloat16> B(211, 100,
+                        ints ? testing::small_ints(21100, 8, 2) : testing::normal(21100, 9));
+    for (double s : {0.001, 0.3, 0.5, 0.97}) {
+      for (int threads : {1, 3}) {
+        Mask keep(rows, cols);
+        magnitude_mask(W.view(), s, Scope::kLayer, keep.view(), threads);
+        ASSERT_EQ(keep.data, testing::oracle_prune_lowest(W.values, floor_count(s, rows * cols)))
+            << "s=" << s << " ints=" << ints;
+        Mask kw(rows, cols), kb(211, 100);
+        magnitude_global_mask({W.view(), B.view()}, s, {kw.view(), kb.view()}, threads);
+        std::vector<float> all = W.values;
+        all.insert(all.end(), B.values.begin(), B.values.end());
+        std::vector<uint8_t> got = kw.data;
+        got.insert(got.end(), kb.data.begin(), kb.data.end());
+        ASSERT_EQ(got, testing::oracle_prune_lowest(all, floor_count(s, all.size())));
+      }
+    }
+  }
+}
+
+// Large values exactly at the strided sample positions (the formula in global_threshold)
+// make the sampled band miss the target rank: the radix fallback must give the same mask.
+TEST(Magnitude, LayerSampledBandMissFallsBackExactly) {
+  const size_t rows = 64, cols = 1024, total = rows * cols, s = 4096;
+  auto v = testing::normal(total, 12, 0.01f);
+  for (size_t j = 0; j < s; ++j)
+    v[(j * total + total / (2 * s)) / s] = 100.0f + static_cast<float>(j);
+  Weights<float> W(rows, cols, v);
+  Mask keep(rows, cols);
+  magnitude_mask(W.view(), 0.5, Scope::kLayer, keep.view(), 2);
+  ASSERT_EQ(keep.data, testing::oracle_prune_lowest(W.values, total / 2));
+}
+
 TEST(Magnitude, GlobalMatchesFlattenedConcatenationAcrossDtypes) {
   Weights<float> A(5, 8, testing::small_ints(40, 1, 3));
   Weights<Float16> B(3, 13, testing::small_ints(39, 2, 3), 2);

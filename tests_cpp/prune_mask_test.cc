@@ -33,6 +33,39 @@ TEST(Mask, ApplyMaskZeroesExactlyThePrunedEntriesInPlace) {
   }
 }
 
+TEST(Mask, MaskedCopyEqualsCopyThenApplyAndCountsZeros) {
+  for (size_t cols : testing::awkward_sizes()) {
+    const size_t rows = 4, stride = cols + 3;
+    std::vector<float> w(rows * stride);
+    const auto v = testing::small_ints(rows * stride, cols, 2);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = v[i] == 0 ? -0.0f : v[i];
+    std::vector<uint8_t> keep(rows * cols);
+    for (size_t i = 0; i < keep.size(); ++i) keep[i] = static_cast<uint8_t>(i % 5 != 2);
+    std::vector<float> out(rows * cols, 7.0f);
+    const size_t zeros =
+        masked_copy(ConstMatrixView<float>(w.data(), rows, cols, stride), {keep.data(), rows, cols},
+                    MatrixView<float>(out.data(), rows, cols), 2);
+    size_t expect_zeros = 0;
+    for (size_t r = 0; r < rows; ++r) {
+      for (size_t c = 0; c < cols; ++c) {
+        const float expect = keep[r * cols + c] ? w[r * stride + c] : 0.0f;
+        ASSERT_EQ(f32_bits(out[r * cols + c]), f32_bits(expect));  // -0 kept, +0 for pruned
+        expect_zeros += expect == 0.0f;
+      }
+    }
+    ASSERT_EQ(zeros, expect_zeros);
+  }
+  std::vector<float> w(8, 1.0f), out16(8);
+  std::vector<uint8_t> keep(8, 1);
+  std::vector<Float16> wrong(8);
+  EXPECT_THROW(masked_copy(ConstMatrixView<float>(w.data(), 2, 4), {keep.data(), 2, 4},
+                           MatrixView<Float16>(wrong.data(), 2, 4), 1),
+               InvalidArgument);
+  EXPECT_THROW(masked_copy(ConstMatrixView<float>(w.data(), 2, 4), {keep.data(), 2, 4},
+                           MatrixView<float>(out16.data(), 4, 2), 1),
+               InvalidArgument);
+}
+
 TEST(Mask, CountZerosBothSignsNotNaN) {
   std::vector<float> w = {0.0f, -0.0f, 1.0f, std::numeric_limits<float>::quiet_NaN(), 0.0f, 3.0f};
   EXPECT_EQ(count_zeros(ConstMatrixView<float>(w.data(), 2, 3), 2), 3u);

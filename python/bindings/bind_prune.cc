@@ -83,6 +83,21 @@ void apply_mask_inplace(py::handle W_obj, py::handle mask_obj, int num_threads) 
   sp::apply_mask(W, keep, threads);
 }
 
+std::pair<py::array, size_t> masked_copy(py::handle W_obj, py::handle mask_obj, int num_threads) {
+  const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+  const sf::ConstMaskView keep = mask_in(mask_obj, "mask", W.rows, W.cols);
+  const int threads = threads_arg(num_threads);
+  py::array out =
+      new_array(W.dtype, {static_cast<py::ssize_t>(W.rows), static_cast<py::ssize_t>(W.cols)});
+  const sf::AnyMatrix ov = matrix_view(out);
+  size_t zeros;
+  {
+    py::gil_scoped_release release;
+    zeros = sp::masked_copy(W, keep, ov, threads);
+  }
+  return {out, zeros};
+}
+
 size_t count_zeros(py::handle W_obj, int num_threads) {
   const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
   const int threads = threads_arg(num_threads);
@@ -114,6 +129,8 @@ void register_prune(py::module_& m) {
         py::arg("num_threads") = 0);
   m.def("apply_mask_", &apply_mask_inplace, py::arg("W"), py::arg("mask"),
         py::arg("num_threads") = 0);
+  m.def("masked_copy", &masked_copy, py::arg("W"), py::arg("mask"), py::arg("num_threads") = 0,
+        "(W where mask else +0.0, number of zeros in it): a new C-contiguous array.");
   m.def("count_zeros", &count_zeros, py::arg("W"), py::arg("num_threads") = 0);
   m.def("nm_violations", &nm_violations, py::arg("W"), py::arg("n"), py::arg("m"),
         py::arg("max_report"), py::arg("num_threads") = 0);

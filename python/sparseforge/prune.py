@@ -125,9 +125,7 @@ def _check_scope(scope: Any) -> str:
 
 
 def _result(W: np.ndarray, mask: np.ndarray, info: dict[str, Any], threads: int) -> PruneResult:
-    weight = np.array(W, copy=True, order="C")
-    _core.apply_mask_(weight, mask, threads)
-    zeros = _core.count_zeros(weight, threads)
+    weight, zeros = _core.masked_copy(W, mask, threads)  # one pass: copy, mask, count
     info["pruned"] = int(mask.size - np.count_nonzero(mask))
     return PruneResult(weight=weight, mask=mask, sparsity=zeros / weight.size, info=info)
 

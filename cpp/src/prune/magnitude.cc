@@ -1,11 +1,13 @@
 #include "sparseforge/prune/magnitude.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "core/simd/kernels.h"
 #include "prune/rows.h"
 #include "sparseforge/core/error.h"
 #include "sparseforge/core/parallel.h"
@@ -41,8 +43,25 @@ class RowSpace {
                                                : std::string(arg) + "[" + std::to_string(i) + "]");
     }
     total_rows_ = total;
+    uint64_t elems = 0;
+    for (const AnyConstMatrix& W : Ws) {
+      elem_offsets_.push_back(elems);
+      elems += static_cast<uint64_t>(W.rows) * W.cols;
+    }
+    total_elems_ = elems;
   }
   size_t total_rows() const { return total_rows_; }
+  uint64_t total_elems() const { return total_elems_; }
+
+  // The key of the element at flat position f (matrix order, then row-major).
+  uint32_t key_at(uint64_t f) const {
+    const size_t i =
+        static_cast<size_t>(std::upper_bound(elem_offsets_.begin(), elem_offsets_.end(), f) -
+                            elem_offsets_.begin() - 1);
+    const uint64_t local = f - elem_offsets_[i];
+    return detail::element_abs_key(Ws_[i], static_cast<size_t>(local / Ws_[i].cols),
+                                   static_cast<size_t>(local % Ws_[i].cols));
+  }
   size_t max_cols() const { return max_cols_; }
 
   // fn(global_row, matrix, row, keys, cols) for every row in [g0, g1), keys filled.
@@ -62,7 +81,9 @@ class RowSpace {
   const std::vector<AnyConstMatrix>& Ws_;
   std::vector<std::string> names_;
   std::vector<size_t> offsets_;
+  std::vector<uint64_t> elem_offsets_;
   size_t total_rows_ = 0;
+  uint64_t total_elems_ = 0;
   size_t max_cols_ = 0;
 };
 
@@ -83,8 +104,8 @@ size_t find_bin(const std::vector<uint64_t>& hist, uint64_t r, uint64_t* below) 
 // Exact k-th lowest key over all rows by a two-level radix select (16 high bits, then 15
 // low bits): three streaming passes over the weights and O(threads * 2^16) memory,
 // instead of sorting or copying rows * cols keys. Histograms are integer sums, so the
-// result is independent of the thread count.
-Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
+// result is independent of the thread count. The fallback of sampled_threshold().
+Threshold radix_threshold(const RowSpace& space, uint64_t k, int num_threads) {
   std::mutex mutex;
   std::vector<uint64_t> hist1(1u << 16, 0);
   parallel_for(space.total_rows(), num_threads, [&](size_t g0, size_t g1) {
@@ -120,6 +141,76 @@ Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
   return th;
 }
 
+// The k-th lowest key from one streaming pass: strided samples give a band [lo, hi] that
+// holds the target rank with high probability (3 sigma of the sample-rank noise either
+// side); the pass counts keys below lo and compresses the keys inside the band (about 2%
+// of them) with the vectorised band_collect, and nth_element on the band finishes. The
+// band holds every key equal to the threshold, so counts are exact. If the band misses,
+// or would be too large to hold, the radix select runs instead: the result never depends
+// on sampling. One pass instead of the radix select's two (both then write the mask):
+// bench/results/masks.md.
+Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
+  const uint64_t total = space.total_elems();
+  const uint64_t r = k - 1;
+  uint64_t s = 4096;
+  while (s * s < 64 * total && s < (uint64_t{1} << 20)) s *= 2;
+  if (s * 4 > total) return radix_threshold(space, k, num_threads);  // small: just do it
+  const double p = (static_cast<double>(r) + 0.5) / static_cast<double>(total);
+  const double center = p * static_cast<double>(s);
+  const double margin = 3.0 * std::sqrt(static_cast<double>(s) * p * (1.0 - p)) + 1.0;
+  const double lo_pos = std::floor(center - margin), hi_pos = std::ceil(center + margin);
+  const double expected_band = static_cast<double>(total) * (hi_pos - lo_pos) / s;
+  if (expected_band > static_cast<double>(uint64_t{1} << 26)) {
+    return radix_threshold(space, k, num_threads);  // the band would not fit comfortably
+  }
+  std::vector<uint32_t> sample(static_cast<size_t>(s));
+  for (uint64_t j = 0; j < s; ++j) sample[j] = space.key_at((j * total + total / (2 * s)) / s);
+  uint32_t lo = 0, hi = 0xFFFFFFFFu;
+  if (lo_pos >= 0) {
+    const auto it = sample.begin() + static_cast<std::ptrdiff_t>(lo_pos);
+    std::nth_element(sample.begin(), it, sample.end());
+    lo = *it;
+  }
+  if (hi_pos < static_cast<double>(s)) {
+    const auto it = sample.begin() + static_cast<std::ptrdiff_t>(hi_pos);
+    std::nth_element(sample.begin() + static_cast<std::ptrdiff_t>(std::max(0.0, lo_pos)), it,
+                     sample.end());
+    hi = *it;
+  }
+
+  const simd::KernelTable& kt = simd::kernels();
+  std::mutex mutex;
+  std::vector<uint32_t> band;
+  uint64_t less = 0;
+  parallel_for(space.total_rows(), num_threads, [&](size_t g0, size_t g1) {
+    std::vector<uint32_t> keys(space.max_cols()), local;
+    uint64_t local_less = 0;
+    space.for_rows(g0, g1, keys.data(), [&](size_t, size_t, size_t, const uint32_t* kk, size_t n) {
+      const size_t used = local.size();
+      local.resize(used + n);
+      size_t nb = 0;
+      local_less += kt.band_collect(kk, n, lo, hi, local.data() + used, &nb);
+      local.resize(used + nb);
+    });
+    std::lock_guard<std::mutex> lock(mutex);
+    band.insert(band.end(), local.begin(), local.end());  // order is irrelevant below
+    less += local_less;
+  });
+  if (r < less || r >= less + band.size()) return radix_threshold(space, k, num_threads);
+  const auto it = band.begin() + static_cast<std::ptrdiff_t>(r - less);
+  std::nth_element(band.begin(), it, band.end());
+  Threshold th;
+  th.t = *it;
+  size_t below = 0, equal = 0;
+  for (uint32_t key : band) {
+    below += key < th.t;
+    equal += key == th.t;
+  }
+  th.less = static_cast<size_t>(less) + below;
+  th.equal = equal;
+  return th;
+}
+
 void global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsity,
                  const std::vector<MaskView>& keeps, const char* arg, int num_threads) {
   const RowSpace space(Ws, arg);
@@ -132,8 +223,9 @@ void global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsity,
     }
     // Nothing to prune, but bad input is still bad input.
     for (size_t i = 0; i < Ws.size(); ++i) {
-      const std::string name =
-          std::string(arg) == "W" ? std::string(arg) : std::string(arg) + "[" + std::to_string(i) + "]";
+      const std::string name = std::string(arg) == "W"
+                                   ? std::string(arg)
+                                   : std::string(arg) + "[" + std::to_string(i) + "]";
       check_finite(Ws[i], name.c_str(), num_threads);
     }
     return;

@@ -86,6 +86,32 @@ void apply_mask(const AnyMatrix& W, ConstMaskView keep, int num_threads) {
   });
 }
 
+size_t masked_copy(const AnyConstMatrix& W, ConstMaskView keep, const AnyMatrix& out,
+                   int num_threads) {
+  detail::check_matrix(W, "W");
+  detail::check_keep(keep, W.rows, W.cols, "mask");
+  detail::check_matrix(out, "out");
+  SF_CHECK_ARG(out.dtype == W.dtype && out.rows == W.rows && out.cols == W.cols,
+               "out: expected a %s matrix of shape (%zu, %zu), got %s (%zu, %zu)",
+               dtype_name(W.dtype), W.rows, W.cols, dtype_name(out.dtype), out.rows, out.cols);
+  const simd::KernelTable& kt = simd::kernels();
+  const size_t es = dtype_size(W.dtype);
+  std::vector<size_t> per_row(W.rows);
+  parallel_for(W.rows, num_threads, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) {
+      const void* src = detail::row_ptr(W, r);
+      char* dst = static_cast<char*>(out.data) + r * out.stride * es;
+      per_row[r] = es == 4 ? kt.masked_copy32(static_cast<const uint32_t*>(src), keep.row(r),
+                                              reinterpret_cast<uint32_t*>(dst), W.cols)
+                           : kt.masked_copy16(static_cast<const uint16_t*>(src), keep.row(r),
+                                              reinterpret_cast<uint16_t*>(dst), W.cols);
+    }
+  });
+  size_t total = 0;
+  for (size_t c : per_row) total += c;
+  return total;
+}
+
 size_t count_zeros(const AnyConstMatrix& W, int num_threads) {
   detail::check_matrix(W, "W");
   const simd::KernelTable& kt = simd::kernels();

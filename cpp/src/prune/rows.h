@@ -54,6 +54,15 @@ inline void row_abs_keys(const AnyConstMatrix& W, size_t r, uint32_t* keys, cons
   SF_CHECK_ARG(mx < kNonFiniteKey, "%s: contains NaN or Inf (row %zu)", arg, r);
 }
 
+// score_key(|W[r, c]|) of one element (no finiteness check: callers scan whole rows).
+inline uint32_t element_abs_key(const AnyConstMatrix& W, size_t r, size_t c) {
+  const void* p = row_ptr(W, r);
+  return visit_dtype(W.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return f32_bits(to_f32(static_cast<const T*>(p)[c])) & 0x7FFFFFFFu;
+  });
+}
+
 }  // namespace detail
 }  // namespace prune
 }  // namespace sparseforge

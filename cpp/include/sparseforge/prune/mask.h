@@ -43,6 +43,11 @@ void check_finite(const AnyConstMatrix& W, const char* arg, int num_threads);
 // W[i] = 0 where keep[i] == 0 (+0.0, in place). Shapes must match.
 void apply_mask(const AnyMatrix& W, ConstMaskView keep, int num_threads);
 
+// out = W where keep, +0.0 elsewhere, in one pass (out has W's shape and dtype and may not
+// overlap it). Returns the number of zeros in out (either sign).
+size_t masked_copy(const AnyConstMatrix& W, ConstMaskView keep, const AnyMatrix& out,
+                   int num_threads);
+
 // Number of elements equal to zero (either sign; NaN is not zero).
 size_t count_zeros(const AnyConstMatrix& W, int num_threads);
 

@@ -39,6 +39,9 @@ struct KernelTable {
   // #{i : (x[i] & 0x7FFFFFFF) == 0} and the 16-bit analogue (x & 0x7FFF): zeros of either sign.
   size_t (*count_zeros32)(const uint32_t* x, size_t n);
   size_t (*count_zeros16)(const uint16_t* x, size_t n);
+  // out[i] = keep[i] ? x[i] : +0; returns #{i : out[i] is a zero of either sign}.
+  size_t (*masked_copy32)(const uint32_t* x, const uint8_t* keep, uint32_t* out, size_t n);
+  size_t (*masked_copy16)(const uint16_t* x, const uint8_t* keep, uint16_t* out, size_t n);
   // x[i] = keep[i] ? x[i] : +0, for 4- and 2-byte elements; keep[i] is 0 or 1.
   void (*apply_mask32)(uint32_t* x, const uint8_t* keep, size_t n);
   void (*apply_mask16)(uint16_t* x, const uint8_t* keep, size_t n);
