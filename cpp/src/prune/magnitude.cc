@@ -29,6 +29,12 @@ void magnitude_row_mask(const AnyConstMatrix& W, double sparsity, MaskView keep,
   });
 }
 
+// How errors name matrix i: "W" for a single layer, "weights[i]" in a list.
+std::string matrix_arg(const char* arg, size_t i) {
+  const std::string a(arg);
+  return a == "W" ? a : a + "[" + std::to_string(i) + "]";
+}
+
 // The rows of several matrices seen as one sequence (matrix order, then row order).
 class RowSpace {
  public:
@@ -39,8 +45,7 @@ class RowSpace {
       offsets_.push_back(total);
       total += Ws[i].rows;
       max_cols_ = std::max(max_cols_, Ws[i].cols);
-      names_.push_back(std::string(arg) == "W" ? std::string(arg)
-                                               : std::string(arg) + "[" + std::to_string(i) + "]");
+      names_.push_back(matrix_arg(arg, i));
     }
     total_rows_ = total;
     uint64_t elems = 0;
@@ -223,10 +228,7 @@ void global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsity,
     }
     // Nothing to prune, but bad input is still bad input.
     for (size_t i = 0; i < Ws.size(); ++i) {
-      const std::string name = std::string(arg) == "W"
-                                   ? std::string(arg)
-                                   : std::string(arg) + "[" + std::to_string(i) + "]";
-      check_finite(Ws[i], name.c_str(), num_threads);
+      check_finite(Ws[i], matrix_arg(arg, i).c_str(), num_threads);
     }
     return;
   }
@@ -285,7 +287,7 @@ void magnitude_global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsit
   SF_CHECK_ARG(Ws.size() == keeps.size(), "masks: expected %zu masks, got %zu", Ws.size(),
                keeps.size());
   for (size_t i = 0; i < Ws.size(); ++i) {
-    const std::string name = "weights[" + std::to_string(i) + "]";
+    const std::string name = matrix_arg("weights", i);
     detail::check_matrix(Ws[i], name.c_str());
     detail::check_keep(keeps[i], Ws[i].rows, Ws[i].cols, "masks");
   }
