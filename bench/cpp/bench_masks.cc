@@ -29,8 +29,12 @@ int main(int argc, char** argv) {
   std::vector<std::pair<size_t, size_t>> shapes = {{4096, 4096}, {11008, 4096}};
   if (quick) shapes = {{1024, 1024}};
   std::ostringstream md;
-  md << "# Core mask selection (C++)\n\nBest of " << reps
-     << " interleaved runs, inputs rotated through >= 4x LLC. ms per call; fp32 weights.\n\n";
+  md << "# Core mask selection (C++)\n\n- **Date:** " << sfbench::utc_now() << "\n- **Command:** `"
+     << sfbench::command_line(argc, argv) << "`\n- **N:** best of " << reps << " interleaved runs, "
+     << (quick ? std::string("--quick: 2 input copies, a smoke run, not a measurement")
+               : "inputs rotated through >= 4x LLC (" + std::to_string(sfbench::llc_bytes() >> 20) +
+                     " MiB)")
+     << "\n\nms per call; fp32 weights ~ N(0, 0.02); every SIMD level of this CPU.\n\n";
   md << "| shape | op | simd | threads | ms | Melem/s |\n|---|---|---|---|---|---|\n";
   const sf::SimdLevel top = sf::detected_simd_level();
   for (auto [rows, cols] : shapes) {

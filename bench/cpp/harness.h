@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -56,6 +57,20 @@ inline void run_interleaved(std::vector<Case>& cases, size_t copies, int reps) {
       c.best = std::min(c.best, dt);
     }
   }
+}
+
+// "2026-11-22 03:15 UTC"
+inline std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M UTC", std::gmtime(&t));
+  return buf;
+}
+
+inline std::string command_line(int argc, char** argv) {
+  std::string out;
+  for (int i = 0; i < argc; ++i) out += (i ? " " : "") + std::string(argv[i]);
+  return out;
 }
 
 inline std::string build_info_markdown() {

@@ -154,7 +154,15 @@ Threshold radix_threshold(const RowSpace& space, uint64_t k, int num_threads) {
 // or would be too large to hold, the radix select runs instead: the result never depends
 // on sampling. One pass instead of the radix select's two (both then write the mask):
 // bench/results/masks.md.
-Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
+//
+// Ties at the threshold that must be split (some pruned, some kept, in row order) need
+// each row's count of keys equal to it; the band keeps its keys row by row, so those
+// counts come from the band in *eq_in_row without another pass over the weights (on
+// Gaussian fp32 layers such ties happen in about half the matrices). The radix fallback
+// leaves *eq_in_row empty.
+Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads,
+                           std::vector<size_t>* eq_in_row) {
+  eq_in_row->clear();
   const uint64_t total = space.total_elems();
   const uint64_t r = k - 1;
   uint64_t s = 4096;
@@ -183,27 +191,38 @@ Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
     hi = *it;
   }
 
+  // One part per thread range: the band keys of rows g0.. in row order, and per row how
+  // many there are.
+  struct Part {
+    size_t g0 = 0;
+    std::vector<uint32_t> keys, per_row;
+  };
   const simd::KernelTable& kt = simd::kernels();
   std::mutex mutex;
-  std::vector<uint32_t> band;
+  std::vector<Part> parts;
   uint64_t less = 0;
   parallel_for(space.total_rows(), num_threads, [&](size_t g0, size_t g1) {
-    std::vector<uint32_t> keys(space.max_cols()), local;
+    std::vector<uint32_t> keys(space.max_cols());
+    Part part;
+    part.g0 = g0;
     uint64_t local_less = 0;
     space.for_rows(g0, g1, keys.data(), [&](size_t, size_t, size_t, const uint32_t* kk, size_t n) {
-      const size_t used = local.size();
-      local.resize(used + n);
+      const size_t used = part.keys.size();
+      part.keys.resize(used + n);
       size_t nb = 0;
-      local_less += kt.band_collect(kk, n, lo, hi, local.data() + used, &nb);
-      local.resize(used + nb);
+      local_less += kt.band_collect(kk, n, lo, hi, part.keys.data() + used, &nb);
+      part.keys.resize(used + nb);
+      part.per_row.push_back(static_cast<uint32_t>(nb));
     });
     std::lock_guard<std::mutex> lock(mutex);
-    band.insert(band.end(), local.begin(), local.end());  // order is irrelevant below
+    parts.push_back(std::move(part));
     less += local_less;
   });
+  std::vector<uint32_t> band;
+  for (const Part& part : parts) band.insert(band.end(), part.keys.begin(), part.keys.end());
   if (r < less || r >= less + band.size()) return radix_threshold(space, k, num_threads);
   const auto it = band.begin() + static_cast<std::ptrdiff_t>(r - less);
-  std::nth_element(band.begin(), it, band.end());
+  std::nth_element(band.begin(), it, band.end());  // reorders the copy, not the parts
   Threshold th;
   th.t = *it;
   size_t below = 0, equal = 0;
@@ -213,6 +232,14 @@ Threshold global_threshold(const RowSpace& space, uint64_t k, int num_threads) {
   }
   th.less = static_cast<size_t>(less) + below;
   th.equal = equal;
+  eq_in_row->assign(space.total_rows(), 0);
+  for (const Part& part : parts) {
+    const uint32_t* key = part.keys.data();
+    for (size_t j = 0; j < part.per_row.size(); ++j) {
+      (*eq_in_row)[part.g0 + j] = static_cast<size_t>(std::count(key, key + part.per_row[j], th.t));
+      key += part.per_row[j];
+    }
+  }
   return th;
 }
 
@@ -232,20 +259,23 @@ void global_mask(const std::vector<AnyConstMatrix>& Ws, double sparsity,
     }
     return;
   }
-  const Threshold th = global_threshold(space, k, num_threads);
+  std::vector<size_t> eq_in_row;
+  const Threshold th = global_threshold(space, k, num_threads, &eq_in_row);
   const size_t eq_prune = static_cast<size_t>(k) - th.less;  // ties at t pruned in row order
 
   // Ties beyond the budget: give each row its share, in global row order.
   std::vector<size_t> eq_before;
   if (eq_prune < th.equal) {
-    std::vector<size_t> eq_in_row(space.total_rows());
-    parallel_for(space.total_rows(), num_threads, [&](size_t g0, size_t g1) {
-      std::vector<uint32_t> keys(space.max_cols());
-      space.for_rows(g0, g1, keys.data(),
-                     [&](size_t g, size_t, size_t, const uint32_t* kk, size_t n) {
-                       eq_in_row[g] = static_cast<size_t>(std::count(kk, kk + n, th.t));
-                     });
-    });
+    if (eq_in_row.empty()) {  // the radix path: count with one more pass
+      eq_in_row.resize(space.total_rows());
+      parallel_for(space.total_rows(), num_threads, [&](size_t g0, size_t g1) {
+        std::vector<uint32_t> keys(space.max_cols());
+        space.for_rows(g0, g1, keys.data(),
+                       [&](size_t g, size_t, size_t, const uint32_t* kk, size_t n) {
+                         eq_in_row[g] = static_cast<size_t>(std::count(kk, kk + n, th.t));
+                       });
+      });
+    }
     eq_before.resize(space.total_rows());
     size_t cum = 0;
     for (size_t g = 0; g < eq_in_row.size(); ++g) {
