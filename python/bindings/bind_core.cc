@@ -6,6 +6,7 @@
 #include <Python.h>
 
 #include <exception>
+#include <new>
 #include <string>
 
 #include "bindings.h"
@@ -130,6 +131,18 @@ void register_core(py::module_& m) {
   m.def("cast", &cast_array, py::arg("x"), py::arg("dtype"), py::arg("num_threads") = 0,
         "Convert a C-contiguous fp32/fp16/bf16 array to another of these dtypes (round to "
         "nearest even). Returns a new array.");
+  m.def(
+      "_raise_for_test",
+      [](const std::string& kind) {
+        if (kind == "invalid_argument") SF_THROW(sf::InvalidArgument, "x: bad value %d", 1);
+        if (kind == "dtype") SF_THROW(sf::DTypeError, "x: expected float32, got %s", "int8");
+        if (kind == "numerical") SF_THROW(sf::NumericalError, "H: not positive definite (%g)", 0.5);
+        if (kind == "internal") SF_CHECK(kind == "never");
+        if (kind == "bad_alloc") throw std::bad_alloc();
+        throw sf::InvalidArgument("kind: unknown '" + kind + "'");
+      },
+      py::arg("kind"),
+      "Test hook: throws the C++ exception of `kind` so the Python mapping can be checked.");
   m.def(
       "_gate_address",
       [](py::handle a, bool writeable) -> size_t {
