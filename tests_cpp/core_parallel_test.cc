@@ -58,6 +58,22 @@ TEST(Parallel, LowestFailureIsReportedForAnyThreadCount) {
   }
 }
 
+TEST(Parallel, DynamicCoversEveryIndexAndReportsTheLowestFailure) {
+  for (int threads : {1, 2, 3, 8}) {
+    std::vector<std::atomic<int>> hits(777);
+    parallel_for_dynamic(hits.size(), threads, [&](size_t i) { hits[i]++; });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    try {
+      parallel_for_dynamic(500, threads, [](size_t i) {
+        if (i == 123 || i == 400) SF_THROW(InvalidArgument, "task %zu", i);
+      });
+      FAIL();
+    } catch (const InvalidArgument& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("task 123 ", 0), 0u) << e.what();
+    }
+  }
+}
+
 TEST(Parallel, NestedLoopsRunAndCover) {
   std::vector<std::atomic<int>> hits(64 * 64);
   parallel_for_each(

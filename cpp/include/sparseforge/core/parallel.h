@@ -93,6 +93,42 @@ void parallel_for(size_t n, int num_threads, F&& fn, size_t grain = 0) {
   errors.rethrow_if_any();
 }
 
+// One call per index, tasks claimed dynamically (an atomic counter): for tasks of unequal
+// cost. Results stay deterministic as long as each task's arithmetic does not depend on
+// which thread runs it; the exception rule is the same as parallel_for's.
+template <class F>
+void parallel_for_dynamic(size_t n, int num_threads, F&& fn) {
+  if (n == 0) return;
+  int threads = resolve_num_threads(num_threads);
+#ifdef _OPENMP
+  if (omp_in_parallel()) threads = 1;
+#endif
+  if (static_cast<size_t>(threads) > n) threads = static_cast<int>(n);
+  ExceptionCollector errors;
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i = next++; i < n; i = next++) {
+      if (errors.skip(i)) continue;
+      try {
+        fn(i);
+      } catch (...) {
+        errors.capture(i);
+      }
+    }
+  };
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    worker();
+  } else {
+    worker();
+  }
+#else
+  worker();
+#endif
+  errors.rethrow_if_any();
+}
+
 // One call per index: fn(i).
 template <class F>
 void parallel_for_each(size_t n, int num_threads, F&& fn) {

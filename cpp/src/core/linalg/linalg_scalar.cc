@@ -1,0 +1,26 @@
+// The scalar linear algebra table: linalg.inc with Eigen compiled for this level under its
+// own namespace name (see linalg.h for why).
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#define EIGEN_DONT_PARALLELIZE
+#define Eigen sf_eigen_scalar  // NOLINT: per-level Eigen symbols
+#include <Eigen/Dense>
+
+#include "core/linalg/linalg.h"
+
+namespace sparseforge {
+namespace linalg {
+namespace {
+namespace E = ::sf_eigen_scalar;
+#define SF_LEVEL_NAME "scalar"
+#include "core/linalg/linalg.inc"  // NOLINT(build/include)
+#undef SF_LEVEL_NAME
+}  // namespace
+
+extern const LinalgTable kTableScalar;
+const LinalgTable kTableScalar = kTable;
+
+}  // namespace linalg
+}  // namespace sparseforge
