@@ -11,6 +11,9 @@
 #include "numpy_view.h"
 #include "sparseforge/prune/magnitude.h"
 #include "sparseforge/prune/mask.h"
+#include "sparseforge/prune/obs.h"
+#include "sparseforge/prune/sparsegpt.h"
+#include "sparseforge/prune/wanda.h"
 
 namespace py = pybind11;
 namespace sf = sparseforge;
@@ -141,6 +144,169 @@ void register_prune(py::module_& m) {
         return std::make_pair(p.n, p.m);
       },
       py::arg("pattern"));
+}
+
+}  // namespace sfpy
+
+// --- one-shot methods: Wanda, SparseGPT, OBS, OBD, reconstruction ----------------------
+
+namespace sfpy {
+namespace {
+
+sp::NMPattern pattern_arg(int n, int m) { return sp::NMPattern{n, m}; }
+
+py::array new_like(const sf::AnyConstMatrix& W) {
+  return new_array(W.dtype, {static_cast<py::ssize_t>(W.rows), static_cast<py::ssize_t>(W.cols)});
+}
+
+py::dict obs_info(const sp::ObsResult& r) {
+  py::dict d;
+  d["percdamp_used"] = r.percdamp_used;
+  d["damp"] = r.damp;
+  d["attempts"] = r.attempts;
+  d["dead_columns"] = r.dead_columns;
+  d["loss"] = r.loss;
+  py::array_t<double> rl(static_cast<py::ssize_t>(r.row_loss.size()));
+  std::copy(r.row_loss.begin(), r.row_loss.end(), rl.mutable_data());
+  d["row_loss"] = rl;
+  return d;
+}
+
+}  // namespace
+
+void register_prune_methods(py::module_& m) {
+  m.def(
+      "wanda_mask",
+      [](py::handle W_obj, py::handle norms_obj, double sparsity, int n, int mm, int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const float* norms = vector_f32_in(norms_obj, "col_norms", W.cols);
+        const int threads = threads_arg(num_threads);
+        py::array_t<bool> keep = new_mask(W.rows, W.cols);
+        sf::MaskView kv = mask_view(keep);
+        py::gil_scoped_release release;
+        if (mm > 0) {
+          sp::wanda_nm_mask(W, norms, pattern_arg(n, mm), kv, threads);
+        } else {
+          sp::wanda_mask(W, norms, sparsity, kv, threads);
+        }
+        return keep;
+      },
+      py::arg("W"), py::arg("col_norms"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
+      py::arg("num_threads") = 0);
+  m.def(
+      "wanda_variant_mask",
+      [](py::handle W_obj, py::handle norms_obj, double sparsity, int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const float* norms = vector_f32_in(norms_obj, "col_norms", W.cols);
+        const int threads = threads_arg(num_threads);
+        py::array_t<bool> keep = new_mask(W.rows, W.cols);
+        sf::MaskView kv = mask_view(keep);
+        sp::WandaVariantInfo info;
+        {
+          py::gil_scoped_release release;
+          info = sp::wanda_variant_mask(W, norms, sparsity, kv, threads);
+        }
+        return py::make_tuple(keep, info.alpha, info.iterations, info.sparsity);
+      },
+      py::arg("W"), py::arg("col_norms"), py::arg("sparsity"), py::arg("num_threads") = 0);
+  m.def(
+      "sparsegpt",
+      [](py::handle W_obj, py::handle H_obj, double sparsity, int n, int mm, size_t block_size,
+         double percdamp, double max_percdamp, bool float64, bool exact_count, py::object mask,
+         int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const sp::HessianView H = hessian_in(H_obj, "H");
+        sp::SparseGPTOptions o;
+        o.sparsity = sparsity;
+        o.pattern = pattern_arg(n, mm);
+        o.block_size = block_size;
+        o.percdamp = percdamp;
+        o.max_percdamp = max_percdamp;
+        o.precision = float64 ? sp::Precision::kFloat64 : sp::Precision::kFloat32;
+        o.block_count = exact_count ? sp::BlockCount::kExact : sp::BlockCount::kReference;
+        const int threads = threads_arg(num_threads);
+        py::array out = new_like(W);
+        sf::AnyMatrix ov = matrix_view(out);
+        py::array_t<bool> keep = new_mask(W.rows, W.cols);
+        sf::MaskView kv = mask_view(keep);
+        if (!mask.is_none()) {  // reconstruction: the given mask, copied into `keep`
+          const sf::ConstMaskView given = mask_in(mask, "mask", W.rows, W.cols);
+          for (size_t r = 0; r < W.rows; ++r) {
+            std::copy(given.row(r), given.row(r) + W.cols, kv.row(r));
+          }
+          o.mask_given = true;
+        }
+        sp::SparseGPTResult r;
+        {
+          py::gil_scoped_release release;
+          r = sp::sparsegpt(W, H, o, ov, kv, threads);
+        }
+        py::dict d;
+        d["percdamp_used"] = r.percdamp_used;
+        d["damp"] = r.damp;
+        d["attempts"] = r.attempts;
+        d["dead_columns"] = r.dead_columns;
+        d["loss"] = r.loss;
+        py::array_t<double> rl(static_cast<py::ssize_t>(r.row_loss.size()));
+        std::copy(r.row_loss.begin(), r.row_loss.end(), rl.mutable_data());
+        d["row_loss"] = rl;
+        return py::make_tuple(out, keep, d);
+      },
+      py::arg("W"), py::arg("H"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
+      py::arg("block_size"), py::arg("percdamp"), py::arg("max_percdamp"), py::arg("float64"),
+      py::arg("exact_count"), py::arg("mask"), py::arg("num_threads") = 0);
+  m.def(
+      "obs",
+      [](py::handle W_obj, py::handle H_obj, double sparsity, int n, int mm, double percdamp,
+         double max_percdamp, int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const sp::HessianView H = hessian_in(H_obj, "H");
+        const int threads = threads_arg(num_threads);
+        py::array out = new_like(W);
+        sf::AnyMatrix ov = matrix_view(out);
+        py::array_t<bool> keep = new_mask(W.rows, W.cols);
+        sf::MaskView kv = mask_view(keep);
+        sp::ObsResult r;
+        {
+          py::gil_scoped_release release;
+          r = sp::obs(W, H, sparsity, pattern_arg(n, mm), percdamp, max_percdamp, ov, kv, threads);
+        }
+        return py::make_tuple(out, keep, obs_info(r));
+      },
+      py::arg("W"), py::arg("H"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
+      py::arg("percdamp"), py::arg("max_percdamp"), py::arg("num_threads") = 0);
+  m.def(
+      "obd_mask",
+      [](py::handle W_obj, py::handle H_obj, double sparsity, int n, int mm, int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const sp::HessianView H = hessian_in(H_obj, "H");
+        const int threads = threads_arg(num_threads);
+        py::array_t<bool> keep = new_mask(W.rows, W.cols);
+        sf::MaskView kv = mask_view(keep);
+        py::gil_scoped_release release;
+        sp::obd_mask(W, H, sparsity, pattern_arg(n, mm), kv, threads);
+        return keep;
+      },
+      py::arg("W"), py::arg("H"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
+      py::arg("num_threads") = 0);
+  m.def(
+      "reconstruct_exact",
+      [](py::handle W_obj, py::handle H_obj, py::handle mask_obj, double percdamp,
+         int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const sp::HessianView H = hessian_in(H_obj, "H");
+        const sf::ConstMaskView keep = mask_in(mask_obj, "mask", W.rows, W.cols);
+        const int threads = threads_arg(num_threads);
+        py::array out = new_like(W);
+        sf::AnyMatrix ov = matrix_view(out);
+        sp::ObsResult r;
+        {
+          py::gil_scoped_release release;
+          r = sp::reconstruct_exact(W, H, keep, percdamp, ov, threads);
+        }
+        return py::make_tuple(out, obs_info(r));
+      },
+      py::arg("W"), py::arg("H"), py::arg("mask"), py::arg("percdamp"), py::arg("num_threads") = 0);
 }
 
 }  // namespace sfpy

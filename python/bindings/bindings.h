@@ -5,9 +5,11 @@
 
 namespace sfpy {
 
-void register_errors(pybind11::module_& m);  // exception types and the C++ -> Python mapping
-void register_core(pybind11::module_& m);    // build info, SIMD level, threads, dtype casts
-void register_prune(pybind11::module_& m);   // masks, magnitude pruning, N:M checks
+void register_errors(pybind11::module_& m);         // exception types and the C++ -> Python mapping
+void register_core(pybind11::module_& m);           // build info, SIMD level, threads, dtype casts
+void register_calib(pybind11::module_& m);          // LayerStats
+void register_prune(pybind11::module_& m);          // masks, magnitude pruning, N:M checks
+void register_prune_methods(pybind11::module_& m);  // Wanda, SparseGPT, OBS, OBD, reconstruct
 
 // num_threads from Python: 0 means the default; negative is an error.
 int threads_arg(int num_threads);

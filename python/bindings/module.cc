@@ -13,5 +13,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = SF_VERSION;
   sfpy::register_errors(m);
   sfpy::register_core(m);
+  sfpy::register_calib(m);
   sfpy::register_prune(m);
+  sfpy::register_prune_methods(m);
 }

@@ -156,6 +156,46 @@ sparseforge::ConstMaskView mask_in(py::handle obj, const char* name, size_t rows
   return {static_cast<const uint8_t*>(a.data()), rows, cols, stride};
 }
 
+sparseforge::prune::HessianView hessian_in(py::handle obj, const char* name) {
+  const py::array a = as_ndarray(obj, name);
+  const py::dtype dt = a.dtype();
+  const bool f64 = dt.equal(py::dtype::of<double>());
+  if (!f64 && !dt.equal(py::dtype::of<float>())) {
+    throw sparseforge::DTypeError(std::string(name) + ": expected dtype float64 or float32, got " +
+                                  dtype_str(a));
+  }
+  require_ndim(a, name, 2);
+  const size_t stride = row_stride_elems(a, name);
+  if (a.shape(0) != a.shape(1)) {
+    fail(std::string(name) + ": expected a square matrix, got shape " + shape_str(a));
+  }
+  sparseforge::prune::HessianView h;
+  h.data = a.data();
+  h.f64 = f64;
+  h.n = static_cast<size_t>(a.shape(0));
+  h.stride = stride;
+  return h;
+}
+
+const float* vector_f32_in(py::handle obj, const char* name, size_t n) {
+  const py::array a = as_ndarray(obj, name);
+  if (!a.dtype().equal(py::dtype::of<float>())) {
+    throw sparseforge::DTypeError(std::string(name) + ": expected dtype float32, got " +
+                                  dtype_str(a));
+  }
+  if (a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != n) {
+    fail(std::string(name) + ": expected shape (" + std::to_string(n) + ",), got " + shape_str(a));
+  }
+  if (a.strides(0) != 4 && n > 1) {
+    fail(std::string(name) + ": expected a contiguous vector, got stride " +
+         std::to_string(a.strides(0)));
+  }
+  if (!(a.flags() & kNpyArrayAligned)) {
+    fail(std::string(name) + ": expected an aligned array, got a misaligned buffer");
+  }
+  return static_cast<const float*>(a.data());
+}
+
 FlatArray flat_in(py::handle obj, const char* name, unsigned allowed) {
   const py::array a = as_ndarray(obj, name);
   const DType t = float_dtype(a, name, allowed);

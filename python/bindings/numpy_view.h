@@ -16,6 +16,7 @@
 
 #include "sparseforge/core/dtype.h"
 #include "sparseforge/core/view.h"
+#include "sparseforge/prune/sparsegpt.h"
 
 namespace sfpy {
 
@@ -31,6 +32,13 @@ sparseforge::AnyMatrix matrix_inout(py::handle obj, const char* name, unsigned a
 
 // A 2-D bool mask of the given shape.
 sparseforge::ConstMaskView mask_in(py::handle obj, const char* name, size_t rows, size_t cols);
+
+// A Hessian: 2-D float32 or float64 with unit-stride rows (squareness and the rest are
+// checked by the core, which knows W).
+sparseforge::prune::HessianView hessian_in(py::handle obj, const char* name);
+
+// A 1-D float32 vector of length n with unit stride.
+const float* vector_f32_in(py::handle obj, const char* name, size_t n);
 
 // A C-contiguous float array of any shape, as a flat buffer.
 struct FlatArray {

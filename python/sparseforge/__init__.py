@@ -4,7 +4,8 @@ Arrays are numpy, row-major; a weight ``W`` has shape ``(out_features, in_featur
 Storage dtypes are float32, float16 and bfloat16 (``ml_dtypes.bfloat16``); compute is
 float32. N:M means *n kept* of every *m* consecutive weights along ``in_features``.
 
-Areas: :mod:`sparseforge.prune` (masks, magnitude and N:M pruning).
+Areas: :mod:`sparseforge.calib` (streaming calibration statistics), :mod:`sparseforge.prune`
+(masks, magnitude, N:M, Wanda, SparseGPT, OBS/OBD, reconstruction).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "directly."
     ) from err
 
-from . import prune
+from . import calib, prune
 from ._base import (
     DTypeError,
     NumericalError,
@@ -37,6 +38,7 @@ __all__ = [
     "NumericalError",
     "__version__",
     "build_info",
+    "calib",
     "cast",
     "default_num_threads",
     "detected_simd_level",

@@ -39,8 +39,14 @@ __all__ = [
     "check_pattern",
     "magnitude",
     "magnitude_global",
+    "obd",
+    "obs",
     "parse_pattern",
+    "reconstruct",
+    "reconstruction_error",
+    "sparsegpt",
     "sparsity",
+    "wanda",
 ]
 
 
@@ -130,6 +136,32 @@ def _result(W: np.ndarray, mask: np.ndarray, info: dict[str, Any], threads: int)
     return PruneResult(weight=weight, mask=mask, sparsity=zeros / weight.size, info=info)
 
 
+def _finish(
+    weight: np.ndarray, mask: np.ndarray, info: dict[str, Any], threads: int
+) -> PruneResult:
+    """A PruneResult for a weight the core has already computed (with updates)."""
+    info["pruned"] = int(mask.size - np.count_nonzero(mask))
+    zeros = _core.count_zeros(weight, threads)
+    return PruneResult(weight=weight, mask=mask, sparsity=zeros / weight.size, info=info)
+
+
+def _sparsity_and_pattern(
+    sparsity: Any, pattern: str | NMPattern | tuple[int, int] | None
+) -> tuple[float, NMPattern | None]:
+    """Defaults and consistency: sparsity 0.5, or 1 - n/m with a pattern (must agree)."""
+    if pattern is None:
+        return _check_sparsity(0.5 if sparsity is None else sparsity), None
+    p = parse_pattern(pattern)
+    if sparsity is not None and not math.isclose(
+        _check_sparsity(sparsity), p.sparsity, rel_tol=0, abs_tol=1e-9
+    ):
+        raise ValueError(
+            f"sparsity: pattern {p} implies sparsity {p.sparsity:g}, got {sparsity!r}; "
+            "leave sparsity unset with a pattern"
+        )
+    return p.sparsity, p
+
+
 def magnitude(
     W: np.ndarray,
     sparsity: float | None = None,
@@ -177,7 +209,11 @@ def magnitude(
                 "leave sparsity unset with a pattern"
             )
         mask = _core.magnitude_nm_mask(W, p.n, p.m, threads)
-        info = {"method": "magnitude", "pattern": str(p), "target_sparsity": p.sparsity}
+        info: dict[str, Any] = {
+            "method": "magnitude",
+            "pattern": str(p),
+            "target_sparsity": p.sparsity,
+        }
         return _result(W, mask, info, threads)
     s = _check_sparsity(0.5 if sparsity is None else sparsity)
     mask = _core.magnitude_mask(W, s, scope, threads)
@@ -372,3 +408,317 @@ def _core_takes(W: np.ndarray) -> bool:
         and (W.strides[1] == item or W.shape[1] <= 1)
         and (W.shape[0] <= 1 or (W.strides[0] >= W.shape[1] * item and W.strides[0] % item == 0))
     )
+
+
+# --- one-shot methods with calibration statistics ------------------------------------------
+
+
+def _hessian_arg(H: Any) -> np.ndarray:
+    from .calib import LayerStats
+
+    if isinstance(H, LayerStats):
+        return H.hessian
+    if not isinstance(H, np.ndarray):
+        raise TypeError(f"H: expected a numpy.ndarray or a LayerStats, got {type(H).__name__}")
+    return H
+
+
+def _norms_arg(col_norms: Any) -> np.ndarray:
+    from .calib import LayerStats
+
+    if isinstance(col_norms, LayerStats):
+        return col_norms.col_norms
+    if not isinstance(col_norms, np.ndarray):
+        raise TypeError(
+            f"col_norms: expected a numpy.ndarray or a LayerStats, got {type(col_norms).__name__}"
+        )
+    return col_norms
+
+
+def _dead_columns(H: np.ndarray) -> list[int]:
+    """Inputs that never fired (H_jj == 0): SparseGPT zeroes those columns of W."""
+    if H.ndim != 2 or H.shape[0] != H.shape[1]:
+        return []  # the core reports the shape error
+    return [int(j) for j in np.flatnonzero(np.diagonal(H) == 0)]
+
+
+def _check_percdamp(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+    return v
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return str(value)
+
+
+def wanda(
+    W: np.ndarray,
+    col_norms: Any,
+    sparsity: float | None = None,
+    *,
+    pattern: str | NMPattern | tuple[int, int] | None = None,
+    variant: bool = False,
+    num_threads: int | None = None,
+) -> PruneResult:
+    """Wanda: prune by ``|W_ij| * col_norms[j]``, compared within each output row.
+
+    Parameters
+    ----------
+    W : ndarray, shape (out_features, in_features), float32 | float16 | bfloat16
+    col_norms : ndarray, shape (in_features,), float32, finite and >= 0; or a LayerStats
+        Input column norms (``LayerStats.col_norms``); any uniform scale gives the same mask.
+    sparsity : float in [0, 1), optional
+        Default 0.5, or ``1 - n/m`` with a pattern.
+    pattern : "n:m", optional
+        N:M groups along ``in_features``.
+    variant : bool
+        locuslab/wanda's ``--use_variant``: per-row cumulative-score cut with alpha found by
+        bisection so the layer sparsity is within 0.001 of the target (unstructured only);
+        ``info`` then holds ``alpha`` and ``iterations``.
+
+    Returns
+    -------
+    PruneResult
+        No weight update: ``weight`` is W with pruned entries +0.0.
+
+    Notes
+    -----
+    The score is the fp32 product ``|w| * col_norms[j]``, as the reference computes it, so
+    masks equal locuslab/wanda's on the same inputs (ties: lower index pruned first, the
+    order of its ``torch.sort(stable=True)``). The variant's cumulative sums are float64.
+    """
+    threads = threads_arg(num_threads)
+    norms = _norms_arg(col_norms)
+    s, p = _sparsity_and_pattern(sparsity, pattern)
+    if not isinstance(variant, bool):
+        raise TypeError(f"variant: expected a bool, got {type(variant).__name__}")
+    info: dict[str, Any] = {"method": "wanda", "target_sparsity": s}
+    if variant:
+        if p is not None:
+            raise ValueError("variant: the cumulative-score variant is unstructured; drop pattern")
+        mask, alpha, iterations, _achieved = _core.wanda_variant_mask(W, norms, s, threads)
+        info.update(variant=True, alpha=float(alpha), iterations=int(iterations))
+        return _result(W, mask, info, threads)
+    if p is not None:
+        info["pattern"] = str(p)
+    mask = _core.wanda_mask(W, norms, s, p.n if p else 0, p.m if p else 0, threads)
+    return _result(W, mask, info, threads)
+
+
+def sparsegpt(
+    W: np.ndarray,
+    H: Any,
+    sparsity: float | None = None,
+    *,
+    pattern: str | NMPattern | tuple[int, int] | None = None,
+    block_size: int = 128,
+    percdamp: float = 0.01,
+    max_percdamp: float = 1.0,
+    precision: str = "float32",
+    block_count: str = "reference",
+    num_threads: int | None = None,
+) -> PruneResult:
+    """SparseGPT: one-shot pruning with OBS weight updates (IST-DASLab/sparsegpt).
+
+    Parameters
+    ----------
+    W : ndarray, shape (out_features, in_features), float32 | float16 | bfloat16
+    H : ndarray, shape (in_features, in_features), float64 | float32, symmetric; or LayerStats
+        ``X^T X`` up to scale (``LayerStats.hessian``).
+    sparsity, pattern
+        As in :func:`magnitude`. Unstructured masks are chosen per block of columns, jointly
+        over all rows, so per-row sparsity varies.
+    block_size : int
+        Columns per block (the reference's 128); a multiple of m with a pattern.
+    percdamp : float
+        Damping ``percdamp * mean(diag H)`` added to the diagonal.
+    max_percdamp : float
+        If H + damping is not positive definite, the damping is retried 10x larger (from
+        1e-4 when percdamp is 0) up to this; past it :class:`sparseforge.NumericalError` is
+        raised. Never an identity fallback.
+    precision : {"float32", "float64"}
+        Arithmetic of the column sweep (U is always computed in float64). "float32" is the
+        reference's precision.
+    block_count : {"reference", "exact"}
+        "reference" prunes every score <= the ``int(rows*B*sparsity)``-th smallest of a
+        block (0-based), like the reference's ``sort(...)[k]`` with ``<=``: one weight more
+        than the count, plus ties. "exact" prunes exactly ``int(rows*B*sparsity)``.
+
+    Returns
+    -------
+    PruneResult
+        ``weight`` pruned and updated, in W's dtype. ``info``: ``percdamp_used``, ``damp``,
+        ``attempts``, ``dead_columns`` (list of the inputs with H_jj == 0, whose columns are
+        zeroed),
+        ``row_loss`` ((out_features,) float64, the OBS error estimate per row) and ``loss``.
+
+    Notes
+    -----
+    At sparsity 0 nothing is pruned (the reference would prune each block's minimum); N:M
+    ties go to the lower index. Results are identical for any ``num_threads``.
+    """
+    threads = threads_arg(num_threads)
+    Hm = _hessian_arg(H)
+    s, p = _sparsity_and_pattern(sparsity, pattern)
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size: expected >= 1, got {block_size}")
+    pd = _check_percdamp(percdamp, "percdamp")
+    mpd = _check_percdamp(max_percdamp, "max_percdamp")
+    prec = _choice(precision, "precision", ("float32", "float64"))
+    count = _choice(block_count, "block_count", ("reference", "exact"))
+    weight, mask, core_info = _core.sparsegpt(
+        W,
+        Hm,
+        s,
+        p.n if p else 0,
+        p.m if p else 0,
+        int(block_size),
+        pd,
+        mpd,
+        prec == "float64",
+        count == "exact",
+        None,
+        threads,
+    )
+    info: dict[str, Any] = {"method": "sparsegpt", "target_sparsity": s, **core_info}
+    info["dead_columns"] = _dead_columns(Hm)
+    info.update(block_size=int(block_size), precision=prec, block_count=count)
+    if p is not None:
+        info["pattern"] = str(p)
+    return _finish(weight, mask, info, threads)
+
+
+def obs(
+    W: np.ndarray,
+    H: Any,
+    sparsity: float | None = None,
+    *,
+    pattern: str | NMPattern | tuple[int, int] | None = None,
+    percdamp: float = 0.01,
+    max_percdamp: float = 1.0,
+    num_threads: int | None = None,
+) -> PruneResult:
+    """Exact greedy Optimal Brain Surgeon, row by row (float64).
+
+    Each step prunes the weight with the least saliency ``w_q**2 / [H^-1]_qq`` (ties:
+    lower index), updates every remaining weight of the row by ``-w_q / [H^-1]_qq *
+    H^-1[:, q]`` and removes q from ``H^-1``. With a pattern, only weights in groups still
+    keeping more than n are candidates. H is damped and dead inputs handled as in
+    :func:`sparsegpt`. Cost ~``in_features * k**2 / 2`` per row for k pruned: ground truth
+    for layers up to ~1024 inputs. ``info``: ``loss``, ``row_loss`` (sum of saliencies).
+    """
+    threads = threads_arg(num_threads)
+    Hm = _hessian_arg(H)
+    s, p = _sparsity_and_pattern(sparsity, pattern)
+    pd = _check_percdamp(percdamp, "percdamp")
+    mpd = _check_percdamp(max_percdamp, "max_percdamp")
+    weight, mask, core_info = _core.obs(
+        W, Hm, s, p.n if p else 0, p.m if p else 0, pd, mpd, threads
+    )
+    info: dict[str, Any] = {"method": "obs", "target_sparsity": s, **core_info}
+    info["dead_columns"] = _dead_columns(Hm)
+    if p is not None:
+        info["pattern"] = str(p)
+    return _finish(weight, mask, info, threads)
+
+
+def obd(
+    W: np.ndarray,
+    H: Any,
+    sparsity: float | None = None,
+    *,
+    pattern: str | NMPattern | tuple[int, int] | None = None,
+    num_threads: int | None = None,
+) -> PruneResult:
+    """Optimal Brain Damage: saliency ``0.5 * w**2 * H_qq`` (the undamped diagonal), the
+    lowest ``int(sparsity * in_features)`` per row (or per group with a pattern) pruned,
+    ties by index; no weight update."""
+    threads = threads_arg(num_threads)
+    Hm = _hessian_arg(H)
+    s, p = _sparsity_and_pattern(sparsity, pattern)
+    mask = _core.obd_mask(W, Hm, s, p.n if p else 0, p.m if p else 0, threads)
+    info: dict[str, Any] = {"method": "obd", "target_sparsity": s}
+    if p is not None:
+        info["pattern"] = str(p)
+    return _result(W, mask, info, threads)
+
+
+def reconstruct(
+    W: np.ndarray,
+    H: Any,
+    mask: np.ndarray,
+    *,
+    method: str = "exact",
+    percdamp: float = 0.01,
+    precision: str = "float64",
+    block_size: int = 128,
+    num_threads: int | None = None,
+) -> PruneResult:
+    """The best weights for a given mask: mask selection and weight update as separate steps.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, W's shape, True = kept
+        Any mask, e.g. ``wanda(...).mask``.
+    method : {"exact", "sweep"}
+        "exact": per row the least-squares optimum ``w_hat_S = solve(H'_SS, (H' w)_S)`` over
+        the kept set S (float64, one Cholesky of |S| x |S| per row: ~|S|**3/3 flops per row,
+        fine to a few thousand inputs). "sweep": SparseGPT's column sweep with this mask (no
+        selection), the "mask-given SparseGPT" of locuslab/wanda's ablations: fast, not
+        optimal (kept weights left of a pruned one are not revisited).
+    precision : {"float64", "float32"}
+        The sweep's arithmetic ("exact" is always float64).
+
+    Returns
+    -------
+    PruneResult
+        ``info``: ``loss``/``row_loss`` (for "exact": ``0.5 (w - w_hat)^T H' (w - w_hat)``).
+    """
+    threads = threads_arg(num_threads)
+    Hm = _hessian_arg(H)
+    meth = _choice(method, "method", ("exact", "sweep"))
+    pd = _check_percdamp(percdamp, "percdamp")
+    prec = _choice(precision, "precision", ("float32", "float64"))
+    info: dict[str, Any] = {"method": f"reconstruct:{meth}"}
+    if meth == "exact":
+        weight, core_info = _core.reconstruct_exact(W, Hm, mask, pd, threads)
+        info.update(core_info, dead_columns=_dead_columns(Hm))
+        return _finish(weight, np.array(mask, dtype=bool, copy=True), info, threads)
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size: expected >= 1, got {block_size}")
+    weight, keep, core_info = _core.sparsegpt(
+        W, Hm, 0.0, 0, 0, int(block_size), pd, 1.0, prec == "float64", False, mask, threads
+    )
+    info.update(core_info, precision=prec, dead_columns=_dead_columns(Hm))
+    return _finish(weight, keep, info, threads)
+
+
+def reconstruction_error(W: np.ndarray, W_hat: np.ndarray, H: Any) -> float:
+    """Relative layer error ``||(W - W_hat) X||**2 / ||W X||**2`` with ``H = X^T X``.
+
+    Computed in float64 as ``trace(D H D^T) / trace(W H W^T)``, ``D = W - W_hat``.
+    """
+    Hm = np.asarray(_hessian_arg(H), dtype=np.float64)
+    for name, a in (("W", W), ("W_hat", W_hat)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if W.ndim != 2 or W_hat.shape != W.shape:
+        raise ValueError(f"W_hat: expected shape {W.shape}, got {W_hat.shape}")
+    if Hm.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"H: expected shape ({W.shape[1]}, {W.shape[1]}), got {Hm.shape}")
+    Wd = W.astype(np.float64)
+    D = Wd - W_hat.astype(np.float64)
+    den = float(np.einsum("ij,ij->", Wd @ Hm, Wd))
+    if not den > 0:
+        raise ValueError("H: W H W^T has no positive energy (all-zero W or H?)")
+    return float(np.einsum("ij,ij->", D @ Hm, D)) / den

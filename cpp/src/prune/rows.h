@@ -54,6 +54,37 @@ inline void row_abs_keys(const AnyConstMatrix& W, size_t r, uint32_t* keys, cons
   SF_CHECK_ARG(mx < kNonFiniteKey, "%s: contains NaN or Inf (row %zu)", arg, r);
 }
 
+// keys[c] = score_key(|W[r, c]| * scale[c]) (fp32 product); throws if a product is not finite.
+inline void row_scaled_keys(const AnyConstMatrix& W, size_t r, const float* scale, uint32_t* keys,
+                            const char* arg) {
+  const simd::KernelTable& kt = simd::kernels();
+  const void* p = row_ptr(W, r);
+  uint32_t mx;
+  switch (W.dtype) {
+    case DType::kF16:
+      mx = kt.scaled_abs_keys_f16(static_cast<const uint16_t*>(p), scale, W.cols, keys);
+      break;
+    case DType::kBF16:
+      mx = kt.scaled_abs_keys_bf16(static_cast<const uint16_t*>(p), scale, W.cols, keys);
+      break;
+    case DType::kF32:
+    default:
+      mx = kt.scaled_abs_keys_f32(static_cast<const float*>(p), scale, W.cols, keys);
+      break;
+  }
+  SF_CHECK_ARG(mx < kNonFiniteKey, "%s: contains NaN or Inf, or a score overflows (row %zu)", arg,
+               r);
+}
+
+// Checks a per-column scale vector: finite and >= 0.
+inline void check_col_scale(const float* v, size_t n, const char* arg) {
+  SF_CHECK_ARG(v != nullptr, "%s: null data pointer", arg);
+  for (size_t j = 0; j < n; ++j) {
+    SF_CHECK_ARG(v[j] >= 0.0f && v[j] <= 3.4e38f, "%s: expected finite values >= 0, got %g at %zu",
+                 arg, static_cast<double>(v[j]), j);
+  }
+}
+
 // score_key(|W[r, c]|) of one element (no finiteness check: callers scan whole rows).
 inline uint32_t element_abs_key(const AnyConstMatrix& W, size_t r, size_t c) {
   const void* p = row_ptr(W, r);

@@ -40,6 +40,20 @@ struct LinalgTable {
   // Solves A x = b in place for SPD A (n x n, lower triangle used; overwritten by its
   // Cholesky factor). Returns false if A is not positive definite.
   bool (*posv_f64)(size_t n, double* A, size_t lda, double* b);
+
+  // One OBS column sweep over a block of B columns for `rows` rows (SparseGPT's inner
+  // loop). W1 (rows x B, ld ldw) holds the block's current weights; U1 (B x B, ld ldu) the
+  // block of the upper Cholesky factor of H^-1; keep (rows x B, ld ldk) the mask, read,
+  // or with nm_m > 0 chosen here at every group's first column from the updated weights
+  // (keep the nm_n highest w^2/U_jj^2 of each group of nm_m; ties: lower index pruned).
+  // For each column i: q = keep ? w : 0, e = (w - q) / U_ii, W1[r, i+1:] -= e U1[i, i+1:],
+  // W1[r, i] = q, err[r, i] = e, row_loss[r] += (w - q)^2 / U_ii^2 / 2.
+  void (*obs_sweep_f32)(size_t rows, size_t B, float* W1, size_t ldw, const float* U1, size_t ldu,
+                        uint8_t* keep, size_t ldk, int nm_n, int nm_m, float* err, size_t lde,
+                        double* row_loss);
+  void (*obs_sweep_f64)(size_t rows, size_t B, double* W1, size_t ldw, const double* U1, size_t ldu,
+                        uint8_t* keep, size_t ldk, int nm_n, int nm_m, double* err, size_t lde,
+                        double* row_loss);
 };
 
 const LinalgTable& linalg();  // the active SIMD level's table

@@ -26,6 +26,11 @@ struct KernelTable {
   uint32_t (*abs_keys_f32)(const float* x, size_t n, uint32_t* keys);
   uint32_t (*abs_keys_f16)(const uint16_t* x, size_t n, uint32_t* keys);
   uint32_t (*abs_keys_bf16)(const uint16_t* x, size_t n, uint32_t* keys);
+  // keys[i] = bits of (|x[i]| * scale[i]) in fp32 (the product rounded as fp32, like
+  // torch's |W| * norms). scale[i] >= 0 and finite. Returns max(keys) as above.
+  uint32_t (*scaled_abs_keys_f32)(const float* x, const float* scale, size_t n, uint32_t* keys);
+  uint32_t (*scaled_abs_keys_f16)(const uint16_t* x, const float* scale, size_t n, uint32_t* keys);
+  uint32_t (*scaled_abs_keys_bf16)(const uint16_t* x, const float* scale, size_t n, uint32_t* keys);
   // Returns #{i : keys[i] < lo} and copies, in index order, the keys in [lo, hi] to band
   // (capacity n); *band_n receives how many.
   size_t (*band_collect)(const uint32_t* keys, size_t n, uint32_t lo, uint32_t hi, uint32_t* band,

@@ -1,0 +1,181 @@
+#include "sparseforge/calib/layer_stats.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "core/linalg/linalg.h"
+#include "core/simd/kernels.h"
+#include "sparseforge/core/dtype.h"
+#include "sparseforge/core/error.h"
+#include "sparseforge/core/parallel.h"
+
+namespace sparseforge {
+namespace calib {
+namespace {
+
+constexpr size_t kTile = 512;
+constexpr uint32_t kMaxKey =
+    0x58800000u;  // bits of 2^50: x^2 summed over a chunk stays finite in fp32
+
+const void* row_ptr(const AnyConstMatrix& X, size_t r) {
+  return static_cast<const char*>(X.data) + r * X.stride * dtype_size(X.dtype);
+}
+
+// Every row finite and below 2^50 in magnitude, checked before any state changes.
+void validate(const AnyConstMatrix& X, int num_threads) {
+  parallel_for(X.rows, num_threads, [&](size_t r0, size_t r1) {
+    const simd::KernelTable& kt = simd::kernels();
+    std::vector<uint32_t> keys(X.cols);
+    for (size_t r = r0; r < r1; ++r) {
+      const void* p = row_ptr(X, r);
+      uint32_t mx;
+      if (X.dtype == DType::kF32) {
+        mx = kt.abs_keys_f32(static_cast<const float*>(p), X.cols, keys.data());
+      } else if (X.dtype == DType::kF16) {
+        mx = kt.abs_keys_f16(static_cast<const uint16_t*>(p), X.cols, keys.data());
+      } else {
+        mx = kt.abs_keys_bf16(static_cast<const uint16_t*>(p), X.cols, keys.data());
+      }
+      SF_CHECK_ARG(mx < 0x7F800000u, "X: contains NaN or Inf (row %zu)", r);
+      SF_CHECK_ARG(mx < kMaxKey, "X: |x| >= 2^50 in row %zu: too large to accumulate in fp32", r);
+    }
+  });
+}
+
+}  // namespace
+
+LayerStats::LayerStats(size_t in_features, bool hessian)
+    : in_features_(in_features), has_hessian_(hessian), sum_squares_(in_features, 0.0) {
+  SF_CHECK_ARG(in_features >= 1, "in_features: expected >= 1, got %zu", in_features);
+  SF_CHECK_ARG(!hessian || in_features <= (size_t{1} << 16),
+               "in_features: %zu is too large for a dense Hessian (at most 65536)", in_features);
+  if (hessian) xtx_.assign(in_features * in_features, 0.0);
+}
+
+void LayerStats::update(const AnyConstMatrix& X, int num_threads) {
+  SF_CHECK_ARG(X.data != nullptr && X.rows >= 1, "X: expected at least one token, got %zu", X.rows);
+  SF_CHECK_ARG(X.cols == in_features_, "X: expected %zu columns (in_features), got %zu",
+               in_features_, X.cols);
+  validate(X, num_threads);
+  const size_t c = in_features_;
+  const linalg::LinalgTable& la = linalg::linalg();
+  std::vector<float> buf;
+  for (size_t t0 = 0; t0 < X.rows; t0 += kChunkTokens) {
+    const size_t T = std::min(kChunkTokens, X.rows - t0);
+    const float* x;
+    size_t ldx;
+    if (X.dtype == DType::kF32) {  // read in place, no copy
+      x = static_cast<const float*>(row_ptr(X, t0));
+      ldx = X.stride;
+    } else {
+      buf.resize(T * c);
+      parallel_for(T, num_threads, [&](size_t r0, size_t r1) {
+        for (size_t r = r0; r < r1; ++r) {
+          const void* p = row_ptr(X, t0 + r);
+          if (X.dtype == DType::kF16) {
+            convert(static_cast<const Float16*>(p), buf.data() + r * c, c);
+          } else {
+            convert(static_cast<const BFloat16*>(p), buf.data() + r * c, c);
+          }
+        }
+      });
+      x = buf.data();
+      ldx = c;
+    }
+    // Column sums of squares, each in token order: one range of columns per task.
+    parallel_for(
+        c, num_threads,
+        [&](size_t j0, size_t j1) {
+          for (size_t t = 0; t < T; ++t) {
+            const float* row = x + t * ldx;
+            for (size_t j = j0; j < j1; ++j) {
+              const double v = row[j];
+              sum_squares_[j] += v * v;
+            }
+          }
+        },
+        256);
+    if (!has_hessian_) continue;
+    // Lower-triangle tiles (i >= j) of X^T X for this chunk, fp32 GEMM each, then into
+    // the float64 accumulator.
+    const size_t nt = (c + kTile - 1) / kTile;
+    std::vector<std::pair<size_t, size_t>> tiles;
+    for (size_t i = 0; i < nt; ++i) {
+      for (size_t j = 0; j <= i; ++j) tiles.emplace_back(i, j);
+    }
+    parallel_for_dynamic(tiles.size(), num_threads, [&](size_t k) {
+      const size_t i0 = tiles[k].first * kTile, j0 = tiles[k].second * kTile;
+      const size_t bi = std::min(kTile, c - i0), bj = std::min(kTile, c - j0);
+      std::vector<float> g(bi * bj);
+      la.gemm_f32(true, bi, bj, T, 1.0f, x + i0, ldx, x + j0, ldx, 0.0f, g.data(), bj);
+      for (size_t r = 0; r < bi; ++r) {
+        double* dst = xtx_.data() + (i0 + r) * c + j0;
+        const size_t n = (i0 == j0) ? r + 1 : bj;  // diagonal tiles: the lower part only
+        for (size_t q = 0; q < n; ++q) dst[q] += g[r * bj + q];
+      }
+    });
+  }
+  tokens_ += X.rows;
+}
+
+LayerStats LayerStats::merged(const LayerStats& other) const {
+  SF_CHECK_ARG(other.in_features_ == in_features_, "other: expected in_features=%zu, got %zu",
+               in_features_, other.in_features_);
+  SF_CHECK_ARG(other.has_hessian_ == has_hessian_, "other: expected hessian=%s, got hessian=%s",
+               has_hessian_ ? "True" : "False", other.has_hessian_ ? "True" : "False");
+  LayerStats out = *this;
+  out.tokens_ += other.tokens_;
+  for (size_t j = 0; j < in_features_; ++j) out.sum_squares_[j] += other.sum_squares_[j];
+  for (size_t k = 0; k < xtx_.size(); ++k) out.xtx_[k] += other.xtx_[k];
+  return out;
+}
+
+void LayerStats::col_norms(float* out) const {
+  SF_CHECK_ARG(tokens_ > 0, "LayerStats: no data yet (call update() first)");
+  const double inv = 1.0 / static_cast<double>(tokens_);
+  for (size_t j = 0; j < in_features_; ++j) {
+    out[j] = static_cast<float>(std::sqrt(sum_squares_[j] * inv));
+  }
+}
+
+void LayerStats::hessian(double* out) const {
+  SF_CHECK_ARG(has_hessian_, "LayerStats: created with hessian=False");
+  SF_CHECK_ARG(tokens_ > 0, "LayerStats: no data yet (call update() first)");
+  const size_t c = in_features_;
+  const double inv = 1.0 / static_cast<double>(tokens_);
+  for (size_t i = 0; i < c; ++i) {
+    for (size_t j = 0; j <= i; ++j) {
+      const double v = xtx_[i * c + j] * inv;
+      out[i * c + j] = v;
+      out[j * c + i] = v;
+    }
+  }
+}
+
+LayerStats LayerStats::from_state(size_t in_features, bool hessian, uint64_t tokens,
+                                  std::vector<double> sum_squares, std::vector<double> xtx) {
+  LayerStats s(in_features, hessian);
+  SF_CHECK_ARG(sum_squares.size() == in_features, "sum_squares: expected %zu values, got %zu",
+               in_features, sum_squares.size());
+  SF_CHECK_ARG(xtx.size() == (hessian ? in_features * in_features : 0),
+               "xtx: expected %zu values, got %zu", hessian ? in_features * in_features : 0,
+               xtx.size());
+  for (double v : sum_squares) {
+    SF_CHECK_ARG(std::isfinite(v) && v >= 0.0, "sum_squares: expected finite values >= 0");
+  }
+  for (size_t i = 0; i < in_features && hessian; ++i) {
+    for (size_t j = 0; j <= i; ++j) {
+      SF_CHECK_ARG(std::isfinite(xtx[i * in_features + j]), "xtx: expected finite values");
+    }
+    SF_CHECK_ARG(xtx[i * in_features + i] >= 0.0, "xtx: negative diagonal at %zu", i);
+  }
+  s.tokens_ = tokens;
+  s.sum_squares_ = std::move(sum_squares);
+  s.xtx_ = std::move(xtx);
+  return s;
+}
+
+}  // namespace calib
+}  // namespace sparseforge

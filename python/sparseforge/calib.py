@@ -1,0 +1,181 @@
+"""Streaming calibration statistics.
+
+One pass of calibration text through a model gives every linear layer's input activations
+``X`` of shape ``(tokens, in_features)``. :class:`LayerStats` keeps what the pruning methods
+need from them, in memory that does not grow with the number of tokens:
+
+* ``col_norms``: Wanda's per-column norms ``sqrt(sum_t x_tj^2 / tokens)``;
+* ``hessian``: SparseGPT's / OBS's ``X^T X / tokens``.
+
+Statistics are sums, so shards calibrated in different processes or machines combine with
+:meth:`LayerStats.merge` into what one stream would give (up to float64 rounding).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._base import threads_arg
+
+__all__ = ["LayerStats"]
+
+_FORMAT = "sparseforge.LayerStats"
+_VERSION = 1
+
+
+class LayerStats:
+    """Streaming statistics of one linear layer's inputs.
+
+    Parameters
+    ----------
+    in_features : int
+        Columns of every ``X`` passed to :meth:`update`.
+    hessian : bool
+        Also accumulate ``X^T X`` (``in_features**2`` float64 values); Wanda needs only the
+        column norms.
+
+    Notes
+    -----
+    Each :meth:`update` is cut into chunks of at most 2048 tokens; a chunk's products are
+    summed in fp32 by one GEMM per 512 x 512 tile of the lower triangle and chunks are
+    accumulated in float64 (the reference implementations accumulate everything in fp32).
+    Column sums of squares are float64 throughout. Results do not depend on ``num_threads``.
+    """
+
+    _impl: _core.LayerStats
+
+    def __init__(self, in_features: int, hessian: bool = True) -> None:
+        if isinstance(in_features, bool) or not isinstance(in_features, numbers.Integral):
+            raise TypeError(f"in_features: expected an int, got {type(in_features).__name__}")
+        if in_features < 1:
+            raise ValueError(f"in_features: expected >= 1, got {in_features}")
+        if not isinstance(hessian, bool):
+            raise TypeError(f"hessian: expected a bool, got {type(hessian).__name__}")
+        self._impl = _core.LayerStats(int(in_features), hessian)
+
+    @classmethod
+    def _wrap(cls, core: _core.LayerStats) -> LayerStats:
+        obj = cls.__new__(cls)
+        obj._impl = core
+        return obj
+
+    def update(self, X: np.ndarray, *, num_threads: int | None = None) -> None:
+        """Add the rows of ``X``.
+
+        Parameters
+        ----------
+        X : ndarray, shape (tokens, in_features), float32 | float16 | bfloat16
+            Finite, ``|x| < 2**50``. Read in place (rows may be a slice of a larger array).
+            On bad input nothing is added.
+        """
+        self._impl.update(X, threads_arg(num_threads))
+
+    def merge(self, other: LayerStats) -> LayerStats:
+        """A new LayerStats holding both shards' statistics; ``self`` and ``other`` unchanged."""
+        if not isinstance(other, LayerStats):
+            raise TypeError(f"other: expected a LayerStats, got {type(other).__name__}")
+        return LayerStats._wrap(self._impl.merged(other._impl))
+
+    @property
+    def in_features(self) -> int:
+        return int(self._impl.in_features)
+
+    @property
+    def has_hessian(self) -> bool:
+        return bool(self._impl.has_hessian)
+
+    @property
+    def tokens(self) -> int:
+        """Rows seen so far."""
+        return int(self._impl.tokens)
+
+    @property
+    def col_norms(self) -> np.ndarray:
+        """(in_features,) float32: ``sqrt(sum_t x_tj^2 / tokens)`` (a new array)."""
+        return self._impl.col_norms()
+
+    @property
+    def sum_squares(self) -> np.ndarray:
+        """(in_features,) float64: ``sum_t x_tj^2`` (a new array)."""
+        return self._impl.sum_squares()
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """(in_features, in_features) float64: ``X^T X / tokens``, symmetric (a new array)."""
+        return self._impl.hessian()
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerStats(in_features={self.in_features}, hessian={self.has_hessian}, "
+            f"tokens={self.tokens})"
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the statistics to ``path`` (an ``.npz`` archive), atomically.
+
+        The file is written beside ``path`` under a temporary name and renamed over it, so
+        ``path`` never holds a partial file. Zip members carry CRC-32 checksums.
+        """
+        path = Path(path)
+        arrays: dict[str, Any] = {
+            "format": np.array(_FORMAT),
+            "version": np.array(_VERSION, dtype=np.int64),
+            "in_features": np.array(self.in_features, dtype=np.int64),
+            "hessian": np.array(self.has_hessian),
+            "tokens": np.array(self.tokens, dtype=np.uint64),
+            "sum_squares": self._impl.sum_squares(),
+            "xtx_lower": self._impl.xtx_lower(),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LayerStats:
+        """Read statistics written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            Naming the file, if it is not a LayerStats archive, is truncated or corrupt, or
+            holds inconsistent values.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data: dict[str, Any] = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: not a readable LayerStats file ({err})") from err
+        if str(data.get("format", "")) != _FORMAT:
+            raise ValueError(f"{path}: not a sparseforge LayerStats file")
+        if int(data.get("version", -1)) != _VERSION:
+            raise ValueError(f"{path}: unsupported LayerStats version {data.get('version')}")
+        try:
+            core = _core.LayerStats.from_state(
+                int(data["in_features"]),
+                bool(data["hessian"]),
+                int(data["tokens"]),
+                np.ascontiguousarray(data["sum_squares"], dtype=np.float64),
+                np.ascontiguousarray(data["xtx_lower"], dtype=np.float64),
+            )
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: inconsistent LayerStats ({err})") from err
+        return cls._wrap(core)
