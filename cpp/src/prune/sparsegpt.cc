@@ -20,8 +20,8 @@ constexpr size_t kRowChunk = 64;  // fixed task size: the same arithmetic for an
 
 // The per-block unstructured mask: scores s = w^2 / U_ii^2 over rows x [i1, i2).
 template <class T>
-void block_mask(const std::vector<T>& Wk, size_t rows, size_t cols, const T* U, size_t i1,
-                size_t i2, double sparsity, BlockCount count, MaskView keep, int num_threads) {
+void block_mask(const T* Wk, size_t rows, size_t cols, const T* U, size_t i1, size_t i2,
+                double sparsity, BlockCount count, MaskView keep, int num_threads) {
   const size_t B = i2 - i1, total = rows * B;
   const size_t k = prune_count(sparsity, total);
   if (sparsity == 0.0 || (count == BlockCount::kExact && k == 0)) {  // nothing to prune
@@ -62,8 +62,8 @@ void block_mask(const std::vector<T>& Wk, size_t rows, size_t cols, const T* U, 
 }
 
 template <class T>
-void sweep(std::vector<T>& Wk, size_t rows, size_t cols, const T* U, const SparseGPTOptions& o,
-           MaskView keep, std::vector<double>& row_loss, int num_threads) {
+void sweep(T* Wk, size_t rows, size_t cols, const T* U, const SparseGPTOptions& o, MaskView keep,
+           std::vector<double>& row_loss, int num_threads) {
   const linalg::LinalgTable& la = linalg::linalg();
   const size_t B = o.block_size;
   const size_t chunks = (rows + kRowChunk - 1) / kRowChunk;
@@ -75,7 +75,7 @@ void sweep(std::vector<T>& Wk, size_t rows, size_t cols, const T* U, const Spars
     parallel_for_each(chunks, num_threads, [&](size_t c) {
       const size_t r0 = c * kRowChunk, nr = std::min(kRowChunk, rows - r0);
       std::vector<T> err(nr * bw);
-      T* w = Wk.data() + r0 * cols;
+      T* w = Wk + r0 * cols;
       const int nm_n = o.mask_given ? 0 : o.pattern.n, nm_m = o.mask_given ? 0 : o.pattern.m;
       if constexpr (std::is_same<T, float>::value) {
         la.obs_sweep_f32(nr, bw, w + i1, cols, U + i1 * cols + i1, cols, keep.row(r0) + i1,
@@ -97,13 +97,11 @@ void sweep(std::vector<T>& Wk, size_t rows, size_t cols, const T* U, const Spars
 }
 
 template <class T>
-void load_rows(const AnyConstMatrix& W, const std::vector<uint8_t>& dead, std::vector<T>& Wk,
-               int num_threads) {
-  Wk.resize(W.rows * W.cols);
+void load_rows(const AnyConstMatrix& W, const std::vector<uint8_t>& dead, T* Wk, int num_threads) {
   parallel_for(W.rows, num_threads, [&](size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; ++r) {
       const void* p = detail::row_ptr(W, r);
-      T* dst = Wk.data() + r * W.cols;
+      T* dst = Wk + r * W.cols;
       visit_dtype(W.dtype, [&](auto tag) {
         using S = decltype(tag);
         const S* src = static_cast<const S*>(p);
@@ -115,10 +113,10 @@ void load_rows(const AnyConstMatrix& W, const std::vector<uint8_t>& dead, std::v
 }
 
 template <class T>
-void store_rows(const std::vector<T>& Wk, const AnyMatrix& out, int num_threads) {
+void store_rows(const T* Wk, const AnyMatrix& out, int num_threads) {
   parallel_for(out.rows, num_threads, [&](size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; ++r) {
-      const T* src = Wk.data() + r * out.cols;
+      const T* src = Wk + r * out.cols;
       visit_dtype(out.dtype, [&](auto tag) {
         using S = decltype(tag);
         S* dst = static_cast<S*>(out.data) + r * out.stride;
@@ -190,17 +188,20 @@ SparseGPTResult sparsegpt(const AnyConstMatrix& W, const HessianView& H, const S
   res.attempts = f.attempts;
   res.row_loss.assign(rows, 0.0);
   if (o.precision == Precision::kFloat64) {
-    std::vector<double> Wk;
-    load_rows(W, dead, Wk, num_threads);
-    sweep<double>(Wk, rows, cols, f.U.data(), o, keep, res.row_loss, num_threads);
-    store_rows(Wk, out, num_threads);
+    std::vector<double> Wk(rows * cols);
+    load_rows(W, dead, Wk.data(), num_threads);
+    sweep<double>(Wk.data(), rows, cols, f.U.data(), o, keep, res.row_loss, num_threads);
+    store_rows(Wk.data(), out, num_threads);
   } else {
     std::vector<float> U32(f.U.begin(), f.U.end());
     std::vector<double>().swap(f.U);  // peak: one float64 matrix, then U in fp32
-    std::vector<float> Wk;
-    load_rows(W, dead, Wk, num_threads);
-    sweep<float>(Wk, rows, cols, U32.data(), o, keep, res.row_loss, num_threads);
-    store_rows(Wk, out, num_threads);
+    // fp32 weights: the sweep runs in `out` itself, no extra copy of W.
+    const bool in_place = out.dtype == DType::kF32 && out.stride == cols;
+    std::vector<float> Wk(in_place ? 0 : rows * cols);
+    float* work = in_place ? static_cast<float*>(out.data) : Wk.data();
+    load_rows(W, dead, work, num_threads);
+    sweep<float>(work, rows, cols, U32.data(), o, keep, res.row_loss, num_threads);
+    if (!in_place) store_rows(work, out, num_threads);
   }
   for (double l : res.row_loss) res.loss += l;
   return res;

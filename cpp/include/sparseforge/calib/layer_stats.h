@@ -10,10 +10,10 @@
 // (merged()): identical to one stream up to float64 rounding.
 //
 // Precision: each update is cut into chunks of at most kChunkTokens tokens; a chunk's
-// products are summed in fp32 by a GEMM over 512 x 512 tiles of the lower triangle
-// (the symmetric rank-k update computes one triangle), and chunk sums are accumulated in
-// float64. Cost: tokens * in_features^2 flops (half of X^T X), parallel over tiles, the
-// same bits for any thread count.
+// products are summed in fp32 by a symmetric rank-k update that computes one triangle
+// (in 8 fixed row bands: a GEMM left of the diagonal, a SYRK on it), and chunk sums are
+// accumulated in float64. Cost: tokens * in_features^2 flops (half of X^T X), parallel
+// over the bands, the same bits for any thread count.
 #pragma once
 
 #include <cstddef>

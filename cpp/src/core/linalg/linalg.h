@@ -25,6 +25,9 @@ struct LinalgTable {
                    size_t lda, const float* B, size_t ldb, float beta, float* C, size_t ldc);
   void (*gemm_f64)(bool trans_a, size_t m, size_t n, size_t k, double alpha, const double* A,
                    size_t lda, const double* B, size_t ldb, double beta, double* C, size_t ldc);
+  // C (n x n, lower triangle only) = A^T A for A (k x n): a symmetric rank-k update that
+  // computes one triangle (C's strict upper part is left alone).
+  void (*syrk_lower_f32)(size_t n, size_t k, const float* A, size_t lda, float* C, size_t ldc);
   // C = alpha * A * B^T + beta * C with A (m x k), B (n x k): the trailing update of a
   // blocked Cholesky.
   void (*gemm_nt_f64)(size_t m, size_t n, size_t k, double alpha, const double* A, size_t lda,
