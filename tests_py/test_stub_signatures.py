@@ -59,9 +59,7 @@ STUBBED = stub_functions()
 
 
 def test_every_public_function_is_stubbed() -> None:
-    runtime = {
-        n for n in dir(_core) if callable(getattr(_core, n)) and not n.startswith("__")
-    }
+    runtime = {n for n in dir(_core) if callable(getattr(_core, n)) and not n.startswith("__")}
     runtime -= {n for n in runtime if isinstance(getattr(_core, n), type)}  # classes
     runtime -= {"DTypeError", "NumericalError"}
     assert runtime == set(STUBBED)
