@@ -48,6 +48,24 @@ TEST(LayerStats, MatchesFloat64FormulasAcrossChunksAndDtypes) {
   }
 }
 
+TEST(LayerStats, Float64ModeMatchesToRoundoff) {
+  const size_t c = 130, T = LayerStats::kChunkTokens + 50;
+  const auto x = testing::normal(T * c, 21);
+  LayerStats s(c, true, /*float64=*/true);
+  s.update(ConstMatrixView<float>(x.data(), T, c), 2);
+  std::vector<double> H(c * c);
+  s.hessian(H.data());
+  for (size_t i = 0; i < c; i += 7) {
+    for (size_t j = 0; j <= i; ++j) {
+      double v = 0;
+      for (size_t t = 0; t < T; ++t) v += double(x[t * c + i]) * x[t * c + j];
+      ASSERT_NEAR(H[i * c + j], v / T, 1e-12 * (1 + std::fabs(v / T)));
+    }
+  }
+  LayerStats f32(c, true);
+  EXPECT_THROW(s.merged(f32), InvalidArgument);
+}
+
 TEST(LayerStats, MergeEqualsOneStreamAndThreadsDoNotMatter) {
   const size_t c = 300, T = 1000;
   const auto x = testing::small_ints(T * c, 3, 4);  // exact in fp32 and float64
@@ -84,7 +102,7 @@ TEST(LayerStats, BadInputLeavesStateUntouched) {
   EXPECT_THROW(no_h.col_norms(norms.data()), InvalidArgument);  // no tokens yet
   EXPECT_THROW(s.merged(other), InvalidArgument);
   EXPECT_THROW(LayerStats(0, true), InvalidArgument);
-  EXPECT_THROW(LayerStats::from_state(2, true, 1, {1.0, -1.0}, std::vector<double>(4)),
+  EXPECT_THROW(LayerStats::from_state(2, true, false, 1, {1.0, -1.0}, std::vector<double>(4)),
                InvalidArgument);
 }
 

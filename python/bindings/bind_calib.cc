@@ -17,7 +17,8 @@ namespace sfpy {
 
 void register_calib(py::module_& m) {
   py::class_<LayerStats>(m, "LayerStats")
-      .def(py::init<size_t, bool>(), py::arg("in_features"), py::arg("hessian") = true)
+      .def(py::init<size_t, bool, bool>(), py::arg("in_features"), py::arg("hessian") = true,
+           py::arg("float64") = false)
       .def(
           "update",
           [](LayerStats& self, py::handle X_obj, int num_threads) {
@@ -36,6 +37,7 @@ void register_calib(py::module_& m) {
           py::arg("other"))
       .def_property_readonly("in_features", &LayerStats::in_features)
       .def_property_readonly("has_hessian", &LayerStats::has_hessian)
+      .def_property_readonly("float64", &LayerStats::float64)
       .def_property_readonly("tokens", &LayerStats::tokens)
       .def("col_norms",
            [](const LayerStats& self) {
@@ -68,14 +70,15 @@ void register_calib(py::module_& m) {
            })
       .def_static(
           "from_state",
-          [](size_t in_features, bool hessian, uint64_t tokens, py::array_t<double> sum_squares,
-             py::array_t<double> xtx_lower) {
+          [](size_t in_features, bool hessian, bool float64, uint64_t tokens,
+             py::array_t<double> sum_squares, py::array_t<double> xtx_lower) {
             std::vector<double> s(sum_squares.data(), sum_squares.data() + sum_squares.size());
             std::vector<double> x(xtx_lower.data(), xtx_lower.data() + xtx_lower.size());
-            return LayerStats::from_state(in_features, hessian, tokens, std::move(s), std::move(x));
+            return LayerStats::from_state(in_features, hessian, float64, tokens, std::move(s),
+                                          std::move(x));
           },
-          py::arg("in_features"), py::arg("hessian"), py::arg("tokens"), py::arg("sum_squares"),
-          py::arg("xtx_lower"));
+          py::arg("in_features"), py::arg("hessian"), py::arg("float64"), py::arg("tokens"),
+          py::arg("sum_squares"), py::arg("xtx_lower"));
 }
 
 }  // namespace sfpy

@@ -41,25 +41,29 @@ class LayerStats:
     hessian : bool
         Also accumulate ``X^T X`` (``in_features**2`` float64 values); Wanda needs only the
         column norms.
-
-    Notes
-    -----
-    Each :meth:`update` is cut into chunks of at most 2048 tokens; a chunk's products are
-    summed in fp32 by one GEMM per 512 x 512 tile of the lower triangle and chunks are
-    accumulated in float64 (the reference implementations accumulate everything in fp32).
-    Column sums of squares are float64 throughout. Results do not depend on ``num_threads``.
+    precision : {"float32", "float64"}
+        Arithmetic of each chunk's ``X^T X``. Each :meth:`update` is cut into chunks of at
+        most 2048 tokens, whose ``X^T X`` is a symmetric rank-k update (one triangle); chunks
+        are always accumulated in float64. "float32" (default) sums a chunk's products in
+        fp32 (about 2x faster; relative error ~1e-6, better than the references, which keep
+        all of H in fp32); "float64" does the rank-k update in float64 too. Column sums of
+        squares are float64 either way. Results do not depend on ``num_threads``.
     """
 
     _impl: _core.LayerStats
 
-    def __init__(self, in_features: int, hessian: bool = True) -> None:
+    def __init__(
+        self, in_features: int, hessian: bool = True, *, precision: str = "float32"
+    ) -> None:
         if isinstance(in_features, bool) or not isinstance(in_features, numbers.Integral):
             raise TypeError(f"in_features: expected an int, got {type(in_features).__name__}")
         if in_features < 1:
             raise ValueError(f"in_features: expected >= 1, got {in_features}")
         if not isinstance(hessian, bool):
             raise TypeError(f"hessian: expected a bool, got {type(hessian).__name__}")
-        self._impl = _core.LayerStats(int(in_features), hessian)
+        if precision not in ("float32", "float64"):
+            raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
+        self._impl = _core.LayerStats(int(in_features), hessian, precision == "float64")
 
     @classmethod
     def _wrap(cls, core: _core.LayerStats) -> LayerStats:
@@ -93,6 +97,11 @@ class LayerStats:
         return bool(self._impl.has_hessian)
 
     @property
+    def precision(self) -> str:
+        """Arithmetic of the chunk rank-k updates: "float32" or "float64"."""
+        return "float64" if self._impl.float64 else "float32"
+
+    @property
     def tokens(self) -> int:
         """Rows seen so far."""
         return int(self._impl.tokens)
@@ -115,7 +124,7 @@ class LayerStats:
     def __repr__(self) -> str:
         return (
             f"LayerStats(in_features={self.in_features}, hessian={self.has_hessian}, "
-            f"tokens={self.tokens})"
+            f"precision={self.precision!r}, tokens={self.tokens})"
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -130,6 +139,7 @@ class LayerStats:
             "version": np.array(_VERSION, dtype=np.int64),
             "in_features": np.array(self.in_features, dtype=np.int64),
             "hessian": np.array(self.has_hessian),
+            "precision": np.array(self.precision),
             "tokens": np.array(self.tokens, dtype=np.uint64),
             "sum_squares": self._impl.sum_squares(),
             "xtx_lower": self._impl.xtx_lower(),
@@ -157,13 +167,13 @@ class LayerStats:
             holds inconsistent values.
         """
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data: dict[str, Any] = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: not a readable LayerStats file ({err})") from err
+        # Our own file object: np.load(path) leaks its handle when the zip is corrupt.
+        with open(path, "rb") as f:
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    data: dict[str, Any] = {k: z[k] for k in z.files}
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
+                raise ValueError(f"{path}: not a readable LayerStats file ({err})") from err
         if str(data.get("format", "")) != _FORMAT:
             raise ValueError(f"{path}: not a sparseforge LayerStats file")
         if int(data.get("version", -1)) != _VERSION:
@@ -172,6 +182,7 @@ class LayerStats:
             core = _core.LayerStats.from_state(
                 int(data["in_features"]),
                 bool(data["hessian"]),
+                str(data.get("precision", "float32")) == "float64",
                 int(data["tokens"]),
                 np.ascontiguousarray(data["sum_squares"], dtype=np.float64),
                 np.ascontiguousarray(data["xtx_lower"], dtype=np.float64),

@@ -480,7 +480,8 @@ def wanda(
     variant : bool
         locuslab/wanda's ``--use_variant``: per-row cumulative-score cut with alpha found by
         bisection so the layer sparsity is within 0.001 of the target (unstructured only);
-        ``info`` then holds ``alpha`` and ``iterations``.
+        ``info`` then holds ``alpha`` and ``iterations`` (alpha values evaluated, the first
+        included: the reference's loop count + 1).
 
     Returns
     -------

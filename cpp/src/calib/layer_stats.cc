@@ -46,8 +46,11 @@ void validate(const AnyConstMatrix& X, int num_threads) {
 
 }  // namespace
 
-LayerStats::LayerStats(size_t in_features, bool hessian)
-    : in_features_(in_features), has_hessian_(hessian), sum_squares_(in_features, 0.0) {
+LayerStats::LayerStats(size_t in_features, bool hessian, bool float64)
+    : in_features_(in_features),
+      has_hessian_(hessian),
+      float64_(float64),
+      sum_squares_(in_features, 0.0) {
   SF_CHECK_ARG(in_features >= 1, "in_features: expected >= 1, got %zu", in_features);
   SF_CHECK_ARG(!hessian || in_features <= (size_t{1} << 16),
                "in_features: %zu is too large for a dense Hessian (at most 65536)", in_features);
@@ -109,11 +112,31 @@ void LayerStats::update(const AnyConstMatrix& X, int num_threads) {
       edge[k] = static_cast<size_t>(
           std::llround(static_cast<double>(c) * std::sqrt(static_cast<double>(k) / kBands)));
     }
+    std::vector<double> xd;  // the chunk in float64 (float64 mode)
+    if (float64_) {
+      xd.resize(T * c);
+      parallel_for(T, num_threads, [&](size_t r0, size_t r1) {
+        for (size_t r = r0; r < r1; ++r) {
+          std::copy(x + r * ldx, x + r * ldx + c, xd.data() + r * c);
+        }
+      });
+    }
     parallel_for_dynamic(kBands, num_threads, [&](size_t t) {
       const size_t k = kBands - 1 - t;  // the widest band first
       const size_t r0 = edge[k], r1 = edge[k + 1], nr = r1 - r0;
       if (nr == 0) return;
-      std::vector<float> g(nr * r1);  // rows r0..r1, columns 0..r1 (lower part used)
+      if (float64_) {
+        std::vector<double> g(nr * r1);  // rows r0..r1, columns 0..r1 (lower part used)
+        if (r0 > 0)
+          la.gemm_f64(true, nr, r0, T, 1.0, xd.data() + r0, c, xd.data(), c, 0.0, g.data(), r1);
+        la.syrk_lower_f64(nr, T, xd.data() + r0, c, g.data() + r0, r1);
+        for (size_t r = 0; r < nr; ++r) {
+          double* dst = xtx_.data() + (r0 + r) * c;
+          for (size_t q = 0; q <= r0 + r; ++q) dst[q] += g[r * r1 + q];
+        }
+        return;
+      }
+      std::vector<float> g(nr * r1);
       if (r0 > 0) {
         la.gemm_f32(true, nr, r0, T, 1.0f, x + r0, ldx, x, ldx, 0.0f, g.data(), r1);
       }
@@ -131,6 +154,8 @@ void LayerStats::update(const AnyConstMatrix& X, int num_threads) {
 LayerStats LayerStats::merged(const LayerStats& other) const {
   SF_CHECK_ARG(other.in_features_ == in_features_, "other: expected in_features=%zu, got %zu",
                in_features_, other.in_features_);
+  SF_CHECK_ARG(other.float64_ == float64_, "other: expected float64=%s, got float64=%s",
+               float64_ ? "True" : "False", other.float64_ ? "True" : "False");
   SF_CHECK_ARG(other.has_hessian_ == has_hessian_, "other: expected hessian=%s, got hessian=%s",
                has_hessian_ ? "True" : "False", other.has_hessian_ ? "True" : "False");
   LayerStats out = *this;
@@ -142,29 +167,28 @@ LayerStats LayerStats::merged(const LayerStats& other) const {
 
 void LayerStats::col_norms(float* out) const {
   SF_CHECK_ARG(tokens_ > 0, "LayerStats: no data yet (call update() first)");
-  const double inv = 1.0 / static_cast<double>(tokens_);
-  for (size_t j = 0; j < in_features_; ++j) {
-    out[j] = static_cast<float>(std::sqrt(sum_squares_[j] * inv));
-  }
+  const double t = static_cast<double>(tokens_);
+  for (size_t j = 0; j < in_features_; ++j)
+    out[j] = static_cast<float>(std::sqrt(sum_squares_[j] / t));
 }
 
 void LayerStats::hessian(double* out) const {
   SF_CHECK_ARG(has_hessian_, "LayerStats: created with hessian=False");
   SF_CHECK_ARG(tokens_ > 0, "LayerStats: no data yet (call update() first)");
   const size_t c = in_features_;
-  const double inv = 1.0 / static_cast<double>(tokens_);
+  const double t = static_cast<double>(tokens_);  // divide (not * 1/t): exact when it can be
   for (size_t i = 0; i < c; ++i) {
     for (size_t j = 0; j <= i; ++j) {
-      const double v = xtx_[i * c + j] * inv;
+      const double v = xtx_[i * c + j] / t;
       out[i * c + j] = v;
       out[j * c + i] = v;
     }
   }
 }
 
-LayerStats LayerStats::from_state(size_t in_features, bool hessian, uint64_t tokens,
+LayerStats LayerStats::from_state(size_t in_features, bool hessian, bool float64, uint64_t tokens,
                                   std::vector<double> sum_squares, std::vector<double> xtx) {
-  LayerStats s(in_features, hessian);
+  LayerStats s(in_features, hessian, float64);
   SF_CHECK_ARG(sum_squares.size() == in_features, "sum_squares: expected %zu values, got %zu",
                in_features, sum_squares.size());
   SF_CHECK_ARG(xtx.size() == (hessian ? in_features * in_features : 0),

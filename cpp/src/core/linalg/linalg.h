@@ -28,6 +28,7 @@ struct LinalgTable {
   // C (n x n, lower triangle only) = A^T A for A (k x n): a symmetric rank-k update that
   // computes one triangle (C's strict upper part is left alone).
   void (*syrk_lower_f32)(size_t n, size_t k, const float* A, size_t lda, float* C, size_t ldc);
+  void (*syrk_lower_f64)(size_t n, size_t k, const double* A, size_t lda, double* C, size_t ldc);
   // C = alpha * A * B^T + beta * C with A (m x k), B (n x k): the trailing update of a
   // blocked Cholesky.
   void (*gemm_nt_f64)(size_t m, size_t n, size_t k, double alpha, const double* A, size_t lda,
