@@ -33,7 +33,7 @@ void wanda_nm_mask(const AnyConstMatrix& W, const float* col_norms, NMPattern p,
 // Memory: 12 bytes per weight for the sorted scores and their cumulative sums.
 struct WandaVariantInfo {
   double alpha = 0.0;
-  int iterations = 0;  // alpha values evaluated, the first (0.4) included
+  int iterations = 0;     // alpha values evaluated, the first (0.4) included
   double sparsity = 0.0;  // achieved layer sparsity of the mask
 };
 WandaVariantInfo wanda_variant_mask(const AnyConstMatrix& W, const float* col_norms,
