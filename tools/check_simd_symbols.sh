@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The per-SIMD-level objects (kernels_*.cc, linalg_*.cc) are compiled with -mavx2 or
+# The per-SIMD-level objects (<family>_avx2.cc, <family>_avx512.cc) are compiled with -mavx2 or
 # -mavx512f. Any weak (W/V) or unique (u) symbol they define outside their own per-level
 # namespaces could be picked by the linker for code running on an older CPU (a
 # one-definition-rule hazard that turns into SIGILL). Fails if one appears.
 #   tools/check_simd_symbols.sh [build dir, default build/dev]
 set -euo pipefail
 build="${1:-build/dev}"
-objs=$(find "$build" -name 'kernels_avx*.cc.o' -o -name 'linalg_avx*.cc.o' | sort)
+objs=$(find "$build" -name '*_avx2.cc.o' -o -name '*_avx512.cc.o' | sort)
 [ -n "$objs" ] || { echo "check_simd_symbols: no per-level objects under $build"; exit 1; }
 bad=0
 for o in $objs; do

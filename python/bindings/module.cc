@@ -16,4 +16,7 @@ PYBIND11_MODULE(_core, m) {
   sfpy::register_calib(m);
   sfpy::register_prune(m);
   sfpy::register_prune_methods(m);
+  sfpy::register_format_nm(m);
+  sfpy::register_format_unstructured(m);
+  sfpy::register_kernels(m);
 }

@@ -156,6 +156,18 @@ sparseforge::ConstMaskView mask_in(py::handle obj, const char* name, size_t rows
   return {static_cast<const uint8_t*>(a.data()), rows, cols, stride};
 }
 
+sparseforge::ConstMatrixView<uint8_t> u8_matrix_in(py::handle obj, const char* name) {
+  const py::array a = as_ndarray(obj, name);
+  if (!a.dtype().equal(py::dtype::of<uint8_t>())) {
+    throw sparseforge::DTypeError(std::string(name) + ": expected dtype uint8, got " +
+                                  dtype_str(a));
+  }
+  require_ndim(a, name, 2);
+  const size_t stride = row_stride_elems(a, name);
+  return {static_cast<const uint8_t*>(a.data()), static_cast<size_t>(a.shape(0)),
+          static_cast<size_t>(a.shape(1)), stride};
+}
+
 sparseforge::prune::HessianView hessian_in(py::handle obj, const char* name) {
   const py::array a = as_ndarray(obj, name);
   const py::dtype dt = a.dtype();
@@ -194,6 +206,46 @@ const float* vector_f32_in(py::handle obj, const char* name, size_t n) {
     fail(std::string(name) + ": expected an aligned array, got a misaligned buffer");
   }
   return static_cast<const float*>(a.data());
+}
+
+float* vector_f32_out(py::handle obj, const char* name, size_t n) {
+  py::array a = as_ndarray(obj, name);
+  const float* p = vector_f32_in(a, name, n);
+  if (!a.writeable()) {
+    fail(std::string(name) + ": expected a writeable array, got a read-only one");
+  }
+  return const_cast<float*>(p);
+}
+
+Selection selection_in(py::handle obj, const char* name) {
+  const py::array a = as_ndarray(obj, name);
+  const py::dtype dt = a.dtype();
+  Selection s{Selection::kBool, a.data(), static_cast<size_t>(a.size())};
+  if (dt.num() == 0 /* NPY_BOOL */) {
+    s.kind = Selection::kBool;
+  } else if (dt.kind() == 'i' && dt.itemsize() == 4) {
+    s.kind = Selection::kInt32;
+  } else if (dt.kind() == 'i' && dt.itemsize() == 8) {
+    s.kind = Selection::kInt64;
+  } else {
+    throw sparseforge::DTypeError(std::string(name) +
+                                  ": expected dtype bool, int32 or int64, got " + dtype_str(a));
+  }
+  if (dt.attr("byteorder").cast<std::string>()[0] == '>') {
+    fail(std::string(name) + ": expected native byte order, got big-endian " + dtype_str(a));
+  }
+  if (a.ndim() != 1) {
+    fail(std::string(name) + ": expected a 1-D array, got a " + std::to_string(a.ndim()) +
+         "-D array of shape " + shape_str(a));
+  }
+  if (a.size() > 1 && a.strides(0) != a.itemsize()) {
+    fail(std::string(name) + ": expected a contiguous vector, got stride " +
+         std::to_string(a.strides(0)) + "; pass np.ascontiguousarray(" + name + ")");
+  }
+  if (!(a.flags() & kNpyArrayAligned)) {
+    fail(std::string(name) + ": expected an aligned array, got a misaligned buffer");
+  }
+  return s;
 }
 
 FlatArray flat_in(py::handle obj, const char* name, unsigned allowed) {

@@ -33,12 +33,27 @@ sparseforge::AnyMatrix matrix_inout(py::handle obj, const char* name, unsigned a
 // A 2-D bool mask of the given shape.
 sparseforge::ConstMaskView mask_in(py::handle obj, const char* name, size_t rows, size_t cols);
 
+// A 2-D uint8 matrix (packed codes) with unit-stride rows.
+sparseforge::ConstMatrixView<uint8_t> u8_matrix_in(py::handle obj, const char* name);
+
 // A Hessian: 2-D float32 or float64 with unit-stride rows (squareness and the rest are
 // checked by the core, which knows W).
 sparseforge::prune::HessianView hessian_in(py::handle obj, const char* name);
 
 // A 1-D float32 vector of length n with unit stride.
 const float* vector_f32_in(py::handle obj, const char* name, size_t n);
+
+// A writeable 1-D float32 vector of length n with unit stride (an `out=` argument).
+float* vector_f32_out(py::handle obj, const char* name, size_t n);
+
+// A 1-D selection: a bool mask, or int32 / int64 indices (C-contiguous; an index list may
+// be empty). Values are checked by the core, which knows the range.
+struct Selection {
+  enum Kind { kBool, kInt32, kInt64 } kind;
+  const void* data;
+  size_t size;
+};
+Selection selection_in(py::handle obj, const char* name);
 
 // A C-contiguous float array of any shape, as a flat buffer.
 struct FlatArray {

@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "directly."
     ) from err
 
-from . import calib, prune
+from . import calib, kernels, prune
 from ._base import (
     DTypeError,
     NumericalError,
@@ -30,6 +30,7 @@ from ._base import (
     set_simd_level,
     simd_level,
 )
+from ._container import load, load_metadata, save
 
 __version__: str = _core.__version__
 
@@ -42,7 +43,11 @@ __all__ = [
     "cast",
     "default_num_threads",
     "detected_simd_level",
+    "kernels",
+    "load",
+    "load_metadata",
     "prune",
+    "save",
     "set_simd_level",
     "simd_level",
 ]

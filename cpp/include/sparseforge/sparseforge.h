@@ -4,6 +4,8 @@
 //   core/   views (row-major, non-owning), dtypes (fp32/fp16/bf16), errors, parallel_for,
 //           run-time SIMD dispatch, build_info
 //   prune/  masks, N:M patterns, magnitude pruning
+//   kernels/ dense GEMV/GEMM, row skip, column skip (TEAL), sparse SwiGLU
+//   format/ + kernels/unstructured.h: bitmap and CSR weights, their GEMV/GEMM
 #pragma once
 
 #include "sparseforge/core/build_info.h"
@@ -12,6 +14,10 @@
 #include "sparseforge/core/error.h"
 #include "sparseforge/core/parallel.h"
 #include "sparseforge/core/view.h"
+#include "sparseforge/format/unstructured.h"
+#include "sparseforge/kernels/activation.h"
+#include "sparseforge/kernels/dense.h"
+#include "sparseforge/kernels/unstructured.h"
 #include "sparseforge/prune/magnitude.h"
 #include "sparseforge/prune/mask.h"
 #include "sparseforge/prune/select.h"
