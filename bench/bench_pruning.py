@@ -254,10 +254,19 @@ def sf_wanda(W: np.ndarray, norms: np.ndarray, pattern: str | None, threads: int
     return sf.prune.wanda(W, norms, pattern=pattern, num_threads=threads)
 
 
-def sf_sparsegpt(W: np.ndarray, H: np.ndarray, pattern: str | None, threads: int) -> Any:
+def sf_sparsegpt(
+    W: np.ndarray, H: np.ndarray, pattern: str | None, threads: int, factor: str = "float64"
+) -> Any:
     kw: dict[str, Any] = {"pattern": pattern} if pattern else {"sparsity": SPARSITY}
     return sf.prune.sparsegpt(
-        W, H, block_size=BLOCK, percdamp=PERCDAMP, precision="float32", num_threads=threads, **kw
+        W,
+        H,
+        block_size=BLOCK,
+        percdamp=PERCDAMP,
+        precision="float32",
+        factor_precision=factor,
+        num_threads=threads,
+        **kw,
     )
 
 
@@ -526,6 +535,10 @@ def bench_shape(shape: tuple[int, int], ref: ModuleType, args: Any, tmpdir: Path
             cases[f"sf sparsegpt {_label(pattern)} {t}T"] = _on_copy(
                 sf_sparsegpt, Ws, H64, pattern, t
             )
+            # factor_precision="float32": the reference's arithmetic end to end
+            cases[f"sf32 sparsegpt {_label(pattern)} {t}T"] = _on_copy(
+                sf_sparsegpt, Ws, H64, pattern, t, "float32"
+            )
     res.groups.append(run_group(shape, "sparsegpt", cases, 2, reps, warmup, args.idle_timeout))
     del cases
 
@@ -622,6 +635,8 @@ ROWS = (
     ("wanda", "Wanda 2:4", "torch wanda 2:4", "sf wanda 2:4"),
     ("sparsegpt", "SparseGPT 50%", "torch sparsegpt 50%", "sf sparsegpt 50%"),
     ("sparsegpt", "SparseGPT 2:4", "torch sparsegpt 2:4", "sf sparsegpt 2:4"),
+    ("sparsegpt", "SparseGPT 50%, fp32 factor", "torch sparsegpt 50%", "sf32 sparsegpt 50%"),
+    ("sparsegpt", "SparseGPT 2:4, fp32 factor", "torch sparsegpt 2:4", "sf32 sparsegpt 2:4"),
 )
 BASELINE_LABEL = {
     "torch X.T@X": "torch `X.T @ X`",

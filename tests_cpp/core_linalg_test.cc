@@ -98,6 +98,42 @@ TEST_P(LinalgLevels, IdenticalForAnyThreadCount) {
   for (size_t t = 1; t < outs.size(); ++t) ASSERT_EQ(outs[t], outs[0]);
 }
 
+// The float32 factorization (SparseGPT's factor_precision="float32") against float64: the
+// same tiled algorithm, so the difference is fp32 rounding (relative ~1e-5 on these
+// well-conditioned matrices); identical for any thread count.
+TEST_P(LinalgLevels, Float32CholeskyAndInverseTrackFloat64) {
+  for (size_t n : {1, 3, 17, 256, 257, 530}) {
+    const auto A = random_spd(n, 300 + n);
+    auto L64 = A;
+    ASSERT_EQ(cholesky_lower(L64.data(), n, n, 1), -1);
+    std::vector<float> L32(A.begin(), A.end());
+    ASSERT_EQ(cholesky_lower(L32.data(), n, n, 2), -1);
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j <= i; ++j) {
+        err = std::max(err, std::fabs(L32[i * n + j] - L64[i * n + j]));
+        scale = std::max(scale, std::fabs(L64[i * n + j]));
+      }
+    }
+    EXPECT_LT(err, 1e-4 * scale) << "cholesky n=" << n;
+    invert_lower(L64.data(), n, n, 1);
+    std::vector<float> X1 = L32;
+    invert_lower(X1.data(), n, n, 1);
+    invert_lower(L32.data(), n, n, 3);
+    err = scale = 0;
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j <= i; ++j) {
+        ASSERT_EQ(X1[i * n + j], L32[i * n + j]) << "thread count changed the result";
+        err = std::max(err, std::fabs(L32[i * n + j] - L64[i * n + j]));
+        scale = std::max(scale, std::fabs(L64[i * n + j]));
+      }
+    }
+    EXPECT_LT(err, 1e-3 * scale) << "inverse n=" << n;
+  }
+  std::vector<float> bad = {1, 2, 2, 1};  // indefinite: the second pivot is negative
+  EXPECT_EQ(cholesky_lower(bad.data(), 2, 2, 1), 1);
+}
+
 TEST_P(LinalgLevels, CholeskyReportsTheFirstBadPivot) {
   const size_t n = 300;
   auto A = random_spd(n, 9);

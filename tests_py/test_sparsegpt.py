@@ -215,6 +215,54 @@ def test_float32_matches_port(port: ModuleType, case: tuple[Any, ...]) -> None:
     )
 
 
+@pytest.mark.parametrize("case", CASES[:6], ids=case_id)
+def test_float32_factor_matches_port(port: ModuleType, case: tuple[Any, ...]) -> None:
+    """factor_precision="float32" is the reference's arithmetic end to end (fp32 U, fp32
+    sweep): it agrees with the port at least as well as the float64 factor does."""
+    rows, cols, bs, pattern = case
+    W, H = layer(rows * cols + bs, rows, cols)
+    want_w, want_keep, want_loss = run_port(
+        port, W, H, pattern=pattern, block_size=bs, float64=False
+    )
+    res = prune_sf(W, H, pattern, block_size=bs, precision="float32", factor_precision="float32")
+    assert res.info["factor_precision"] == "float32"
+    agree = float(np.mean(res.mask == want_keep))
+    assert agree >= 0.999, f"mask agreement {agree:.4%}"
+    rows_same = (res.mask == want_keep).all(axis=1)
+    scale = float(np.abs(W).max())
+    err = np.abs(res.weight[rows_same].astype(np.float64) - want_w[rows_same]).max()
+    assert err <= 1e-4 * scale, f"max weight difference {err:.3g} (scale {scale:.3g})"
+    np.testing.assert_allclose(
+        np.asarray(res.info["row_loss"])[rows_same], want_loss[rows_same], rtol=1e-2
+    )
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_float32_factor_threads_identical_and_escalates(precision: str) -> None:
+    W, H = layer(83, 96, 320)
+    runs = [
+        sf.prune.sparsegpt(
+            W,
+            H,
+            0.5,
+            block_size=64,
+            precision=precision,
+            factor_precision="float32",
+            num_threads=t,
+        )
+        for t in (1, 2, 3)
+    ]
+    for r in runs[1:]:
+        assert np.array_equal(r.mask, runs[0].mask)
+        assert np.array_equal(ref.bits(r.weight), ref.bits(runs[0].weight))
+    Hi = indefinite_hessian(5, 64)
+    Wi = (np.random.default_rng(6).standard_normal((16, 64)) * 0.1).astype(np.float32)
+    res = sf.prune.sparsegpt(Wi, Hi, 0.5, block_size=32, factor_precision="float32")
+    assert res.info["attempts"] > 1 and res.info["percdamp_used"] > 0.01
+    with pytest.raises(ValueError, match="factor_precision"):
+        sf.prune.sparsegpt(W, H, 0.5, factor_precision="float16")
+
+
 def test_row_loss_is_the_damped_quadratic_error() -> None:
     """Per row, the SparseGPT loss equals 1/2 (w - w_hat)^T H' (w - w_hat) with H' the damped
     Hessian (an identity of the sequential OBS sweep)."""

@@ -212,8 +212,8 @@ void register_prune_methods(py::module_& m) {
   m.def(
       "sparsegpt",
       [](py::handle W_obj, py::handle H_obj, double sparsity, int n, int mm, size_t block_size,
-         double percdamp, double max_percdamp, bool float64, bool exact_count, py::object mask,
-         int num_threads) {
+         double percdamp, double max_percdamp, bool float64, bool factor_float32, bool exact_count,
+         py::object mask, int num_threads) {
         const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
         const sp::HessianView H = hessian_in(H_obj, "H");
         sp::SparseGPTOptions o;
@@ -223,6 +223,7 @@ void register_prune_methods(py::module_& m) {
         o.percdamp = percdamp;
         o.max_percdamp = max_percdamp;
         o.precision = float64 ? sp::Precision::kFloat64 : sp::Precision::kFloat32;
+        o.factor_precision = factor_float32 ? sp::Precision::kFloat32 : sp::Precision::kFloat64;
         o.block_count = exact_count ? sp::BlockCount::kExact : sp::BlockCount::kReference;
         const int threads = threads_arg(num_threads);
         py::array out = new_like(W);
@@ -254,7 +255,8 @@ void register_prune_methods(py::module_& m) {
       },
       py::arg("W"), py::arg("H"), py::arg("sparsity"), py::arg("n"), py::arg("m"),
       py::arg("block_size"), py::arg("percdamp"), py::arg("max_percdamp"), py::arg("float64"),
-      py::arg("exact_count"), py::arg("mask"), py::arg("num_threads") = 0);
+      py::arg("factor_float32"), py::arg("exact_count"), py::arg("mask"),
+      py::arg("num_threads") = 0);
   m.def(
       "obs",
       [](py::handle W_obj, py::handle H_obj, double sparsity, int n, int mm, double percdamp,

@@ -97,6 +97,7 @@ def sparsegpt(
     percdamp: float,
     max_percdamp: float,
     float64: bool,
+    factor_float32: bool,
     exact_count: bool,
     mask: npt.NDArray[np.bool_] | None,
     num_threads: int = 0,

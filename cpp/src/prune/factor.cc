@@ -45,25 +45,28 @@ std::vector<double> damped_hessian(const HessianView& H, const std::vector<uint8
 // U = R^-1 is the upper Cholesky factor of H^-1 (unique with a positive diagonal). One
 // Cholesky and one triangular inverse: ~(2/3) n^3 flops, against (4/3) n^3 for the
 // reference's cholesky, cholesky_inverse, cholesky.
-InverseFactor factor_inverse(const HessianView& H, const std::vector<uint8_t>& dead,
-                             double percdamp, double max_percdamp, int num_threads) {
+template <class T>
+InverseFactorT<T> factor_inverse(const HessianView& H, const std::vector<uint8_t>& dead,
+                                 double percdamp, double max_percdamp, int num_threads) {
   const size_t n = H.n;
   const double md = mean_diag(H, dead);
-  InverseFactor f;
+  InverseFactorT<T> f;
   f.U.resize(n * n);
   long bad_pivot = -1;
   for (double pd = percdamp;; pd = pd > 0.0 ? pd * 10.0 : 1e-4) {
     ++f.attempts;
     const double damp = pd * md;
-    double* P = f.U.data();  // P = J H J, lower triangle: P[a][b] = H[n-1-a][n-1-b]
+    T* P = f.U.data();  // P = J H J, lower triangle: P[a][b] = H[n-1-a][n-1-b]
     parallel_for(n, num_threads, [&](size_t a0, size_t a1) {
       for (size_t a = a0; a < a1; ++a) {
         const size_t i = n - 1 - a;
         for (size_t b = 0; b <= a; ++b) {
           const size_t j = n - 1 - b;  // j >= i: H's lower triangle at (j, i)
-          P[a * n + b] = (i == j && dead[i]) ? 1.0 : H.at(j, i);
+          P[a * n + b] = static_cast<T>((i == j && dead[i]) ? 1.0 : H.at(j, i));
         }
-        P[a * n + a] += damp;
+        // The damped diagonal is rounded once to T (as the reference's fp32 H + damp).
+        const size_t i_diag = n - 1 - a;
+        P[a * n + a] = static_cast<T>(((dead[i_diag]) ? 1.0 : H.at(i_diag, i_diag)) + damp);
       }
     });
     const long bad = linalg::cholesky_lower(P, n, n, num_threads);
@@ -71,7 +74,7 @@ InverseFactor factor_inverse(const HessianView& H, const std::vector<uint8_t>& d
       linalg::invert_lower(P, n, n, num_threads);
       // The blocked routines leave scratch above the diagonal of diagonal tiles.
       parallel_for(n, num_threads, [&](size_t a0, size_t a1) {
-        for (size_t a = a0; a < a1; ++a) std::fill(P + a * n + a + 1, P + (a + 1) * n, 0.0);
+        for (size_t a = a0; a < a1; ++a) std::fill(P + a * n + a + 1, P + (a + 1) * n, T(0));
       });
       // Reversing the whole buffer maps (a, b) to (n-1-a, n-1-b): the lower L^-1 becomes
       // the upper U, and the zeroed strict upper part becomes the strict lower part.
@@ -91,6 +94,12 @@ InverseFactor factor_inverse(const HessianView& H, const std::vector<uint8_t>& d
     }
   }
 }
+
+template InverseFactorT<double> factor_inverse<double>(const HessianView&,
+                                                      const std::vector<uint8_t>&, double, double,
+                                                      int);
+template InverseFactorT<float> factor_inverse<float>(const HessianView&, const std::vector<uint8_t>&,
+                                                     double, double, int);
 
 }  // namespace detail
 }  // namespace prune

@@ -15,19 +15,23 @@ namespace detail {
 // zeroes W[:, j].
 std::vector<uint8_t> dead_columns(const HessianView& H);
 
-// U, the upper Cholesky factor of (H' + damp I)^-1 = U^T U in float64 (n x n row-major,
+// U, the upper Cholesky factor of (H' + damp I)^-1 = U^T U in T (n x n row-major,
 // the upper triangle valid, the strict lower triangle zero), where H' is H with dead
 // diagonal entries set to 1 and damp = percdamp * mean(diag H'). A failed factorization
 // retries with 10x the damping while it stays <= max_percdamp, then throws NumericalError
 // with the damping tried and the failing column.
-struct InverseFactor {
-  std::vector<double> U;
+// T = float computes in float32 (the reference's precision: half the time and memory).
+template <class T>
+struct InverseFactorT {
+  std::vector<T> U;
   double percdamp = 0.0;
   double damp = 0.0;
   int attempts = 0;
 };
-InverseFactor factor_inverse(const HessianView& H, const std::vector<uint8_t>& dead,
-                             double percdamp, double max_percdamp, int num_threads);
+using InverseFactor = InverseFactorT<double>;
+template <class T>
+InverseFactorT<T> factor_inverse(const HessianView& H, const std::vector<uint8_t>& dead,
+                                 double percdamp, double max_percdamp, int num_threads);
 
 // H' + damp I (dead entries fixed), full symmetric float64 n x n.
 std::vector<double> damped_hessian(const HessianView& H, const std::vector<uint8_t>& dead,

@@ -69,7 +69,8 @@ ObsResult obs(const AnyConstMatrix& W, const HessianView& H, double sparsity, NM
                "percdamp: expected a finite value >= 0, got %g", percdamp);
   const size_t rows = W.rows, n = W.cols;
   const std::vector<uint8_t> dead = detail::dead_columns(H);
-  detail::InverseFactor f = detail::factor_inverse(H, dead, percdamp, max_percdamp, num_threads);
+  detail::InverseFactor f =
+      detail::factor_inverse<double>(H, dead, percdamp, max_percdamp, num_threads);
   // H'^-1 = U^T U (U's strict lower triangle is zero).
   std::vector<double> Hinv(n * n);
   linalg::linalg().gemm_f64(true, n, n, n, 1.0, f.U.data(), n, f.U.data(), n, 0.0, Hinv.data(), n);

@@ -181,26 +181,41 @@ SparseGPTResult sparsegpt(const AnyConstMatrix& W, const HessianView& H, const S
   const std::vector<uint8_t> dead = detail::dead_columns(H);
   SparseGPTResult res;
   for (uint8_t d : dead) res.dead_columns += d;
-  detail::InverseFactor f =
-      detail::factor_inverse(H, dead, o.percdamp, o.max_percdamp, num_threads);
-  res.percdamp_used = f.percdamp;
-  res.damp = f.damp;
-  res.attempts = f.attempts;
+  const bool factor32 = o.factor_precision == Precision::kFloat32;
+  detail::InverseFactorT<double> f64;
+  detail::InverseFactorT<float> f32;
+  if (factor32) {
+    f32 = detail::factor_inverse<float>(H, dead, o.percdamp, o.max_percdamp, num_threads);
+    res.percdamp_used = f32.percdamp;
+    res.damp = f32.damp;
+    res.attempts = f32.attempts;
+  } else {
+    f64 = detail::factor_inverse<double>(H, dead, o.percdamp, o.max_percdamp, num_threads);
+    res.percdamp_used = f64.percdamp;
+    res.damp = f64.damp;
+    res.attempts = f64.attempts;
+  }
   res.row_loss.assign(rows, 0.0);
   if (o.precision == Precision::kFloat64) {
+    if (factor32) {
+      f64.U.assign(f32.U.begin(), f32.U.end());
+      std::vector<float>().swap(f32.U);
+    }
     std::vector<double> Wk(rows * cols);
     load_rows(W, dead, Wk.data(), num_threads);
-    sweep<double>(Wk.data(), rows, cols, f.U.data(), o, keep, res.row_loss, num_threads);
+    sweep<double>(Wk.data(), rows, cols, f64.U.data(), o, keep, res.row_loss, num_threads);
     store_rows(Wk.data(), out, num_threads);
   } else {
-    std::vector<float> U32(f.U.begin(), f.U.end());
-    std::vector<double>().swap(f.U);  // peak: one float64 matrix, then U in fp32
+    if (!factor32) {
+      f32.U.assign(f64.U.begin(), f64.U.end());
+      std::vector<double>().swap(f64.U);  // peak: one float64 matrix, then U in fp32
+    }
     // fp32 weights: the sweep runs in `out` itself, no extra copy of W.
     const bool in_place = out.dtype == DType::kF32 && out.stride == cols;
     std::vector<float> Wk(in_place ? 0 : rows * cols);
     float* work = in_place ? static_cast<float*>(out.data) : Wk.data();
     load_rows(W, dead, work, num_threads);
-    sweep<float>(work, rows, cols, U32.data(), o, keep, res.row_loss, num_threads);
+    sweep<float>(work, rows, cols, f32.U.data(), o, keep, res.row_loss, num_threads);
     if (!in_place) store_rows(work, out, num_threads);
   }
   for (double l : res.row_loss) res.loss += l;

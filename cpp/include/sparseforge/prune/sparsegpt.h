@@ -2,8 +2,9 @@
 // following IST-DASLab/sparsegpt sparsegpt.py (fasterprune) step by step:
 //   1. dead inputs (H_dd == 0): H_dd = 1 and W[:, d] = 0;
 //   2. damping: H += percdamp * mean(diag H) * I;
-//   3. U = the upper Cholesky factor of H^-1 (H^-1 = U^T U), computed in float64 here as
-//      U = J L^-1 J with J H J = L L^T (one Cholesky and one triangular inverse);
+//   3. U = the upper Cholesky factor of H^-1 (H^-1 = U^T U), computed in float64 by default
+//      (float32, the reference's precision, on request) as U = J L^-1 J with
+//      J H J = L L^T (one Cholesky and one triangular inverse);
 //   4. blocks of block_size columns: the mask is chosen at the block's start from the
 //      weights updated by earlier blocks (unstructured: w^2 / U_ii^2 over the whole
 //      block, all rows jointly; N:M: at each group's first column, per row, from the
@@ -21,8 +22,9 @@
 //
 // Rows are independent given U: the sweep runs over fixed chunks of rows in parallel, and
 // the unstructured threshold (the only coupling) is an exact selection per block, so
-// results are identical for any thread count. Cost: ~(2/3) cols^3 flops (float64) for U,
-// rows * cols^2 for the lazy updates. Extra memory: a float64 cols^2 matrix, U in the
+// results are identical for any thread count. Cost: ~(2/3) cols^3 flops for U,
+// rows * cols^2 for the lazy updates. Extra memory: a cols^2 matrix in the factorization's
+// precision, U in the
 // sweep's precision, and one fp32/float64 copy of W when W is not already fp32.
 #pragma once
 
@@ -47,7 +49,10 @@ struct SparseGPTOptions {
   size_t block_size = 128;
   double percdamp = 0.01;
   double max_percdamp = 1.0;  // damping grows 10x per failed attempt up to this
-  Precision precision = Precision::kFloat32;
+  Precision precision = Precision::kFloat32;  // the sweep
+  // U's factorization: float64 (default; robust to ill-conditioned H) or float32, the
+  // reference's precision at half the time (and the float64 n^2 scratch becomes float32).
+  Precision factor_precision = Precision::kFloat64;
   BlockCount block_count = BlockCount::kReference;
   bool mask_given = false;  // use `keep` as given (reconstruction); no selection
 };

@@ -41,6 +41,13 @@ struct LinalgTable {
                                  size_t ldb);
   // In-place inverse of the lower-triangular n x n block L (lower triangle only).
   void (*trtri_lower_f64)(size_t n, double* L, size_t ldl);
+  // The same four in float32 (SparseGPT's reference-precision factorization).
+  void (*gemm_nt_f32)(size_t m, size_t n, size_t k, float alpha, const float* A, size_t lda,
+                      const float* B, size_t ldb, float beta, float* C, size_t ldc);
+  long (*potrf_lower_f32)(size_t n, float* A, size_t lda);
+  void (*trsm_right_lower_t_f32)(size_t m, size_t n, const float* L, size_t ldl, float* B,
+                                 size_t ldb);
+  void (*trtri_lower_f32)(size_t n, float* L, size_t ldl);
   // Solves A x = b in place for SPD A (n x n, lower triangle used; overwritten by its
   // Cholesky factor). Returns false if A is not positive definite.
   bool (*posv_f64)(size_t n, double* A, size_t lda, double* b);
