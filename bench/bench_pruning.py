@@ -867,6 +867,11 @@ def _add_arguments(p: Any) -> None:
         help="best-of-N of the SparseGPT groups (default: 5 at 4096x4096, 2 at 4096x11008)",
     )
     p.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated subset of the shapes, e.g. 4096x11008 (default: all)",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=float,
         default=None,
@@ -902,6 +907,16 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     torch_threads = torch.get_num_threads()
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        wanted = {w.strip() for w in args.shapes.split(",") if w.strip()}
+        known = {f"{o}x{i}" for o, i in shapes}
+        if not wanted <= known:
+            print(
+                f"--shapes: unknown {sorted(wanted - known)}; choose from {sorted(known)}",
+                file=sys.stderr,
+            )
+            return 2
+        shapes = tuple(sh for sh in shapes if f"{sh[0]}x{sh[1]}" in wanted)
     results = []
     with tempfile.TemporaryDirectory(prefix="sf-bench-pruning-") as tmp:
         for shape in shapes:

@@ -5,7 +5,10 @@ Storage dtypes are float32, float16 and bfloat16 (``ml_dtypes.bfloat16``); compu
 float32. N:M means *n kept* of every *m* consecutive weights along ``in_features``.
 
 Areas: :mod:`sparseforge.calib` (streaming calibration statistics), :mod:`sparseforge.prune`
-(masks, magnitude, N:M, Wanda, SparseGPT, OBS/OBD, reconstruction).
+(masks, magnitude, N:M, Wanda, SparseGPT, OBS/OBD, reconstruction), :mod:`sparseforge.format`
+(N:M, bitmap and CSR compressed weights, PyTorch's 2:4 layout), :mod:`sparseforge.kernels`
+(dense, N:M, unstructured and activation-sparse GEMV/GEMM) and :func:`save` / :func:`load`
+(a safetensors-compatible container).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "directly."
     ) from err
 
-from . import calib, kernels, prune
+from . import calib, format, kernels, prune
 from ._base import (
     DTypeError,
     NumericalError,
@@ -43,6 +46,7 @@ __all__ = [
     "cast",
     "default_num_threads",
     "detected_simd_level",
+    "format",
     "kernels",
     "load",
     "load_metadata",
