@@ -2,7 +2,8 @@
 # Set up a fresh Debian/Ubuntu machine: system packages through apt, Python packages
 # through pip, then build and install sparseforge from this checkout.
 #   tools/setup.sh          the library and its run-time dependencies
-#   tools/setup.sh --test   also the test tools (pytest, hypothesis, mypy)
+#   tools/setup.sh --test   also the test tools (pytest, hypothesis, mypy) and the optional
+#                           oracles the tests compare against (torch CPU, scipy, safetensors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,12 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check \
   "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.21" ninja "numpy>=1.24" "ml_dtypes>=0.3"
+if [ -n "$extras" ]; then
+  # The PyTorch reference ports, CUTLASS-layout and container interop tests need torch.
+  # Pinned, so pip takes the CPU build rather than the newest release with GBs of CUDA.
+  python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" || \
+    echo "setup: torch==2.13.0 not installable here; the torch comparison tests will skip"
+fi
 # No build isolation: the build directory (build/<wheel tag>) is reused across installs.
 python3 -m pip install -q --disable-pip-version-check --no-build-isolation ".${extras}"
 python3 -c "import sparseforge as sf; print('setup: sparseforge', sf.__version__, 'simd', sf.simd_level())"
