@@ -229,7 +229,9 @@ TEST(Kernels, GemvRowsWritesSelectedRowsAndZeros) {
     EXPECT_TRUE(same_bits(ya, yb));
     EXPECT_TRUE(same_bits(ya, yc));
     for (size_t r = 0; r < 37; ++r) {
-      if (!mask[r]) EXPECT_EQ(ya[r], 0.0f);
+      if (!mask[r]) {
+        EXPECT_EQ(ya[r], 0.0f);
+      }
     }
     // Selected rows equal the dense kernel's values bitwise.
     std::vector<float> dense(37);
@@ -254,7 +256,7 @@ TEST(Kernels, SparseInputMatchesMaskedDense) {
   for (int level : levels_here()) {
     set_simd_level(static_cast<SimdLevel>(level));
     for (DType dt : kDTypes) {
-      const std::pair<size_t, size_t> shapes[] = {{1, 1},    {9, 17},     {17, 15},  {64, 33},
+      const std::pair<size_t, size_t> shapes[] = {{1, 1},    {9, 17},     {17, 15},   {64, 33},
                                                   {401, 43}, {300, 1000}, {129, 4099}};
       for (auto [in, out] : shapes) {
         const Weight Wt = make_weight(dt, in, out, in * 3 + out, out % 2);
@@ -264,8 +266,8 @@ TEST(Kernels, SparseInputMatchesMaskedDense) {
           const size_t want_active = static_cast<size_t>(
               std::count_if(xm.begin(), xm.end(), [](float v) { return v != 0.0f; }));
           std::vector<float> y1(out, kNaN), y2(out, kNaN);
-          const sk::SparseInputInfo info = sk::gemv_sparse_input(Wt.view(), x.data(), t,
-                                                                 y1.data(), 1);
+          const sk::SparseInputInfo info =
+              sk::gemv_sparse_input(Wt.view(), x.data(), t, y1.data(), 1);
           sk::gemv_sparse_input(Wt.view(), x.data(), t, y2.data(), 2);
           EXPECT_EQ(info.active, want_active);
           EXPECT_EQ(info.in_features, in);
@@ -301,9 +303,8 @@ TEST(Kernels, ActiveInputUsesExactlyTheSet) {
   std::vector<float> xm(77, 0.0f);
   for (int64_t k : set) xm[static_cast<size_t>(k)] = x[static_cast<size_t>(k)];
   std::vector<float> y(130, kNaN), y2(130, kNaN);
-  const auto info =
-      sk::gemv_active_input(Wt.view(), x.data(), sk::IndexSet::list(set.data(), set.size()),
-                            y.data(), 1);
+  const auto info = sk::gemv_active_input(Wt.view(), x.data(),
+                                          sk::IndexSet::list(set.data(), set.size()), y.data(), 1);
   EXPECT_EQ(info.active, 5u);
   EXPECT_LE(rel_err(y, ref_gemv_t(Wt, xm)), kTol);
   std::vector<uint8_t> mask(77, 0);
@@ -329,9 +330,9 @@ TEST(Kernels, GemmSparseInputUnionAndFallback) {
         const size_t union_n = static_cast<size_t>(std::count(any.begin(), any.end(), 1));
         for (double min_gain : {1.0, std::numeric_limits<double>::infinity()}) {
           std::vector<float> Y1(B * out, kNaN), Y2(B * out, kNaN);
-          const auto info = sk::gemm_sparse_input(
-              Wt.view(), ConstMatrixView<float>(X.data(), B, in), t,
-              MatrixView<float>(Y1.data(), B, out), min_gain, 1);
+          const auto info =
+              sk::gemm_sparse_input(Wt.view(), ConstMatrixView<float>(X.data(), B, in), t,
+                                    MatrixView<float>(Y1.data(), B, out), min_gain, 1);
           sk::gemm_sparse_input(Wt.view(), ConstMatrixView<float>(X.data(), B, in), t,
                                 MatrixView<float>(Y2.data(), B, out), min_gain, 2);
           EXPECT_EQ(info.active, union_n);
@@ -389,8 +390,8 @@ TEST(Kernels, SwiGLUModesMatchReference) {
     const float t_x = 0.5f, t_h = 0.05f;
     for (int level : levels_here()) {
       set_simd_level(static_cast<SimdLevel>(level));
-      for (sk::SwiGLUMode mode : {sk::SwiGLUMode::kDense, sk::SwiGLUMode::kTeal,
-                                  sk::SwiGLUMode::kCats}) {
+      for (sk::SwiGLUMode mode :
+           {sk::SwiGLUMode::kDense, sk::SwiGLUMode::kTeal, sk::SwiGLUMode::kCats}) {
         sk::SwiGLUWeights w;
         w.mode = mode;
         if (mode == sk::SwiGLUMode::kTeal) {
@@ -433,7 +434,9 @@ TEST(Kernels, SwiGLUModesMatchReference) {
         // flip; with these data none does, and the relative error is then tiny.
         EXPECT_LE(rel_err(y1, want), 1e-4)
             << sk::swiglu_mode_name(mode) << " " << dtype_name(dt) << " level " << level;
-        if (mode != sk::SwiGLUMode::kDense) EXPECT_EQ(info.h_active, h_active);
+        if (mode != sk::SwiGLUMode::kDense) {
+          EXPECT_EQ(info.h_active, h_active);
+        }
         EXPECT_EQ(info.hidden, hidden);
         EXPECT_EQ(info.in, in);
       }

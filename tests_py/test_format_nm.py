@@ -210,3 +210,36 @@ def test_state_protocol_round_trip(rng, dtype):
         )
     with pytest.raises(ValueError, match="missing"):
         NMTensor._sf_from_state(meta, {"values": arrays["values"]})
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32"])
+def test_torch_semi_structured_round_trip(rng, dtype_name):
+    torch = pytest.importorskip("torch")
+    conv = pytest.importorskip("torch.sparse._semi_structured_conversions")
+    dtype = np.dtype(reference.BF16 if dtype_name == "bfloat16" else dtype_name)
+    n, m = (1, 2) if dtype_name == "float32" else (2, 4)
+    W = random_nm(rng, 64, 64, n, m, dtype)
+    t = NMTensor.from_dense(W, n, m)
+    sparse, meta = sf.format.to_torch_semi_structured(t)
+
+    def to_torch(a):
+        if a.dtype == reference.BF16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
+    ts, tm = conv.sparse_semi_structured_from_dense_cutlass(to_torch(W))
+    assert np.array_equal(
+        sparse.view(np.uint8), ts.view(torch.uint8).numpy().reshape(sparse.view(np.uint8).shape)
+    )
+    assert np.array_equal(meta, tm.numpy())
+    t2 = sf.format.from_torch_semi_structured(sparse, meta)
+    assert t2.pattern == "2:4"
+    np.testing.assert_array_equal(reference.bits(t2.to_dense()), reference.bits(t.to_dense()))
+
+
+def test_torch_semi_structured_bad_input(rng):
+    W = random_nm(rng, 32, 32, 2, 8, np.dtype(np.float16))
+    with pytest.raises(ValueError, match="no PyTorch semi-structured layout"):
+        sf.format.to_torch_semi_structured(NMTensor.from_dense(W, 2, 8))
+    with pytest.raises(TypeError, match="NMTensor"):
+        sf.format.to_torch_semi_structured(W)  # type: ignore[arg-type]

@@ -469,7 +469,8 @@ def test_only_stored_weights_meet_non_finite_inputs(
     x[~keep[0]] = np.where(np.arange(45)[~keep[0]] % 2, np.inf, np.nan)
     t = cls.from_dense(W)
     y = t._sf_gemv(x)
-    Y = t._sf_gemm(np.stack([x, x, x]))
+    Y = t._sf_gemm(np.stack([x] * 3))
+    Y40 = t._sf_gemm(np.stack([x] * 40))  # a batch large enough for the dense-tile path
     # row 0 stores none of the non-finite columns: finite and equal to the dense product of
     # its stored entries
     want = np.dot(ref.to_f32(W)[0][keep[0]].astype(np.float64), x[keep[0]])
@@ -478,6 +479,9 @@ def test_only_stored_weights_meet_non_finite_inputs(
     assert y[0] == pytest.approx(want, rel=1e-5, abs=1e-6)
     hit = (keep & ~keep[0]).any(axis=1)
     assert np.isfinite(y[~hit]).all()
+    assert np.isfinite(Y40[:, ~hit]).all()
+    want40 = np.broadcast_to(y[~hit], (40, int((~hit).sum())))
+    np.testing.assert_allclose(Y40[:, ~hit], want40, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

@@ -34,8 +34,8 @@ float* out_vector(const py::object& out, size_t n, py::array* holder) {
 sf::MatrixView<float> out_matrix(const py::object& out, size_t rows, size_t cols,
                                  py::array* holder) {
   if (out.is_none()) {
-    *holder =
-        new_array(sf::DType::kF32, {static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+    *holder = new_array(sf::DType::kF32,
+                        {static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
     return {static_cast<float*>(holder->mutable_data()), rows, cols};
   }
   const sf::AnyMatrix m = matrix_inout(out, "out", kF32);
@@ -103,9 +103,8 @@ std::pair<py::array, size_t> gemv_rows(py::handle W_obj, py::handle x_obj, py::h
   return {y, computed};
 }
 
-std::pair<py::array, size_t> gemv_sparse_input(py::handle Wt_obj, py::handle x_obj,
-                                               float threshold, const py::object& out,
-                                               int num_threads) {
+std::pair<py::array, size_t> gemv_sparse_input(py::handle Wt_obj, py::handle x_obj, float threshold,
+                                               const py::object& out, int num_threads) {
   const sf::AnyConstMatrix Wt = matrix_in(Wt_obj, "Wt");
   const float* x = vector_f32_in(x_obj, "x", Wt.rows);
   const int threads = threads_arg(num_threads);
@@ -196,15 +195,15 @@ void register_kernels(py::module_& m) {
   m.def("gemv_rows", &gemv_rows, py::arg("W"), py::arg("x"), py::arg("rows"),
         py::arg("out") = py::none(), py::arg("num_threads") = 0,
         "(y, rows computed): y[r] = W[r] x on the selected rows, 0 elsewhere.");
-  m.def("gemv_sparse_input", &gemv_sparse_input, py::arg("Wt"), py::arg("x"),
-        py::arg("threshold"), py::arg("out") = py::none(), py::arg("num_threads") = 0,
+  m.def("gemv_sparse_input", &gemv_sparse_input, py::arg("Wt"), py::arg("x"), py::arg("threshold"),
+        py::arg("out") = py::none(), py::arg("num_threads") = 0,
         "(y, active inputs): y = Wt^T (x where |x| > threshold).");
   m.def("gemv_active_input", &gemv_active_input, py::arg("Wt"), py::arg("x"), py::arg("active"),
         py::arg("out") = py::none(), py::arg("num_threads") = 0,
         "(y, active inputs): y = Wt^T (x restricted to the active set).");
-  m.def("gemm_sparse_input", &gemm_sparse_input, py::arg("Wt"), py::arg("X"),
-        py::arg("threshold"), py::arg("min_gain"), py::arg("out") = py::none(),
-        py::arg("num_threads") = 0, "(Y, union active inputs, dense fallback used).");
+  m.def("gemm_sparse_input", &gemm_sparse_input, py::arg("Wt"), py::arg("X"), py::arg("threshold"),
+        py::arg("min_gain"), py::arg("out") = py::none(), py::arg("num_threads") = 0,
+        "(Y, union active inputs, dense fallback used).");
   m.def("swiglu", &swiglu, py::arg("mode"), py::arg("gate"), py::arg("up"), py::arg("down"),
         py::arg("x"), py::arg("t_x"), py::arg("t_h"), py::arg("out") = py::none(),
         py::arg("num_threads") = 0, "(y, active inputs, active hidden units).");

@@ -7,8 +7,8 @@ scattered anywhere (magnitude, Wanda or SparseGPT at any sparsity) and run GEMV/
 
 * **BitmapTensor**: one bit per weight (``in_features / 8`` bytes per row) plus the kept
   values packed row by row. Bytes: ``(1 - s) N K b + N K / 8``; at 50 % sparsity bf16 it is
-  56 % of dense, and its GEMV decompresses 16 weights per instruction (AVX-512) or 8
-  (AVX2), so it runs faster than dense from low sparsity on.
+  56 % of dense. Its GEMV expands 16 values per instruction (AVX-512) or 8 (AVX2); the
+  speed-ups measured against the dense GEMV are in docs/kernels.md.
 * **CSRTensor**: int64 ``indptr`` and int32 column ``indices`` per value. Bytes:
   ``(1 - s) N K (b + 4) + 8 N``; its GEMV gathers ``x`` and only beats dense at high
   sparsity (see docs/kernels.md). Interoperates with ``scipy.sparse`` (optional).
@@ -26,6 +26,7 @@ constructor copies its inputs and validates them.
 
 from __future__ import annotations
 
+import importlib
 import numbers
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -66,9 +67,9 @@ def _ndarray(a: Any, name: str) -> np.ndarray:
     return a
 
 
-def _index_array(a: Any, name: str, dtype: type[np.integer[Any]]) -> np.ndarray:
+def _index_array(arr: Any, name: str, dtype: type[np.integer[Any]]) -> np.ndarray:
     """An index array as ``dtype``: other integer dtypes are converted after a range check."""
-    a = _ndarray(a, name)
+    a = _ndarray(arr, name)
     target = np.dtype(dtype)
     if a.dtype == target:
         return a
@@ -110,6 +111,7 @@ class _UnstructuredTensor:
     """What BitmapTensor and CSRTensor share (not public)."""
 
     __slots__ = ("_m",)
+    _m: Any  # the compiled _core.BitmapMatrix / _core.CSRMatrix that owns the data
     _sf_kind: ClassVar[str]
     _components: ClassVar[tuple[str, ...]]
 
@@ -135,7 +137,8 @@ class _UnstructuredTensor:
     @property
     def dtype(self) -> np.dtype[Any]:
         """Storage dtype of the values: float32, float16 or bfloat16."""
-        return np.dtype(self._m.dtype)
+        dt: np.dtype[Any] = np.dtype(self._m.dtype)
+        return dt
 
     @property
     def nnz(self) -> int:
@@ -412,9 +415,8 @@ class CSRTensor(_UnstructuredTensor):
 
 def _scipy_sparse() -> Any:
     try:
-        import scipy.sparse
+        return importlib.import_module("scipy.sparse")
     except ImportError as err:  # pragma: no cover - depends on the installation
         raise ImportError(
             "scipy is needed for CSRTensor.to_scipy/from_scipy: pip install scipy"
         ) from err
-    return scipy.sparse

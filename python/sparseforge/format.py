@@ -1,4 +1,5 @@
-"""Compressed weight formats: N:M (:class:`NMTensor`), bitmap and CSR.
+"""Compressed weight formats: N:M (:class:`NMTensor`), bitmap (:class:`BitmapTensor`) and
+CSR (:class:`CSRTensor`).
 
 Every format holds a weight ``W`` of shape ``(out_features, in_features)`` compressed, knows
 its real size (``nbytes``), converts back (``to_dense``), checks itself (``validate``), runs
@@ -12,11 +13,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import _core
+from . import _core, _cutlass
 from ._base import threads_arg
+from ._unstructured import BitmapTensor, CSRTensor
 from .prune import parse_pattern
 
-__all__ = ["NMTensor"]
+__all__ = [
+    "BitmapTensor",
+    "CSRTensor",
+    "NMTensor",
+    "from_torch_semi_structured",
+    "to_torch_semi_structured",
+]
 
 
 def _dtype_name(dtype: np.dtype[Any]) -> str:
@@ -225,5 +233,40 @@ def _check_nm(n: Any, m: Any) -> None:
         raise ValueError(f"pattern {n}:{m}: need 1 <= n < m <= 16")
 
 
+def to_torch_semi_structured(t: NMTensor) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's semi-structured (CUTLASS) 2:4 layout of a 2:4 (or 1:2) tensor.
+
+    Returns numpy ``(sparse, meta)`` bit-identical to torch's
+    ``sparse_semi_structured_from_dense_cutlass(torch.from_numpy(t.to_dense()))``:
+    ``torch.from_numpy(sparse)`` (bfloat16: ``torch.from_numpy(sparse.view(np.int16))
+    .view(torch.bfloat16)``) and ``torch.from_numpy(meta)`` give torch's tensors. float16 and
+    bfloat16 tensors convert by reordering codes (no dense copy); float32 follows torch's 1:2
+    rule (at most one non-zero per pair, else ValueError). torch's shape rules apply
+    (rows % 32 == 0 and cols % 32 == 0 for 16-bit values; docs/formats.md).
+    """
+    if not isinstance(t, NMTensor):
+        raise TypeError(f"t: expected an NMTensor, got {type(t).__name__}")
+    if (t.n, t.m) == (2, 4):
+        values, codes = t.components()
+        return _cutlass.cutlass_from_canonical(values, codes)
+    if (t.n, t.m) == (1, 2) or (t.n, t.m) == (1, 4):
+        return _cutlass.from_dense_cutlass(t.to_dense())
+    raise ValueError(f"t: pattern {t.pattern} has no PyTorch semi-structured layout (2:4 or 1:2)")
+
+
+def from_torch_semi_structured(
+    sparse: np.ndarray, meta: np.ndarray, *, num_threads: int | None = None
+) -> NMTensor:
+    """A 2:4 :class:`NMTensor` from PyTorch's CUTLASS ``(sparse, meta)`` (numpy arrays:
+    ``tensor.numpy()``; for bfloat16 view the int16 bits as ``ml_dtypes.bfloat16``). Every
+    meta code is checked; the result's dense matrix equals torch's
+    ``sparse_semi_structured_to_dense_cutlass``."""
+    values, codes = _cutlass.canonical_from_cutlass(sparse, meta)
+    rows = values.shape[0]
+    return NMTensor.from_components(
+        values, codes, shape=(rows, values.shape[1] * 2), n=2, m=4, num_threads=num_threads
+    )
+
+
 # Kinds for sparseforge.save/load: _sf_kind -> class.
-_KINDS: dict[str, type] = {"nm": NMTensor}
+_KINDS: dict[str, type] = {"nm": NMTensor, "bitmap": BitmapTensor, "csr": CSRTensor}

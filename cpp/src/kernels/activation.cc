@@ -36,8 +36,8 @@ void check_x_y(const float* x, const float* y) {
   SF_CHECK_ARG(y != nullptr, "y: expected a non-null pointer");
 }
 
-SparseInputInfo column_skip(const AnyConstMatrix& Wt, const float* x, const uint32_t* idx,
-                            size_t n, float* y, int num_threads) {
+SparseInputInfo column_skip(const AnyConstMatrix& Wt, const float* x, const uint32_t* idx, size_t n,
+                            float* y, int num_threads) {
   std::vector<float> coef(n);
   for (size_t a = 0; a < n; ++a) coef[a] = x[idx[a]];
   detail::axpy_columns(Wt, idx, n, coef.data(), 1, y, Wt.cols, num_threads);
@@ -147,8 +147,8 @@ namespace {
 void expect_shape(const AnyConstMatrix& M, const char* name, size_t rows, size_t cols,
                   const char* layout, SwiGLUMode mode) {
   SF_CHECK_ARG(M.rows == rows && M.cols == cols,
-               "%s: expected shape (%zu, %zu) = %s for mode '%s', got (%zu, %zu)", name, rows,
-               cols, layout, swiglu_mode_name(mode), M.rows, M.cols);
+               "%s: expected shape (%zu, %zu) = %s for mode '%s', got (%zu, %zu)", name, rows, cols,
+               layout, swiglu_mode_name(mode), M.rows, M.cols);
 }
 
 }  // namespace
@@ -199,14 +199,14 @@ SwiGLUInfo swiglu(const SwiGLUWeights& w, const float* x, float t_x, float t_h, 
 
   if (w.mode == SwiGLUMode::kDense) {
     // g and u in one parallel region over hidden rows, then h, then down.
-    parallel_for(s.hidden, detail::plan_threads(num_threads, ffn_in_bytes), [&](size_t r0,
-                                                                                  size_t r1) {
-      kt.gemv[gdt](static_cast<const char*>(w.gate.data) + r0 * w.gate.stride * gbytes,
-                   w.gate.stride, nullptr, r1 - r0, s.in, x, g.data() + r0);
-      kt.gemv[udt](static_cast<const char*>(w.up.data) + r0 * w.up.stride * ubytes, w.up.stride,
-                   nullptr, r1 - r0, s.in, x, u.data() + r0);
-      for (size_t i = r0; i < r1; ++i) g[i] = silu(g[i]) * u[i];
-    });
+    parallel_for(s.hidden, detail::plan_threads(num_threads, ffn_in_bytes),
+                 [&](size_t r0, size_t r1) {
+                   kt.gemv[gdt](static_cast<const char*>(w.gate.data) + r0 * w.gate.stride * gbytes,
+                                w.gate.stride, nullptr, r1 - r0, s.in, x, g.data() + r0);
+                   kt.gemv[udt](static_cast<const char*>(w.up.data) + r0 * w.up.stride * ubytes,
+                                w.up.stride, nullptr, r1 - r0, s.in, x, u.data() + r0);
+                   for (size_t i = r0; i < r1; ++i) g[i] = silu(g[i]) * u[i];
+                 });
     gemv(w.down, g.data(), y, num_threads);
     return info;
   }
@@ -228,8 +228,8 @@ SwiGLUInfo swiglu(const SwiGLUWeights& w, const float* x, float t_x, float t_h, 
       const size_t c0 = b0 * 16, c1 = std::min(s.hidden, b1 * 16);
       kt.axpy[gdt](w.gate.data, w.gate.stride, xidx.data(), nx, xcoef.data(), 1, g.data(), s.hidden,
                    c0, c1);
-      kt.axpy[udt](w.up.data, w.up.stride, xidx.data(), nx, xcoef.data(), 1, u.data(), s.hidden,
-                   c0, c1);
+      kt.axpy[udt](w.up.data, w.up.stride, xidx.data(), nx, xcoef.data(), 1, u.data(), s.hidden, c0,
+                   c1);
       for (size_t i = c0; i < c1; ++i) g[i] = silu(g[i]) * u[i];
     });
     nh = compact_active(g.data(), s.hidden, t_h, hidx.data());
@@ -239,17 +239,15 @@ SwiGLUInfo swiglu(const SwiGLUWeights& w, const float* x, float t_x, float t_h, 
     // CATS: a = silu(gate x) densely; |a| > t_h picks the rows of up and of down.
     parallel_for(s.hidden, detail::plan_threads(num_threads, s.hidden * s.in * gbytes),
                  [&](size_t r0, size_t r1) {
-                   kt.gemv[gdt](
-                       static_cast<const char*>(w.gate.data) + r0 * w.gate.stride * gbytes,
-                       w.gate.stride, nullptr, r1 - r0, s.in, x, g.data() + r0);
+                   kt.gemv[gdt](static_cast<const char*>(w.gate.data) + r0 * w.gate.stride * gbytes,
+                                w.gate.stride, nullptr, r1 - r0, s.in, x, g.data() + r0);
                    for (size_t i = r0; i < r1; ++i) g[i] = silu(g[i]);
                  });
     nh = compact_active(g.data(), s.hidden, t_h, hidx.data());
-    parallel_for(nh, detail::plan_threads(num_threads, nh * s.in * ubytes),
-                 [&](size_t i0, size_t i1) {
-                   kt.gemv[udt](w.up.data, w.up.stride, hidx.data() + i0, i1 - i0, s.in, x,
-                                u.data());
-                 });
+    parallel_for(
+        nh, detail::plan_threads(num_threads, nh * s.in * ubytes), [&](size_t i0, size_t i1) {
+          kt.gemv[udt](w.up.data, w.up.stride, hidx.data() + i0, i1 - i0, s.in, x, u.data());
+        });
     hcoef.resize(nh);
     for (size_t a = 0; a < nh; ++a) hcoef[a] = g[hidx[a]] * u[hidx[a]];
   }

@@ -193,8 +193,7 @@ void gemv(const AnyConstMatrix& W, const float* x, float* y, int num_threads) {
   });
 }
 
-void gemm(const AnyConstMatrix& W, ConstMatrixView<float> X, MatrixView<float> Y,
-          int num_threads) {
+void gemm(const AnyConstMatrix& W, ConstMatrixView<float> X, MatrixView<float> Y, int num_threads) {
   detail::check_weight(W, "W");
   SF_CHECK_ARG(X.data != nullptr && X.rows > 0, "X: expected a non-empty batch, got %zu rows",
                X.rows);
@@ -269,8 +268,7 @@ size_t gemv_rows(const AnyConstMatrix& W, const float* x, const IndexSet& rows, 
   std::fill(y, y + W.rows, 0.0f);
   const DenseTable& kt = dense_table();
   const int dt = static_cast<int>(W.dtype);
-  const int threads =
-      detail::plan_threads(num_threads, list.size() * W.cols * dtype_size(W.dtype));
+  const int threads = detail::plan_threads(num_threads, list.size() * W.cols * dtype_size(W.dtype));
   parallel_for(list.size(), threads, [&](size_t i0, size_t i1) {
     kt.gemv[dt](W.data, W.stride, list.data() + i0, i1 - i0, W.cols, x, y);
   });

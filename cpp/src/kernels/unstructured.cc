@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "core/linalg/linalg.h"
@@ -45,9 +46,6 @@ constexpr size_t kGemmRows = 32;
 constexpr size_t kGemmPanel = 32;
 // CSR GEMM: inputs per transposed panel (a multiple of 16).
 constexpr size_t kCsrPanel = 64;
-// Bitmap GEMM with at least this many inputs decompresses row tiles to fp32 and runs the
-// dense GEMM (linalg gemm_f32); below it the direct kernel. (docs/kernels.md: measured.)
-constexpr size_t kBitmapDenseGemmBatch = static_cast<size_t>(-1);
 constexpr size_t kDenseTileRows = 64;
 
 int dtype_index(DType t) { return static_cast<int>(t); }
@@ -89,6 +87,19 @@ void check_gemm(size_t rows, size_t cols, const ConstMatrixView<float>& X,
   SF_CHECK_ARG(!overlaps(X.data, span_bytes(X.rows, X.cols, X.stride), Y.data,
                          span_bytes(Y.rows, Y.cols, Y.stride)),
                "out: must not overlap X");
+}
+
+bool all_finite(const ConstMatrixView<float>& X) {
+  uint32_t bad = 0;  // an integer OR: vectorised, unlike a float reduction
+  for (size_t b = 0; b < X.rows; ++b) {
+    const float* x = X.row(b);
+    for (size_t c = 0; c < X.cols; ++c) {
+      uint32_t u;
+      std::memcpy(&u, x + c, 4);
+      bad |= static_cast<uint32_t>((u & 0x7F800000u) == 0x7F800000u);
+    }
+  }
+  return bad == 0;
 }
 
 // fn(r0, r1) over row chunks, one contiguous range of chunks per thread.
@@ -163,7 +174,9 @@ void bitmap_gemm_dense_tiles(const format::BitmapMatrix& A, const float* X, size
 void bitmap_gemm(const format::BitmapMatrix& A, const ConstMatrixView<float>& X,
                  const MatrixView<float>& Y, int num_threads) {
   check_gemm(A.rows, A.cols, X, Y);
-  if (X.rows < kBitmapDenseGemmBatch) {
+  // The dense path multiplies the tiles' zeros too: with a NaN/Inf input that would reach
+  // rows that do not store its column, so such inputs take the direct kernel.
+  if (X.rows < detail::kBitmapDenseGemmBatch || !all_finite(X)) {
     detail::bitmap_gemm_direct(A, X.data, X.stride, X.rows, Y.data, Y.stride, num_threads);
   } else {
     detail::bitmap_gemm_dense_tiles(A, X.data, X.stride, X.rows, Y.data, Y.stride, num_threads);

@@ -31,8 +31,8 @@ namespace kernels {
 
 // What a sparse-input call did.
 struct SparseInputInfo {
-  size_t active = 0;           // input channels read (the union over the batch)
-  size_t in_features = 0;      // rows of Wt
+  size_t active = 0;            // input channels read (the union over the batch)
+  size_t in_features = 0;       // rows of Wt
   bool dense_fallback = false;  // gemm_sparse_input ran the dense path
 };
 
