@@ -68,7 +68,9 @@ def test_round_trip_and_canonical_layout(rng, dtype, n, m):
         W = random_nm(rng, rows, groups * m, n, m, dtype)
         t = NMTensor.from_dense(W, n, m)
         t.validate()
-        assert t.shape == W.shape and t.dtype == W.dtype and (t.n, t.m) == (n, m)
+        assert t.shape == W.shape
+        assert t.dtype == W.dtype
+        assert (t.n, t.m) == (n, m)
         back = t.to_dense()
         assert back.dtype == W.dtype
         np.testing.assert_array_equal(reference.bits(back), reference.bits(W + 0))  # -0 -> +0
@@ -130,7 +132,8 @@ def test_gemv_gemm_against_float64(rng, dtype, simd_level, n, m):
             scale = np.abs(X).astype(np.float64) @ np.abs(W.astype(np.float32)).astype(np.float64).T
             out = np.full((batch, rows), np.nan, np.float32)
             Y = sf.kernels.gemm(t, X, out=out, num_threads=2)
-            assert Y is out and np.isfinite(Y).all()
+            assert Y is out
+            assert np.isfinite(Y).all()
             assert np.all(np.abs(Y - ref) <= 1e-6 * scale.max() + 1e-30)
             assert np.array_equal(Y, sf.kernels.gemm(t, X, num_threads=1))
             y = sf.kernels.gemv(t, X[0], out=np.full(rows, np.nan, np.float32))
