@@ -25,7 +25,8 @@ namespace {
 struct Pat {
   int n, m;
 };
-const Pat kPatterns[] = {{1, 2}, {2, 4}, {1, 4}, {3, 4}, {2, 8}, {4, 8}, {1, 3}, {2, 5}, {5, 16}, {8, 16}};
+const Pat kPatterns[] = {{1, 2}, {2, 4}, {1, 4}, {3, 4},  {2, 8},
+                         {4, 8}, {1, 3}, {2, 5}, {5, 16}, {8, 16}};
 
 // A random matrix obeying n:m with some groups degenerate (fewer non-zeros, all-zero).
 std::vector<float> random_nm(size_t rows, size_t cols, int n, int m, std::mt19937& rng) {
@@ -39,7 +40,9 @@ std::vector<float> random_nm(size_t rows, size_t cols, int n, int m, std::mt1993
       std::shuffle(idx.begin(), idx.end(), rng);
       const int f = fill(rng);
       const int k = f == 0 ? 0 : f == 1 ? std::max(0, n - 1) : n;
-      for (int j = 0; j < k; ++j) W[r * cols + g * static_cast<size_t>(m) + static_cast<size_t>(idx[static_cast<size_t>(j)])] = val(rng);
+      for (int j = 0; j < k; ++j)
+        W[r * cols + g * static_cast<size_t>(m) +
+          static_cast<size_t>(idx[static_cast<size_t>(j)])] = val(rng);
     }
   return W;
 }
@@ -76,8 +79,8 @@ void round_trip(size_t rows, size_t cols, Pat p, std::mt19937& rng) {
   fm::nm_to_canonical(A, sf::MatrixView<T>(values.data(), rows, slots),
                       sf::MatrixView<uint8_t>(codes.data(), rows, cb), 2);
   fm::NMMatrix B = fm::nm_from_canonical(sf::ConstMatrixView<T>(values.data(), rows, slots),
-                                         sf::ConstMatrixView<uint8_t>(codes.data(), rows, cb),
-                                         cols, p.n, p.m, 1);
+                                         sf::ConstMatrixView<uint8_t>(codes.data(), rows, cb), cols,
+                                         p.n, p.m, 1);
   ASSERT_EQ(A.values.size(), B.values.size());
   ASSERT_EQ(0, std::memcmp(A.values.data(), B.values.data(), A.values.size()));
   ASSERT_EQ(0, std::memcmp(A.codes.data(), B.codes.data(), A.codes.size()));
@@ -124,7 +127,8 @@ TEST(NMFormat, TwoFourCodesArePyTorchNibbles) {
   EXPECT_EQ(codes[0], 0x84);
   EXPECT_EQ(codes[1], 0xC9);
   EXPECT_EQ(codes[2], 0xED);
-  // all-zero -> 1110, [x000] -> 1000, [0x00] -> 1001, [00x0] -> 1110, [000x] -> 1110, [xx00] -> 0100
+  // all-zero -> 1110, [x000] -> 1000, [0x00] -> 1001, [00x0] -> 1110, [000x] -> 1110, [xx00] ->
+  // 0100
   EXPECT_EQ(codes[3], 0x8E);
   EXPECT_EQ(codes[4], 0xE9);
   EXPECT_EQ(codes[5], 0x4E);
@@ -188,7 +192,8 @@ void check_kernels(size_t rows, size_t cols, Pat p, std::mt19937& rng, double to
   fm::NMMatrix A = fm::nm_from_dense(sf::ConstMatrixView<T>(W.data(), rows, cols), p.n, p.m,
                                      fm::NMFromDense::kStrict, 1);
   std::normal_distribution<float> val(0.0f, 1.0f);
-  for (size_t batch : {size_t{1}, size_t{2}, size_t{3}, size_t{5}, size_t{8}, size_t{9}, size_t{20}}) {
+  for (size_t batch :
+       {size_t{1}, size_t{2}, size_t{3}, size_t{5}, size_t{8}, size_t{9}, size_t{20}}) {
     std::vector<float> X(batch * cols);
     for (float& v : X) v = val(rng);
     double scale = 0.0;
@@ -215,9 +220,10 @@ void check_kernels(size_t rows, size_t cols, Pat p, std::mt19937& rng, double to
                       sf::MatrixView<float>(Y.data(), batch, rows), threads);
         for (size_t i = 0; i < Y.size(); ++i)
           ASSERT_LE(std::fabs(Y[i] - ref[i]), tol * std::max(scale, 1e-30))
-              << "level " << level << " threads " << threads << " batch " << batch << " "
-              << rows << "x" << cols << " " << p.n << ":" << p.m << " i=" << i;
-        if (threads == 1) first = Y;
+              << "level " << level << " threads " << threads << " batch " << batch << " " << rows
+              << "x" << cols << " " << p.n << ":" << p.m << " i=" << i;
+        if (threads == 1)
+          first = Y;
         else
           ASSERT_EQ(0, std::memcmp(first.data(), Y.data(), Y.size() * sizeof(float)))
               << "thread count changed the result";

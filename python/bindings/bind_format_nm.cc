@@ -69,13 +69,12 @@ fm::NMMatrix from_canonical(py::handle values_obj, py::handle codes_obj, size_t 
 
 py::tuple to_canonical(const fm::NMMatrix& A, int num_threads) {
   const int threads = threads_arg(num_threads);
-  py::array values = new_array(A.dtype, {static_cast<py::ssize_t>(A.rows),
-                                         static_cast<py::ssize_t>(A.slots_per_row())});
+  py::array values = new_array(
+      A.dtype, {static_cast<py::ssize_t>(A.rows), static_cast<py::ssize_t>(A.slots_per_row())});
   py::array_t<uint8_t> codes({static_cast<py::ssize_t>(A.rows),
                               static_cast<py::ssize_t>(fm::nm_code_row_bytes(A.cols, A.n, A.m))});
   const sf::AnyMatrix vv = matrix_view(values);
-  sf::MatrixView<uint8_t> cv(codes.mutable_data(), A.rows,
-                             fm::nm_code_row_bytes(A.cols, A.n, A.m));
+  sf::MatrixView<uint8_t> cv(codes.mutable_data(), A.rows, fm::nm_code_row_bytes(A.cols, A.n, A.m));
   {
     py::gil_scoped_release release;
     fm::nm_to_canonical(A, vv, cv, threads);
@@ -111,9 +110,9 @@ py::array_t<float> gemm(const fm::NMMatrix& A, py::handle X_obj, const py::objec
   SF_CHECK_ARG(X.cols == A.cols, "X: expected %zu columns (in_features), got %zu", A.cols, X.cols);
   const int threads = threads_arg(num_threads);
   const size_t x_bytes = ((X.rows - 1) * X.stride + X.cols) * sizeof(float);
-  py::array_t<float> Y = float_out(
-      out, {static_cast<py::ssize_t>(X.rows), static_cast<py::ssize_t>(A.rows)}, X.data, x_bytes,
-      "X");
+  py::array_t<float> Y =
+      float_out(out, {static_cast<py::ssize_t>(X.rows), static_cast<py::ssize_t>(A.rows)}, X.data,
+                x_bytes, "X");
   sf::MatrixView<float> Yv(Y.mutable_data(), X.rows, A.rows);
   py::gil_scoped_release release;
   sf::kernels::nm_gemm(A, X.as<float>(), Yv, threads);
@@ -138,12 +137,11 @@ void register_format_nm(py::module_& m) {
       .def_property_readonly("canonical_nbytes", &fm::NMMatrix::canonical_nbytes)
       .def("to_canonical", &to_canonical, py::arg("num_threads") = 0)
       .def("to_dense", &to_dense, py::arg("num_threads") = 0)
-      .def(
-          "validate",
-          [](const fm::NMMatrix& A) {
-            py::gil_scoped_release release;
-            fm::nm_validate(A);
-          })
+      .def("validate",
+           [](const fm::NMMatrix& A) {
+             py::gil_scoped_release release;
+             fm::nm_validate(A);
+           })
       .def("gemv", &gemv, py::arg("x"), py::arg("out") = py::none(), py::arg("num_threads") = 0)
       .def("gemm", &gemm, py::arg("X"), py::arg("out") = py::none(), py::arg("num_threads") = 0);
   m.def("nm_code_row_bytes", &fm::nm_code_row_bytes, py::arg("cols"), py::arg("n"), py::arg("m"));

@@ -10,9 +10,10 @@ void register_core(pybind11::module_& m);           // build info, SIMD level, t
 void register_calib(pybind11::module_& m);          // LayerStats
 void register_prune(pybind11::module_& m);          // masks, magnitude pruning, N:M checks
 void register_prune_methods(pybind11::module_& m);  // Wanda, SparseGPT, OBS, OBD, reconstruct
-void register_format_nm(pybind11::module_& m);            // NMTensor (bind_format_nm.cc)
-void register_format_unstructured(pybind11::module_& m);  // Bitmap/CSR (bind_format_unstructured.cc)
-void register_kernels(pybind11::module_& m);              // dense and activation-sparse kernels
+void register_format_nm(pybind11::module_& m);      // NMTensor (bind_format_nm.cc)
+void register_format_unstructured(
+    pybind11::module_& m);                    // Bitmap/CSR (bind_format_unstructured.cc)
+void register_kernels(pybind11::module_& m);  // dense and activation-sparse kernels
 
 // num_threads from Python: 0 means the default; negative is an error.
 int threads_arg(int num_threads);

@@ -20,8 +20,8 @@ int nm_code_bits(int m) {
 }
 
 size_t nm_code_row_bytes(size_t cols, int n, int m) {
-  const size_t bits = cols / static_cast<size_t>(m) * static_cast<size_t>(n) *
-                      static_cast<size_t>(nm_code_bits(m));
+  const size_t bits =
+      cols / static_cast<size_t>(m) * static_cast<size_t>(n) * static_cast<size_t>(nm_code_bits(m));
   return (bits + 7) / 8;
 }
 
@@ -86,8 +86,7 @@ inline uint32_t get_exec_code(const NMMatrix& A, const uint32_t* codes, size_t r
   const size_t rb = r / kNMRowBlock, lane = r % kNMRowBlock;
   const size_t spw = A.slots_per_word();
   const unsigned eb = static_cast<unsigned>(A.exec_bits());
-  return (codes[(rb * A.words_per_row() + s / spw) * kNMRowBlock + lane] >>
-          ((s % spw) * eb)) &
+  return (codes[(rb * A.words_per_row() + s / spw) * kNMRowBlock + lane] >> ((s % spw) * eb)) &
          ((1u << eb) - 1u);
 }
 
@@ -101,7 +100,7 @@ void fill_slots(uint32_t nonzero, int n, int m, int* idx) {
   if (n == 2 && m == 4 && __builtin_popcount(nonzero) < 2) {
     // PyTorch's encodings for groups with fewer than two non-zeros.
     static const int kTable[16][2] = {{2, 3}, {0, 2}, {1, 2}, {}, {2, 3}, {}, {}, {},
-                                      {2, 3}, {}, {}, {}, {}, {}, {}, {}};
+                                      {2, 3}, {},     {},     {}, {},     {}, {}, {}};
     idx[0] = kTable[nonzero][0];
     idx[1] = kTable[nonzero][1];
     return;
@@ -197,8 +196,8 @@ NMMatrix nm_from_dense(const AnyConstMatrix& W, int n, int m, NMFromDense mode, 
 namespace {
 
 template <class Raw>
-void from_canonical_rows(const AnyConstMatrix& values, ConstMatrixView<uint8_t> codes,
-                         NMMatrix& A, size_t r0, size_t r1) {
+void from_canonical_rows(const AnyConstMatrix& values, ConstMatrixView<uint8_t> codes, NMMatrix& A,
+                         size_t r0, size_t r1) {
   const int n = A.n, m = A.m, bits = nm_code_bits(m);
   const size_t G = A.groups_per_row(), S = A.slots_per_row();
   const size_t row_bytes = nm_code_row_bytes(A.cols, n, m);
@@ -247,8 +246,8 @@ NMMatrix nm_from_canonical(const AnyConstMatrix& values, ConstMatrixView<uint8_t
                values.cols, slots, cols, n, m);
   const size_t row_bytes = nm_code_row_bytes(cols, n, m);
   SF_CHECK_ARG(codes.rows == values.rows && codes.cols == row_bytes,
-               "codes: shape (%zu, %zu), expected (%zu, %zu)", codes.rows, codes.cols,
-               values.rows, row_bytes);
+               "codes: shape (%zu, %zu), expected (%zu, %zu)", codes.rows, codes.cols, values.rows,
+               row_bytes);
   NMMatrix A = allocate(values.rows, cols, n, m, values.dtype);
   parallel_for(
       A.row_blocks(), num_threads,
@@ -298,7 +297,8 @@ void to_dense_rows(const NMMatrix& A, const AnyMatrix& out, size_t r0, size_t r1
   for (size_t r = r0; r < r1; ++r) {
     Raw* o = static_cast<Raw*>(out.data) + r * out.stride;
     std::memset(o, 0, A.cols * sizeof(Raw));
-    for (size_t s = 0; s < S; ++s) o[(s / n) * m + get_exec_code(A, ex, r, s)] = in[exec_value_index(A, r, s)];
+    for (size_t s = 0; s < S; ++s)
+      o[(s / n) * m + get_exec_code(A, ex, r, s)] = in[exec_value_index(A, r, s)];
   }
 }
 
@@ -323,8 +323,8 @@ void nm_to_canonical(const NMMatrix& A, const AnyMatrix& values, MatrixView<uint
 
 void nm_to_dense(const NMMatrix& A, const AnyMatrix& out, int num_threads) {
   SF_CHECK_DTYPE(out.dtype == A.dtype, "out: dtype does not match the tensor's");
-  SF_CHECK_ARG(out.rows == A.rows && out.cols == A.cols, "out: shape (%zu, %zu), expected (%zu, %zu)",
-               out.rows, out.cols, A.rows, A.cols);
+  SF_CHECK_ARG(out.rows == A.rows && out.cols == A.cols,
+               "out: shape (%zu, %zu), expected (%zu, %zu)", out.rows, out.cols, A.rows, A.cols);
   parallel_for(A.rows, num_threads, [&](size_t r0, size_t r1) {
     if (A.dtype == DType::kF32)
       to_dense_rows<uint32_t>(A, out, r0, r1);

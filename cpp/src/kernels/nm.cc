@@ -82,8 +82,8 @@ void nm_gemv(const format::NMMatrix& A, const float* x, float* y, int num_thread
 void nm_gemm(const format::NMMatrix& A, ConstMatrixView<float> X, MatrixView<float> Y,
              int num_threads) {
   SF_CHECK_ARG(X.cols == A.cols, "X: has %zu columns, expected in_features=%zu", X.cols, A.cols);
-  SF_CHECK_ARG(Y.rows == X.rows && Y.cols == A.rows,
-               "out: shape (%zu, %zu), expected (%zu, %zu)", Y.rows, Y.cols, X.rows, A.rows);
+  SF_CHECK_ARG(Y.rows == X.rows && Y.cols == A.rows, "out: shape (%zu, %zu), expected (%zu, %zu)",
+               Y.rows, Y.cols, X.rows, A.rows);
   const size_t batch = X.rows;
   if (batch == 0 || A.rows == 0) return;
   const NMExec e = exec_of(A);

@@ -96,10 +96,11 @@ InverseFactorT<T> factor_inverse(const HessianView& H, const std::vector<uint8_t
 }
 
 template InverseFactorT<double> factor_inverse<double>(const HessianView&,
-                                                      const std::vector<uint8_t>&, double, double,
-                                                      int);
-template InverseFactorT<float> factor_inverse<float>(const HessianView&, const std::vector<uint8_t>&,
-                                                     double, double, int);
+                                                       const std::vector<uint8_t>&, double, double,
+                                                       int);
+template InverseFactorT<float> factor_inverse<float>(const HessianView&,
+                                                     const std::vector<uint8_t>&, double, double,
+                                                     int);
 
 }  // namespace detail
 }  // namespace prune

@@ -48,7 +48,7 @@ struct SparseGPTOptions {
   NMPattern pattern{0, 0};  // n kept of every m along cols; m == 0 means unstructured
   size_t block_size = 128;
   double percdamp = 0.01;
-  double max_percdamp = 1.0;  // damping grows 10x per failed attempt up to this
+  double max_percdamp = 1.0;                  // damping grows 10x per failed attempt up to this
   Precision precision = Precision::kFloat32;  // the sweep
   // U's factorization: float64 (default; robust to ill-conditioned H) or float32, the
   // reference's precision at half the time (and the float64 n^2 scratch becomes float32).

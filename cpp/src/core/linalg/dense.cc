@@ -68,8 +68,8 @@ long cholesky_lower_t(T* A, size_t n, size_t lda, int num_threads) {
     }
     parallel_for_dynamic(tiles.size(), num_threads, [&](size_t t) {
       const size_t i = tiles[t].first, j = tiles[t].second;
-      la.gemm_nt(size_of(i), size_of(j), size_of(k), T(-1), tile(i, k), lda, tile(j, k), lda,
-                 T(1), tile(i, j), lda);
+      la.gemm_nt(size_of(i), size_of(j), size_of(k), T(-1), tile(i, k), lda, tile(j, k), lda, T(1),
+                 tile(i, j), lda);
     });
   }
   return -1;

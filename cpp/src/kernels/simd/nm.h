@@ -15,9 +15,9 @@ struct NMExec {
   int dtype;  // DType: 0 fp32, 1 fp16, 2 bf16
   int n, m;
   size_t rows, cols;
-  size_t slots;      // per row: cols / m * n
-  size_t words;      // code words per row
-  int exec_bits;     // 2 (m <= 4) or 4
+  size_t slots;           // per row: cols / m * n
+  size_t words;           // code words per row
+  int exec_bits;          // 2 (m <= 4) or 4
   const void* values;     // [row block][slot][8]
   const uint32_t* codes;  // [row block][word][8]
 };
@@ -29,8 +29,8 @@ struct NMKernelTable {
   void (*gemv)(const NMExec& A, const float* x, size_t rb0, size_t rb1, float* y8);
   // For batch rows b < B: Y8[b * ldy + (rb - rb0) * 8 + lane], X row b at X + b * ldx.
   // B <= 8.
-  void (*gemm_small)(const NMExec& A, const float* X, size_t ldx, size_t B, size_t rb0,
-                     size_t rb1, float* Y8, size_t ldy);
+  void (*gemm_small)(const NMExec& A, const float* X, size_t ldx, size_t B, size_t rb0, size_t rb1,
+                     float* Y8, size_t ldy);
   // The dense fp32 rows of row blocks [rb0, rb1): out row (rb - rb0) * 8 + lane, ld elements
   // (padding rows included, as zeros).
   void (*decompress_f32)(const NMExec& A, size_t rb0, size_t rb1, float* out, size_t ld);
