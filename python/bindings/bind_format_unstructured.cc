@@ -35,33 +35,6 @@ py::array readonly_view(const py::dtype& dt, std::vector<py::ssize_t> shape, con
   return a;
 }
 
-// The caller's out= (checked) or a new float32 array.
-float* out_vector(const py::object& out, size_t n, py::array* holder) {
-  if (out.is_none()) {
-    *holder = new_array(sf::DType::kF32, {static_cast<py::ssize_t>(n)});
-    return static_cast<float*>(holder->mutable_data());
-  }
-  float* p = vector_f32_out(out, "out", n);
-  *holder = py::reinterpret_borrow<py::array>(out);
-  return p;
-}
-
-sf::MatrixView<float> out_matrix(const py::object& out, size_t rows, size_t cols,
-                                 py::array* holder) {
-  if (out.is_none()) {
-    *holder = new_array(sf::DType::kF32,
-                        {static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
-    return {static_cast<float*>(holder->mutable_data()), rows, cols};
-  }
-  const sf::AnyMatrix m = matrix_inout(out, "out", kF32);
-  if (m.rows != rows || m.cols != cols) {
-    throw sf::InvalidArgument("out: expected shape " + shape_text(rows, cols) + ", got " +
-                              shape_text(m.rows, m.cols));
-  }
-  *holder = py::reinterpret_borrow<py::array>(out);
-  return m.as<float>();
-}
-
 // A 1-D index array of one integer type (int32 or int64), possibly empty.
 template <class I>
 std::pair<const I*, size_t> index_in(py::handle obj, const char* name) {

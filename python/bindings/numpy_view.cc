@@ -308,3 +308,34 @@ sparseforge::AnyMatrix matrix_view(py::array& out) {
 }
 
 }  // namespace sfpy
+
+namespace sfpy {
+
+float* out_vector(const py::object& out, size_t n, py::array* holder) {
+  if (out.is_none()) {
+    *holder = new_array(DType::kF32, {static_cast<py::ssize_t>(n)});
+    return static_cast<float*>(holder->mutable_data());
+  }
+  float* p = vector_f32_out(out, "out", n);
+  *holder = py::reinterpret_borrow<py::array>(out);
+  return p;
+}
+
+sparseforge::MatrixView<float> out_matrix(const py::object& out, size_t rows, size_t cols,
+                                          py::array* holder) {
+  if (out.is_none()) {
+    *holder =
+        new_array(DType::kF32, {static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+    return {static_cast<float*>(holder->mutable_data()), rows, cols};
+  }
+  const sparseforge::AnyMatrix m = matrix_inout(out, "out", kF32);
+  if (m.rows != rows || m.cols != cols) {
+    throw sparseforge::InvalidArgument("out: expected shape (" + std::to_string(rows) + ", " +
+                                       std::to_string(cols) + "), got (" + std::to_string(m.rows) +
+                                       ", " + std::to_string(m.cols) + ")");
+  }
+  *holder = py::reinterpret_borrow<py::array>(out);
+  return m.as<float>();
+}
+
+}  // namespace sfpy

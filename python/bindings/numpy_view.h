@@ -63,6 +63,14 @@ struct FlatArray {
 };
 FlatArray flat_in(py::handle obj, const char* name, unsigned allowed = kFloat);
 
+// out=None: a new float32 vector of length n (kept alive by *holder); else the caller's
+// checked vector (vector_f32_out).
+float* out_vector(const py::object& out, size_t n, py::array* holder);
+// out=None: a new (rows, cols) float32 matrix; else the caller's writeable float32 matrix of
+// exactly that shape (ValueError naming `out` otherwise).
+sparseforge::MatrixView<float> out_matrix(const py::object& out, size_t rows, size_t cols,
+                                          py::array* holder);
+
 // New C-contiguous outputs, allocated while holding the GIL.
 py::array new_array(sparseforge::DType dtype, const std::vector<py::ssize_t>& shape);
 py::array_t<bool> new_mask(size_t rows, size_t cols);
