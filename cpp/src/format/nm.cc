@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "sparseforge/core/error.h"
+#include "sparseforge/core/memory.h"
 #include "sparseforge/core/parallel.h"
 #include "sparseforge/prune/magnitude.h"
 #include "sparseforge/prune/mask.h"
@@ -35,14 +36,12 @@ void check_nm_format(int n, int m, size_t cols, const char* what) {
 
 AlignedBytes::AlignedBytes(size_t size) : size_(size) {
   if (size == 0) return;
-  const size_t rounded = (size + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
+  void* p = aligned_bytes_alloc(size);
+  std::memset(p, 0, size);
   data_.reset(static_cast<uint8_t*>(p));
 }
 
-void AlignedBytes::Free::operator()(uint8_t* p) const { std::free(p); }
+void AlignedBytes::Free::operator()(uint8_t* p) const { aligned_bytes_free(p); }
 
 size_t NMMatrix::canonical_nbytes() const {
   return rows * slots_per_row() * dtype_size(dtype) + rows * nm_code_row_bytes(cols, n, m);

@@ -8,6 +8,7 @@
 #include "kernels/simd/nm.h"
 #include "sparseforge/core/config.h"
 #include "sparseforge/core/cpu.h"
+#include "sparseforge/core/dtype.h"
 #include "sparseforge/core/error.h"
 #include "sparseforge/core/parallel.h"
 
@@ -54,6 +55,8 @@ NMExec exec_of(const format::NMMatrix& A) {
 // Row blocks per parallel task: 32 blocks = 256 output rows, small enough to balance two
 // threads on 4096 rows, large enough that the per-task overhead is noise.
 constexpr size_t kBlocksPerTask = 32;
+// Compressed bytes per row tile of the direct batch path (a part of L2, beside the X rows).
+constexpr size_t kDirectTileBytes = size_t{384} << 10;
 // Row blocks per decompressed tile in nm_gemm (64 rows).
 constexpr size_t kTileBlocks = 8;
 
@@ -89,18 +92,29 @@ void nm_gemm(const format::NMMatrix& A, ConstMatrixView<float> X, MatrixView<flo
   const NMExec e = exec_of(A);
   const NMKernelTable& k = nm_kernels();
   const size_t blocks = A.row_blocks();
-  if (batch <= kNMDirectMaxBatch) {
-    parallel_for(
-        blocks, num_threads,
-        [&](size_t b0, size_t b1) {
-          std::vector<float> tmp(batch * (b1 - b0) * kNMRowBlock);
-          const size_t ldt = (b1 - b0) * kNMRowBlock;
-          k.gemm_small(e, X.data, X.stride, batch, b0, b1, tmp.data(), ldt);
-          const size_t r0 = b0 * kNMRowBlock, r1 = std::min(A.rows, b1 * kNMRowBlock);
-          for (size_t b = 0; b < batch; ++b)
-            std::memcpy(Y.row(b) + r0, tmp.data() + b * ldt, (r1 - r0) * sizeof(float));
-        },
-        kBlocksPerTask);
+  if (batch <= k.direct_max_batch(e)) {
+    // Row tiles of about kDirectTileBytes of compressed weights, so a tile stays in L2
+    // while every chunk of 8 batch rows passes over it: the weights are read from memory
+    // once, whatever the batch.
+    const size_t block_bytes =
+        e.slots * kNMRowBlock * dtype_size(A.dtype) + e.words * kNMRowBlock * sizeof(uint32_t);
+    const size_t tile_blocks =
+        std::max<size_t>(1, kDirectTileBytes / std::max<size_t>(1, block_bytes));
+    const size_t tiles = (blocks + tile_blocks - 1) / tile_blocks;
+    parallel_for(tiles, num_threads, [&](size_t t0, size_t t1) {
+      std::vector<float> tmp(batch * tile_blocks * kNMRowBlock);
+      const size_t ldt = tile_blocks * kNMRowBlock;
+      for (size_t t = t0; t < t1; ++t) {
+        const size_t b0 = t * tile_blocks, b1 = std::min(blocks, b0 + tile_blocks);
+        for (size_t c0 = 0; c0 < batch; c0 += kNMDirectMaxBatch) {
+          const size_t nb = std::min(kNMDirectMaxBatch, batch - c0);
+          k.gemm_small(e, X.row(c0), X.stride, nb, b0, b1, tmp.data() + c0 * ldt, ldt);
+        }
+        const size_t r0 = b0 * kNMRowBlock, r1 = std::min(A.rows, b1 * kNMRowBlock);
+        for (size_t b = 0; b < batch; ++b)
+          std::memcpy(Y.row(b) + r0, tmp.data() + b * ldt, (r1 - r0) * sizeof(float));
+      }
+    });
     return;
   }
   // Larger batches: C' (tile rows x batch) = T (tile rows x cols) * X^T, T decompressed.

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "sparseforge/core/dtype.h"
+#include "sparseforge/core/memory.h"
 #include "sparseforge/core/view.h"
 
 namespace sparseforge {
@@ -55,12 +56,9 @@ struct Aligned64Allocator {
   Aligned64Allocator(const Aligned64Allocator<U>&) {}  // NOLINT(google-explicit-constructor)
   T* allocate(size_t n) {
     if (n > static_cast<size_t>(-1) / sizeof(T) - 64) throw std::bad_alloc();
-    const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-    if (p == nullptr) throw std::bad_alloc();
-    return static_cast<T*>(p);
+    return static_cast<T*>(aligned_bytes_alloc(n * sizeof(T)));
   }
-  void deallocate(T* p, size_t) { std::free(p); }
+  void deallocate(T* p, size_t) { aligned_bytes_free(p); }
   template <class U>
   bool operator==(const Aligned64Allocator<U>&) const {
     return true;

@@ -24,7 +24,8 @@ void nm_gemv(const format::NMMatrix& A, const float* x, float* y, int num_thread
 void nm_gemm(const format::NMMatrix& A, ConstMatrixView<float> X, MatrixView<float> Y,
              int num_threads);
 
-// Largest batch the direct kernel takes before nm_gemm switches to tile decompression.
+// Batch rows per call of the direct kernel; nm_gemm runs larger batches in chunks of this
+// (or decompresses tiles, on SIMD levels without a batch kernel for the pattern).
 constexpr size_t kNMDirectMaxBatch = 8;
 
 }  // namespace kernels

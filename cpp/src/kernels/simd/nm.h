@@ -34,6 +34,9 @@ struct NMKernelTable {
   // The dense fp32 rows of row blocks [rb0, rb1): out row (rb - rb0) * 8 + lane, ld elements
   // (padding rows included, as zeros).
   void (*decompress_f32)(const NMExec& A, size_t rb0, size_t rb1, float* out, size_t ld);
+  // The largest batch nm_gemm runs through gemm_small (in calls of <= 8 rows, over row
+  // tiles that stay in L2); larger batches decompress tiles and use the dense GEMM.
+  size_t (*direct_max_batch)(const NMExec& A);
 };
 
 const NMKernelTable& nm_kernels();

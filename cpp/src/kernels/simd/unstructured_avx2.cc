@@ -3,7 +3,9 @@
 #include <immintrin.h>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "kernels/simd/unstructured.h"
 #include "sparseforge/core/config.h"

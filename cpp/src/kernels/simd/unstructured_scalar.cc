@@ -2,7 +2,9 @@
 // (cpp/CMakeLists.txt, sf_simd_family).
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "kernels/simd/unstructured.h"
 #include "sparseforge/core/config.h"
