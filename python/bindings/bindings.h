@@ -14,6 +14,8 @@ void register_format_nm(pybind11::module_& m);      // NMTensor (bind_format_nm.
 void register_format_unstructured(
     pybind11::module_& m);                    // Bitmap/CSR (bind_format_unstructured.cc)
 void register_kernels(pybind11::module_& m);  // dense and activation-sparse kernels
+void register_models(pybind11::module_& m);   // forward ops: RMSNorm, RoPE, attention
+void register_kvcache(pybind11::module_& m);  // PagedKVCache, decode attention, Quest
 
 // num_threads from Python: 0 means the default; negative is an error.
 int threads_arg(int num_threads);

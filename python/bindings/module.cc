@@ -19,4 +19,6 @@ PYBIND11_MODULE(_core, m) {
   sfpy::register_format_nm(m);
   sfpy::register_format_unstructured(m);
   sfpy::register_kernels(m);
+  sfpy::register_kvcache(m);
+  sfpy::register_models(m);
 }

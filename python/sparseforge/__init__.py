@@ -7,8 +7,10 @@ float32. N:M means *n kept* of every *m* consecutive weights along ``in_features
 Areas: :mod:`sparseforge.calib` (streaming calibration statistics), :mod:`sparseforge.prune`
 (masks, magnitude, N:M, Wanda, SparseGPT, OBS/OBD, reconstruction), :mod:`sparseforge.format`
 (N:M, bitmap and CSR compressed weights, PyTorch's 2:4 layout), :mod:`sparseforge.kernels`
-(dense, N:M, unstructured and activation-sparse GEMV/GEMM) and :func:`save` / :func:`load`
-(a safetensors-compatible container).
+(dense, N:M, unstructured and activation-sparse GEMV/GEMM), :mod:`sparseforge.kv` (a paged
+KV cache with eviction/selection policies, decode attention, MLA), :mod:`sparseforge.models`
+(checkpoint loaders and a CPU Llama-family forward) and :func:`save` / :func:`load` (a
+safetensors-compatible container).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "directly."
     ) from err
 
-from . import calib, format, kernels, prune
+from . import calib, format, kernels, kv, models, prune
 from ._base import (
     DTypeError,
     NumericalError,
@@ -48,8 +50,10 @@ __all__ = [
     "detected_simd_level",
     "format",
     "kernels",
+    "kv",
     "load",
     "load_metadata",
+    "models",
     "prune",
     "save",
     "set_simd_level",

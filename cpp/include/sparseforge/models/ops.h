@@ -1,0 +1,99 @@
+// The per-token operations of a Llama-family forward: RMSNorm, rotary position embedding
+// (RoPE), causal grouped-query attention (a full sequence, a chunk after a cached prefix, or
+// one decoded token over a cache) and the SwiGLU gate. The linear layers are not here: the
+// Python model runs them through BLAS or the sparse kernels.
+//
+// Layouts (row-major, float32):
+//   activations  x (T, dim): one row per token.
+//   q            (T, Hq * D): token t's head h occupies q[t, h*D : (h+1)*D] (the
+//                q_proj output as is; numpy sees it as (T, Hq, D) without a copy).
+//   k, v         (S, Hkv * D), the same per kv head. A KV cache is this layout with
+//                S = capacity rows, of which the first `length` are filled: appending a
+//                token's k_proj output is one contiguous row write.
+// Grouped-query attention: query head h reads kv head h / (Hq / Hkv) (Hq % Hkv == 0), so
+// Hkv = Hq is multi-head and Hkv = 1 multi-query attention.
+//
+// Determinism: every output element is computed by one task whose arithmetic does not
+// depend on the partition, so results are bitwise identical for any num_threads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "sparseforge/core/view.h"
+
+namespace sparseforge {
+namespace models {
+
+// out[t, :] = weight * x[t, :] / sqrt(mean(x[t, :]^2) + eps). x, out: (T, dim); weight:
+// (dim,). The mean of squares is accumulated in double (so T and dim sizes do not change
+// its rounding much); the scale is applied in float. out may alias x exactly (in place).
+// eps must be finite and >= 0. Cost: 3 T dim flops.
+void rms_norm(ConstMatrixView<float> x, const float* weight, float eps, MatrixView<float> out,
+              int num_threads);
+
+// Rotary position embedding, applied in place to x (T, heads * head_dim): within each head,
+// pairs (a, b) of dimensions are rotated by the angle pos[t] * theta^(-2i / head_dim), i =
+// 0 .. head_dim/2 - 1:
+//   a' = a cos - b sin,  b' = a sin + b cos.
+// The pairing is the style:
+//   kInterleaved  (x[2i], x[2i+1])        llama2.c run.c, GGUF-stored Llama Q/K, Meta's
+//                                         complex-number formulation
+//   kHalf         (x[i], x[i + head_dim/2]) Hugging Face `rotate_half`
+// The two are the same rotation up to a permutation of each head's rows of W_q / W_k.
+// Angles and their cos/sin are computed in double, then rounded to float. head_dim must be
+// even and > 0, theta > 0 and finite, positions >= 0. Cost: 6 T heads head_dim flops +
+// T head_dim/2 cos/sin.
+enum class RopeStyle { kInterleaved, kHalf };
+RopeStyle parse_rope_style(const std::string& name);  // "interleaved" | "half"
+const char* rope_style_name(RopeStyle style);
+
+void rope(MatrixView<float> x, size_t heads, size_t head_dim, const int64_t* positions,
+          double theta, RopeStyle style, int num_threads);
+
+// The attention problem's sizes.
+struct AttentionShape {
+  size_t n_heads = 0;     // Hq
+  size_t n_kv_heads = 0;  // Hkv, divides Hq
+  size_t head_dim = 0;    // D
+};
+
+// Causal grouped-query attention for T queries that follow S - T earlier tokens:
+// q (T, Hq*D), k and v (S, Hkv*D) with S >= T, out (T, Hq*D). Query t sits at position
+// S - T + t and attends keys 0 .. S - T + t (inclusive):
+//   out[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, g]) v[j, g],  g = h / (Hq / Hkv).
+// S = T is the full-sequence causal forward; T = 1 with S = cache length is decoding.
+// The softmax subtracts the row maximum (stable for any logit size). scale > 0 and finite
+// (1/sqrt(D) in Llama). The kernel is dispatched per SIMD level (src/models/simd/, Eigen
+// compiled per level: scalar/SSE2, AVX2+FMA, AVX-512) and runs 4 consecutive queries of a
+// head together so each key/value row is loaded once for them. Arithmetic: each score sums
+// q[d] k[j, d] over d in order, each output sums p_j v[j, d] over j in order, the same
+// operations for a query whichever block it runs in; exp and the softmax normaliser are
+// Eigen's packet exp and sum, in an order that depends only on the number of keys. Both
+// paths run this kernel, so decode_attention equals causal_attention's last row bitwise
+// at a given SIMD level (levels differ in the last bits). Threads split (head, block of 32
+// queries) tasks. Scratch: Hkv * D * round_up(S, 16) floats (k transposed per kv head so
+// the score loop reads contiguous keys; v is read in place) + 4 * round_up(S, 16) floats
+// per task.
+// Cost: 2 Hq D (T S - T^2 / 2) multiply-adds and Hq (T S - T^2 / 2) exp.
+void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
+                      const AttentionShape& shape, float scale, MatrixView<float> out,
+                      int num_threads);
+
+// One decoded query over a contiguous cache: q (Hq*D,), k_cache and v_cache (capacity,
+// Hkv*D) of which the first `length` rows (1 <= length <= capacity) are attended, out
+// (Hq*D,). Equals causal_attention with T = 1 and S = length bit for bit (the same kernel);
+// threads split the heads. Scratch: Hkv * D * round_up(length, 16) floats (k transposed).
+// Cost: 2 Hq D length multiply-adds.
+void decode_attention(const float* q, ConstMatrixView<float> k_cache,
+                      ConstMatrixView<float> v_cache, size_t length, const AttentionShape& shape,
+                      float scale, float* out, int num_threads);
+
+// The SwiGLU gate, elementwise: out = silu(g) * u, silu(g) = g / (1 + exp(-g)). g, u, out:
+// (T, hidden); out may alias g or u exactly.
+void swiglu_gate(ConstMatrixView<float> g, ConstMatrixView<float> u, MatrixView<float> out,
+                 int num_threads);
+
+}  // namespace models
+}  // namespace sparseforge

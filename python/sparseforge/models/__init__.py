@@ -1,0 +1,69 @@
+"""Real models on the CPU: loaders for Llama-family checkpoints and one forward.
+
+* :class:`LlamaConfig`, :class:`LlamaModel` (``forward``, ``nll``, ``generate``, ``block``
+  by block for calibration), :class:`Hooks` (linear inputs, attention q/k/v, the SwiGLU
+  hidden activation), :class:`KVCache`.
+* :class:`Tokenizer` (protocol) and :class:`Llama2cTokenizer`.
+* :func:`load` — a llama2.c ``.bin``, a ``.gguf`` file or a Hugging Face directory.
+* :mod:`sparseforge.models.ops` — RMSNorm, RoPE, attention and the SwiGLU gate in the core.
+
+Weights use Hugging Face Llama names (``model.layers.{i}.self_attn.q_proj.weight``...), each
+``(out_features, in_features)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import ops
+from .config import LlamaConfig
+from .llama import Hooks, KVCache, LlamaModel
+from .llama2c import load_llama2c
+from .tokenizer import Llama2cTokenizer, Tokenizer
+
+__all__ = [
+    "Hooks",
+    "KVCache",
+    "Llama2cTokenizer",
+    "LlamaConfig",
+    "LlamaModel",
+    "Tokenizer",
+    "load",
+    "load_llama2c",
+    "ops",
+]
+
+_KINDS = "a llama2.c legacy .bin file, a .gguf file, or a Hugging Face directory with config.json"
+
+
+def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
+    """Load a model, choosing the loader from what ``path`` is.
+
+    * a directory with ``config.json`` -> ``sparseforge.models.hf.load_hf``
+    * a ``.gguf`` file (or a file starting with the ``GGUF`` magic) -> ``...gguf.load_gguf``
+    * a ``.bin`` file -> :func:`load_llama2c` (its ``tok512.bin`` / ``tokenizer.bin`` beside it)
+
+    ``kwargs`` go to that loader. Anything else raises ``ValueError`` naming the path.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            from .hf import load_hf  # type: ignore[import-not-found,unused-ignore]
+
+            model: LlamaModel = load_hf(p, **kwargs)
+            return model
+        raise ValueError(f"path: {p} is a directory without config.json; expected {_KINDS}")
+    if not p.exists():
+        raise FileNotFoundError(f"path: {p} does not exist; expected {_KINDS}")
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if p.suffix.lower() == ".gguf" or magic == b"GGUF":
+        from .gguf import load_gguf  # type: ignore[import-not-found,unused-ignore]
+
+        model = load_gguf(p, **kwargs)
+        return model
+    if p.suffix.lower() == ".bin":
+        return load_llama2c(p, **kwargs)
+    raise ValueError(f"path: {p} is not a recognised model; expected {_KINDS}")

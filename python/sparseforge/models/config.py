@@ -1,0 +1,144 @@
+"""The architecture of a Llama-family decoder: :class:`LlamaConfig`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ROPE_STYLES", "LlamaConfig"]
+
+ROPE_STYLES = ("interleaved", "half")
+
+
+def _positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected an int > 0, got {value}")
+
+
+def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Sizes and conventions of a Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2,
+    llama2.c).
+
+    Attributes
+    ----------
+    dim : int
+        Model width (hidden size).
+    hidden_dim : int
+        SwiGLU intermediate size (rows of ``gate_proj`` / ``up_proj``).
+    n_layers, n_heads, n_kv_heads : int
+        Blocks, query heads and key/value heads; ``n_kv_heads`` divides ``n_heads``
+        (grouped-query attention: query head ``h`` reads kv head ``h // (n_heads //
+        n_kv_heads)``).
+    vocab_size, max_seq_len : int
+        Vocabulary and the longest sequence the model was trained for; ``forward`` and
+        ``generate`` refuse longer inputs.
+    norm_eps : float
+        RMSNorm epsilon (``>= 0``).
+    rope_theta : float
+        RoPE base: pair ``i`` of a head turns by ``pos * rope_theta ** (-2 i / head_dim)``.
+    rope_style : {"interleaved", "half"}
+        Which dimensions form the rotated pairs: ``(x[2i], x[2i+1])`` (llama2.c, GGUF) or
+        ``(x[i], x[i + head_dim/2])`` (Hugging Face ``rotate_half``). The stored ``q_proj``
+        / ``k_proj`` rows must be in the matching order.
+    tied_embeddings : bool
+        The output head reuses ``model.embed_tokens.weight`` (no ``lm_head.weight``).
+    arch : str
+        Family name, for messages and loaders (``"llama"``, ``"mistral"``, ``"qwen2"``...).
+    head_dim : int
+        Per-head size; 0 (the default) means ``dim // n_heads``, which then must be exact.
+        The field always reads as the resolved value.
+    """
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    max_seq_len: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_style: str = "interleaved"
+    tied_embeddings: bool = False
+    arch: str = "llama"
+    head_dim: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size"):
+            _positive_int(getattr(self, name), name)
+        _positive_int(self.max_seq_len, "max_seq_len")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"n_kv_heads: {self.n_kv_heads} does not divide n_heads={self.n_heads} "
+                "(grouped-query attention)"
+            )
+        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, numbers.Integral):
+            raise TypeError(f"head_dim: expected an int, got {type(self.head_dim).__name__}")
+        if self.head_dim == 0:
+            if self.dim % self.n_heads != 0:
+                raise ValueError(
+                    f"head_dim: dim={self.dim} is not a multiple of n_heads={self.n_heads}; "
+                    "give head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if self.head_dim <= 0 or self.head_dim % 2 != 0:
+            raise ValueError(
+                f"head_dim: expected an even int > 0 (RoPE pairs), got {self.head_dim}"
+            )
+        _positive_float(self.norm_eps, "norm_eps", allow_zero=True)
+        _positive_float(self.rope_theta, "rope_theta")
+        if self.rope_style not in ROPE_STYLES:
+            raise ValueError(
+                f"rope_style: expected 'interleaved' or 'half', got {self.rope_style!r}"
+            )
+        if not isinstance(self.tied_embeddings, bool):
+            raise TypeError(
+                f"tied_embeddings: expected a bool, got {type(self.tied_embeddings).__name__}"
+            )
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"arch: expected a non-empty str, got {self.arch!r}")
+
+    @property
+    def q_dim(self) -> int:
+        """Rows of ``q_proj``: ``n_heads * head_dim``."""
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Rows of ``k_proj`` / ``v_proj``: ``n_kv_heads * head_dim``."""
+        return self.n_kv_heads * self.head_dim
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every weight the model reads, Hugging Face names -> shape, in forward order."""
+        shapes: dict[str, tuple[int, ...]] = {
+            "model.embed_tokens.weight": (self.vocab_size, self.dim)
+        }
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            shapes[p + "input_layernorm.weight"] = (self.dim,)
+            shapes[p + "self_attn.q_proj.weight"] = (self.q_dim, self.dim)
+            shapes[p + "self_attn.k_proj.weight"] = (self.kv_dim, self.dim)
+            shapes[p + "self_attn.v_proj.weight"] = (self.kv_dim, self.dim)
+            shapes[p + "self_attn.o_proj.weight"] = (self.dim, self.q_dim)
+            shapes[p + "post_attention_layernorm.weight"] = (self.dim,)
+            shapes[p + "mlp.gate_proj.weight"] = (self.hidden_dim, self.dim)
+            shapes[p + "mlp.up_proj.weight"] = (self.hidden_dim, self.dim)
+            shapes[p + "mlp.down_proj.weight"] = (self.dim, self.hidden_dim)
+        shapes["model.norm.weight"] = (self.dim,)
+        if not self.tied_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_size, self.dim)
+        return shapes

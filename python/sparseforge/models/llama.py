@@ -1,0 +1,532 @@
+"""A CPU Llama-family forward: :class:`LlamaModel`, its :class:`Hooks` and :class:`KVCache`.
+
+One forward serves evaluation (full causal sequence), calibration (hooks see every linear's
+input and the attention's q/k/v) and generation (a decode loop over a contiguous KV cache).
+Later work plugs in here through :class:`Hooks` and :meth:`LlamaModel.set_weight` instead
+of copying the forward.
+
+Per block ``i`` (pre-norm residual; names are Hugging Face's)::
+
+    x = rms_norm(h, input_layernorm)
+    q, k, v = x @ Wq.T, x @ Wk.T, x @ Wv.T        (T, Hq, D), (T, Hkv, D), (T, Hkv, D)
+    q, k = rope(q), rope(k)                         positions 0..T-1 (or after the cache)
+    h = h + attention(q, k, v) @ Wo.T               causal, grouped-query, 1/sqrt(D)
+    x = rms_norm(h, post_attention_layernorm)
+    h = h + (silu(x @ Wgate.T) * (x @ Wup.T)) @ Wdown.T
+
+then ``logits = rms_norm(h, model.norm) @ lm_head.T`` (``embed_tokens`` when tied).
+Linears with dense float32 weights run as numpy ``x @ W.T`` (BLAS); float16/bfloat16 and
+compressed weights run through :func:`sparseforge.kernels.gemm`. The norms, RoPE,
+attention and the SwiGLU gate run in the compiled core (:mod:`sparseforge.models.ops`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import numpy.typing as npt
+
+from .. import _core
+from .. import kernels as _kernels
+from ..kernels import _threads
+from .config import LlamaConfig
+from .tokenizer import Tokenizer, check_token_ids
+
+__all__ = ["LINEAR_SUFFIXES", "Hooks", "KVCache", "LlamaModel"]
+
+F32Array = npt.NDArray[np.float32]
+
+# The prunable linears of a block, in forward order (q, k, v, o, gate, up, down).
+LINEAR_SUFFIXES = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
+@dataclass
+class Hooks:
+    """Optional callbacks into the forward. Arrays passed to a hook are the forward's own
+    buffers: read them (or copy), do not keep or modify them, except through a return value
+    where one is allowed.
+
+    Attributes
+    ----------
+    linear_input : callable(name, x) -> None
+        Called before each linear runs with its weight name (e.g.
+        ``"model.layers.3.mlp.down_proj.weight"``) and its input ``x``, float32 ``(T,
+        in_features)`` (calibration capture: ``LayerStats.update(x)``). q, k and v receive
+        the same ``x``.
+    attention : callable(block, q, k, v) -> None
+        After RoPE, before attention: ``q`` float32 ``(T, n_heads, head_dim)``, ``k`` and
+        ``v`` ``(T, n_kv_heads, head_dim)``, the new tokens only (KV / activation research).
+    mlp_hidden : callable(block, h) -> ndarray | None
+        The SwiGLU hidden activation ``silu(gate) * up``, float32 ``(T, hidden_dim)``,
+        before ``down_proj``. Returning an array of the same shape replaces it (activation
+        sparsity); ``None`` keeps it.
+    """
+
+    linear_input: Callable[[str, F32Array], None] | None = None
+    attention: Callable[[int, F32Array, F32Array, F32Array], None] | None = None
+    mlp_hidden: Callable[[int, F32Array], F32Array | None] | None = None
+
+
+class KVCache:
+    """A contiguous key/value cache for generation.
+
+    ``k`` and ``v`` are float32 ``(n_layers, capacity, n_kv_heads, head_dim)``, zeroed;
+    rows ``0 .. length-1`` of each layer hold the post-RoPE keys and the values of the
+    tokens seen so far. A forward step over T new tokens writes rows ``length ..
+    length+T-1`` of every layer, then advances ``length``.
+    """
+
+    def __init__(self, config: LlamaConfig, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
+            raise TypeError(f"capacity: expected an int, got {type(capacity).__name__}")
+        if not 1 <= capacity <= config.max_seq_len:
+            raise ValueError(
+                f"capacity: expected 1 <= capacity <= max_seq_len={config.max_seq_len}, "
+                f"got {capacity}"
+            )
+        shape = (config.n_layers, int(capacity), config.n_kv_heads, config.head_dim)
+        self.k: F32Array = np.zeros(shape, dtype=np.float32)
+        self.v: F32Array = np.zeros(shape, dtype=np.float32)
+        self.length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.k.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+    def reset(self) -> None:
+        """Forget every token (the memory is reused)."""
+        self.length = 0
+
+    def __repr__(self) -> str:
+        return f"KVCache(length={self.length}, capacity={self.capacity}, nbytes={self.nbytes})"
+
+
+def _is_compressed(value: Any) -> bool:
+    return not isinstance(value, np.ndarray) and hasattr(value, "_sf_gemm")
+
+
+class LlamaModel:
+    """A Llama-family decoder over a mapping of Hugging Face–named weights.
+
+    Parameters
+    ----------
+    config : LlamaConfig
+    weights : Mapping[str, ndarray]
+        Every name of ``config.weight_shapes()``, each an ndarray of that shape, float32,
+        float16 or bfloat16 (linear weights ``(out_features, in_features)``). The mapping
+        may be lazy (memory-mapped): the model fetches a weight when it needs it and keeps
+        no copy. Optional ``...q_proj.bias`` / ``k_proj`` / ``v_proj`` biases (Qwen2) are
+        added when present. Names are checked here, shapes and dtypes when fetched.
+    tokenizer : Tokenizer, optional
+        Its ``vocab_size`` must not exceed ``config.vocab_size``.
+    source : str
+        Where the weights came from, for messages.
+    num_threads : int, optional
+        Threads of the compiled ops and sparseforge kernels (numpy's BLAS keeps its own
+        setting). ``None`` = the default.
+    linear_backend : {"numpy", "sparseforge"}
+        Dense float32 linears: numpy ``x @ W.T`` (BLAS, the default) or
+        :func:`sparseforge.kernels.gemm` (``num_threads`` per call, bitwise identical for
+        any thread count; no BLAS thread pool to wake, which matters for small matrices on
+        a busy machine). float16/bfloat16 and compressed weights always use the latter.
+    """
+
+    def __init__(
+        self,
+        config: LlamaConfig,
+        weights: Mapping[str, Any],
+        tokenizer: Tokenizer | None = None,
+        *,
+        source: str = "",
+        num_threads: int | None = None,
+        linear_backend: str = "numpy",
+    ) -> None:
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"config: expected a LlamaConfig, got {type(config).__name__}")
+        if not isinstance(weights, Mapping):
+            raise TypeError(
+                f"weights: expected a Mapping[str, ndarray], got {type(weights).__name__}"
+            )
+        self.config = config
+        self.source = str(source)
+        self._weights = weights
+        self._overrides: dict[str, Any] = {}
+        self._shapes = config.weight_shapes()
+        missing = [n for n in self._shapes if n not in weights]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ValueError(
+                f"weights: {self._where()}missing {', '.join(missing[:3])}{more} "
+                f"(expected the {len(self._shapes)} tensors of config.weight_shapes())"
+            )
+        if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"tokenizer: {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the "
+                f"model's vocab_size={config.vocab_size}: it does not match the model"
+            )
+        self.tokenizer = tokenizer
+        self.num_threads = num_threads
+        _threads(num_threads)  # validate early
+        if linear_backend not in ("numpy", "sparseforge"):
+            raise ValueError(
+                f"linear_backend: expected 'numpy' or 'sparseforge', got {linear_backend!r}"
+            )
+        self.linear_backend = linear_backend
+        self._scale = 1.0 / math.sqrt(config.head_dim)
+
+    def _where(self) -> str:
+        return f"{self.source}: " if self.source else ""
+
+    # -- weights -----------------------------------------------------------------------
+    def weight(self, name: str) -> Any:
+        """The current weight ``name``: an ndarray (possibly a read-only memory map) or the
+        compressed tensor given to :meth:`set_weight`. Not a copy."""
+        if name in self._overrides:
+            return self._overrides[name]
+        if name not in self._shapes and not name.endswith(".bias"):
+            raise KeyError(f"name: {name!r} is not a weight of this {self.config.arch} model")
+        try:
+            w = self._weights[name]
+        except KeyError:
+            raise KeyError(f"name: {self._where()}weight {name!r} is missing") from None
+        if not isinstance(w, np.ndarray):
+            raise TypeError(
+                f"{name}: {self._where()}expected a numpy.ndarray, got {type(w).__name__}"
+            )
+        if w.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"{name}: {self._where()}expected dtype float32, float16 or bfloat16, got {w.dtype}"
+            )
+        expected = self._shapes.get(name)
+        if expected is not None and w.shape != expected:
+            raise ValueError(f"{name}: {self._where()}expected shape {expected}, got {w.shape}")
+        return w
+
+    def set_weight(self, name: str, value: Any) -> None:
+        """Replace weight ``name`` (the mapping given at construction is not modified).
+
+        ``value`` is a dense ndarray of the same shape (float32/float16/bfloat16), or, for
+        the linear weights and ``lm_head.weight``, a compressed sparseforge tensor
+        (``sf.format.NMTensor``, ``BitmapTensor``, ``CSRTensor``) of the same shape, which
+        then runs through :func:`sparseforge.kernels.gemm`.
+        """
+        expected = self._shapes.get(name)
+        if expected is None:
+            raise KeyError(f"name: {name!r} is not a weight of this {self.config.arch} model")
+        if _is_compressed(value):
+            linear = name == "lm_head.weight" or name.endswith(LINEAR_SUFFIXES)
+            if not linear:
+                raise ValueError(
+                    f"value: a compressed tensor can replace a linear weight only, not {name!r}"
+                )
+            shape = tuple(int(s) for s in getattr(value, "shape", ()))
+        elif isinstance(value, np.ndarray):
+            if value.dtype not in _FLOAT_DTYPES:
+                raise TypeError(
+                    f"value: expected dtype float32, float16 or bfloat16, got {value.dtype}"
+                )
+            shape = value.shape
+        else:
+            raise TypeError(
+                "value: expected a numpy.ndarray or a sparseforge compressed tensor, got "
+                f"{type(value).__name__}"
+            )
+        if shape != expected:
+            raise ValueError(f"value: {name} has shape {expected}, got {shape}")
+        self._overrides[name] = value
+
+    def linear_names(self, block: int) -> list[str]:
+        """The 7 prunable linear weight names of ``block``: q, k, v, o, gate, up, down."""
+        self._check_block(block)
+        return [f"model.layers.{block}.{s}" for s in LINEAR_SUFFIXES]
+
+    def _check_block(self, i: Any) -> None:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"block: expected an int, got {type(i).__name__}")
+        if not 0 <= int(i) < self.config.n_layers:
+            raise ValueError(f"block: expected 0 <= block < {self.config.n_layers}, got {i}")
+
+    def _vector(self, name: str) -> F32Array:
+        w = self.weight(name)
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+    def _linear(self, name: str, x: F32Array, hooks: Hooks | None) -> F32Array:
+        if hooks is not None and hooks.linear_input is not None:
+            hooks.linear_input(name, x)
+        y = self._matmul(self.weight(name), x)
+        bias_name = name[: -len("weight")] + "bias"
+        if bias_name in self._weights:
+            y += np.asarray(self._weights[bias_name], dtype=np.float32)
+        return y
+
+    def _matmul(self, w: Any, x: F32Array) -> F32Array:
+        """``x @ w.T`` for a dense or compressed ``w`` (out, in); x float32 (T, in)."""
+        if self.linear_backend == "numpy" and isinstance(w, np.ndarray) and w.dtype == np.float32:
+            y: F32Array = x @ w.T
+            return y
+        return _kernels.gemm(w, np.ascontiguousarray(x), num_threads=self.num_threads)  # type: ignore[no-any-return]
+
+    # -- forward pieces ----------------------------------------------------------------
+    def _tokens(self, tokens: Any) -> npt.NDArray[np.int64]:
+        ids = check_token_ids(tokens, self.config.vocab_size, "tokens")
+        if ids.size == 0:
+            raise ValueError("tokens: expected at least one token id, got an empty sequence")
+        return ids
+
+    def embed(self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]]) -> F32Array:
+        """Token embeddings, float32 ``(T, dim)`` (a new array)."""
+        ids = self._tokens(tokens)
+        table = self.weight("model.embed_tokens.weight")
+        return np.ascontiguousarray(table[ids], dtype=np.float32)
+
+    def block(
+        self,
+        i: int,
+        h: F32Array,
+        *,
+        hooks: Hooks | None = None,
+        cache: KVCache | None = None,
+    ) -> F32Array:
+        """Block ``i`` over the residual stream ``h`` (float32 ``(T, dim)``); returns the new
+        stream (a new array; ``h`` is not modified).
+
+        Without ``cache`` the T rows are positions ``0..T-1`` under a causal mask. With
+        ``cache`` they follow the ``cache.length`` cached tokens: their keys/values are
+        written to rows ``cache.length ..`` of layer ``i`` and attention covers the cache
+        too (``cache.length`` itself advances in :meth:`step`, after the last block).
+        """
+        self._check_block(i)
+        c = self.config
+        if not isinstance(h, np.ndarray) or h.dtype != np.float32 or h.ndim != 2:
+            raise ValueError(f"h: expected a float32 (T, {c.dim}) array, got {_describe(h)}")
+        if h.shape[1] != c.dim or h.shape[0] == 0:
+            raise ValueError(f"h: expected shape (T >= 1, {c.dim}), got {h.shape}")
+        T = h.shape[0]
+        start = 0 if cache is None else cache.length
+        if start + T > (c.max_seq_len if cache is None else cache.capacity):
+            limit = "max_seq_len" if cache is None else "the cache capacity"
+            raise ValueError(
+                f"h: {start} + {T} positions exceed {limit} "
+                f"({c.max_seq_len if cache is None else cache.capacity})"
+            )
+        thr = _threads(self.num_threads)
+        p = f"model.layers.{i}."
+        h = np.ascontiguousarray(h)
+        x = _core.rms_norm(h, self._vector(p + "input_layernorm.weight"), c.norm_eps, None, thr)
+        q = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[0], x, hooks))
+        k = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[1], x, hooks))
+        v = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[2], x, hooks))
+        q = q.reshape(T, c.n_heads, c.head_dim)
+        k = k.reshape(T, c.n_kv_heads, c.head_dim)
+        v = v.reshape(T, c.n_kv_heads, c.head_dim)
+        pos = np.arange(start, start + T, dtype=np.int64)
+        _core.rope(q, pos, c.rope_theta, c.rope_style, thr)
+        _core.rope(k, pos, c.rope_theta, c.rope_style, thr)
+        if hooks is not None and hooks.attention is not None:
+            hooks.attention(i, q, k, v)
+        if cache is None:
+            a = _core.attention(q, k, v, self._scale, None, thr)
+        else:
+            cache.k[i, start : start + T] = k
+            cache.v[i, start : start + T] = v
+            if T == 1:
+                a = _core.decode_attention(
+                    q[0], cache.k[i], cache.v[i], start + 1, self._scale, None, thr
+                ).reshape(1, -1)
+            else:
+                a = _core.attention(
+                    q, cache.k[i, : start + T], cache.v[i, : start + T], self._scale, None, thr
+                )
+        h = h + self._linear(p + LINEAR_SUFFIXES[3], a, hooks)
+        x = _core.rms_norm(
+            h, self._vector(p + "post_attention_layernorm.weight"), c.norm_eps, None, thr
+        )
+        g = self._linear(p + LINEAR_SUFFIXES[4], x, hooks)
+        u = self._linear(p + LINEAR_SUFFIXES[5], x, hooks)
+        m = _core.swiglu_gate(g, u, g, thr)
+        if hooks is not None and hooks.mlp_hidden is not None:
+            r = hooks.mlp_hidden(i, m)
+            if r is not None:
+                if not isinstance(r, np.ndarray) or r.shape != m.shape:
+                    raise ValueError(
+                        f"mlp_hidden: block {i}'s hook returned {_describe(r)}, expected an "
+                        f"array of shape {m.shape}"
+                    )
+                m = np.ascontiguousarray(r, dtype=np.float32)
+        out: F32Array = h + self._linear(p + LINEAR_SUFFIXES[6], m, hooks)
+        return out
+
+    def final(self, h: F32Array) -> F32Array:
+        """Final RMSNorm and output head: logits float32 ``(T, vocab_size)``."""
+        c = self.config
+        if not isinstance(h, np.ndarray) or h.dtype != np.float32 or h.ndim != 2:
+            raise ValueError(f"h: expected a float32 (T, {c.dim}) array, got {_describe(h)}")
+        if h.shape[1] != c.dim:
+            raise ValueError(f"h: expected shape (T, {c.dim}), got {h.shape}")
+        x = _core.rms_norm(
+            np.ascontiguousarray(h),
+            self._vector("model.norm.weight"),
+            c.norm_eps,
+            None,
+            _threads(self.num_threads),
+        )
+        w = self.weight("model.embed_tokens.weight" if c.tied_embeddings else "lm_head.weight")
+        return self._matmul(w, x)
+
+    # -- whole model -------------------------------------------------------------------
+    def forward(
+        self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]], *, hooks: Hooks | None = None
+    ) -> F32Array:
+        """Logits float32 ``(T, vocab_size)`` of a full causal sequence (positions
+        ``0..T-1``, ``1 <= T <= max_seq_len``)."""
+        ids = self._tokens(tokens)
+        if ids.size > self.config.max_seq_len:
+            raise ValueError(
+                f"tokens: {ids.size} tokens exceed the model's max_seq_len="
+                f"{self.config.max_seq_len}; evaluate in windows"
+            )
+        h = self.embed(ids)
+        for i in range(self.config.n_layers):
+            h = self.block(i, h, hooks=hooks)
+        return self.final(h)
+
+    def step(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.integer[Any]],
+        cache: KVCache,
+        *,
+        hooks: Hooks | None = None,
+    ) -> F32Array:
+        """Feed ``tokens`` after the ``cache.length`` cached ones; returns their logits
+        float32 ``(T, vocab_size)`` and advances ``cache.length`` by T."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache, got {type(cache).__name__}")
+        if cache.k.shape[0] != self.config.n_layers or cache.k.shape[2:] != (
+            self.config.n_kv_heads,
+            self.config.head_dim,
+        ):
+            raise ValueError("cache: was built for a different model configuration")
+        ids = self._tokens(tokens)
+        if cache.length + ids.size > cache.capacity:
+            raise ValueError(
+                f"tokens: {ids.size} more tokens do not fit the cache "
+                f"({cache.length} of {cache.capacity} used)"
+            )
+        h = self.embed(ids)
+        for i in range(self.config.n_layers):
+            h = self.block(i, h, hooks=hooks, cache=cache)
+        cache.length += int(ids.size)
+        return self.final(h)
+
+    def nll(self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
+        """Negative log-likelihoods (nats) of ``tokens[1:]`` given their prefixes, float64
+        ``(T - 1,)``; ``mean()`` is the loss, ``exp(mean())`` the perplexity."""
+        ids = self._tokens(tokens)
+        if ids.size < 2:
+            raise ValueError(f"tokens: expected at least 2 tokens to score, got {ids.size}")
+        logits = self.forward(ids)[:-1]
+        target = ids[1:]
+        out = np.empty(target.size, dtype=np.float64)
+        for r0 in range(0, target.size, 64):  # bounded temporaries for large vocabularies
+            lg = logits[r0 : r0 + 64]
+            m = lg.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(lg - m).sum(axis=1, dtype=np.float64)) + m[:, 0]
+            picked = lg[np.arange(lg.shape[0]), target[r0 : r0 + 64]]
+            out[r0 : r0 + 64] = lse - picked
+        return out
+
+    def generate(
+        self,
+        prompt: Sequence[int] | npt.NDArray[np.integer[Any]],
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+        hooks: Hooks | None = None,
+    ) -> list[int]:
+        """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns the new tokens only.
+
+        The prompt runs as one chunk into a :class:`KVCache`, then one token per step.
+        ``temperature == 0`` is greedy (argmax, ties to the lowest id as run.c);
+        otherwise tokens are sampled from ``softmax(logits / temperature)`` with
+        ``numpy.random.default_rng(seed)``. With ``stop_at_eos`` generation ends after the
+        tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
+        there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
+        must not exceed ``max_seq_len``.
+        """
+        ids = check_token_ids(prompt, self.config.vocab_size, "prompt")
+        if ids.size == 0:
+            raise ValueError(
+                "prompt: expected at least one token (an empty text is [tokenizer.bos_id])"
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+            raise TypeError(f"max_new_tokens: expected an int, got {type(max_new_tokens).__name__}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+            raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
+        if max_new_tokens == 0:
+            return []
+        capacity = int(ids.size) + int(max_new_tokens) - 1
+        if capacity > self.config.max_seq_len:
+            raise ValueError(
+                f"max_new_tokens: {ids.size} prompt + {max_new_tokens} new tokens exceed "
+                f"max_seq_len={self.config.max_seq_len} (by {capacity - self.config.max_seq_len})"
+            )
+        stop: set[int] = set()
+        if stop_at_eos and self.tokenizer is not None:
+            stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
+        rng = np.random.default_rng(seed)
+        cache = KVCache(self.config, capacity)
+        logits = self.step(ids, cache, hooks=hooks)[-1]
+        out: list[int] = []
+        while True:
+            nxt = self._pick(logits, float(temperature), rng)
+            out.append(nxt)
+            if len(out) == max_new_tokens or nxt in stop:
+                return out
+            logits = self.step([nxt], cache, hooks=hooks)[-1]
+
+    @staticmethod
+    def _pick(logits: F32Array, temperature: float, rng: np.random.Generator) -> int:
+        if temperature == 0.0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        return int(rng.choice(p.size, p=p / p.sum()))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"LlamaModel({c.arch}: dim={c.dim}, layers={c.n_layers}, heads={c.n_heads}/"
+            f"{c.n_kv_heads}, vocab={c.vocab_size}, source={self.source!r})"
+        )
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
