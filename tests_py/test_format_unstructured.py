@@ -613,3 +613,85 @@ def test_scipy_round_trip(rng: np.random.Generator, dtype: np.dtype) -> None:
         CSRTensor.from_scipy(np.eye(3))
     with pytest.raises(sf.DTypeError, match="dtype"):
         CSRTensor.from_scipy(S, dtype=np.float64)
+
+
+# --- column skip on a bitmap-compressed transposed weight ---------------------------------
+
+
+def masked_reference(Wt: np.ndarray, x: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """(Wt^T (x masked by |x| > t) in float64, the rounding scale), stored entries only."""
+    xm = np.where(np.abs(x) > t, x, 0.0).astype(np.float64)
+    Wd = ref.to_f32(Wt).astype(np.float64)
+    return Wd.T @ xm, np.abs(Wd).T @ np.abs(xm)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (7, 17), (16, 16), (33, 31), (40, 100), (129, 47), (64, 500)], ids=str
+)
+def test_bitmap_column_skip_every_level(
+    shape: tuple[int, int], simd_level: str, dtype: np.dtype, rng: np.random.Generator
+) -> None:
+    for sparsity, t in [(0.0, 0.0), (0.5, 0.5), (0.8, 1.5), (1.0, 0.0)]:
+        Wt = sparse_weight(rng, shape, dtype, sparsity)  # (in_features, out_features)
+        x = rng.standard_normal(shape[0]).astype(np.float32)
+        x[rng.random(shape[0]) < 0.2] = 0.0
+        want, scale = masked_reference(Wt, x, t)
+        b = BitmapTensor.from_dense(Wt)
+        outs = []
+        for threads in (1, 2):
+            out = np.full(shape[1], np.nan, dtype=np.float32)
+            y, info = sf.kernels.gemv_sparse_input(
+                b, x, t, out=out, num_threads=threads, return_info=True
+            )
+            assert y is out
+            assert info.active == int((np.abs(x) > t).sum())
+            assert info.in_features == shape[0]
+            outs.append(out)
+        assert_close(outs[0], want, scale, dtype)
+        assert outs[0].tobytes() == outs[1].tobytes()
+        # the same numbers as column skip on the dense Wt, up to summation rounding
+        dense = sf.kernels.gemv_sparse_input(Wt, x, t)
+        np.testing.assert_allclose(outs[0], dense, rtol=1e-5, atol=1e-5 * scale.max() + 1e-30)
+
+
+def test_bitmap_column_skip_two_four_weight(rng: np.random.Generator) -> None:
+    """A 2:4-pruned W (along in_features) as a bitmap Wt: weight and activation sparsity."""
+    W = sf.prune.magnitude(rng.standard_normal((96, 256)).astype(np.float32), pattern="2:4").weight
+    b = BitmapTensor.from_dense(np.ascontiguousarray(W.T))
+    assert b.density == pytest.approx(0.5)
+    x = rng.standard_normal(256).astype(np.float32)
+    y, info = sf.kernels.gemv_sparse_input(b, x, 0.7, return_info=True)
+    want = W.astype(np.float64) @ np.where(np.abs(x) > 0.7, x, 0.0)
+    assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
+    assert 0 < info.active < 256
+
+
+def test_bitmap_column_skip_non_finite_inputs(rng: np.random.Generator) -> None:
+    Wt = sparse_weight(rng, (20, 40), F32, 0.5)
+    b = BitmapTensor.from_dense(Wt)
+    x = rng.standard_normal(20).astype(np.float32)
+    x[3] = np.nan  # active (the threshold rule): reaches only the columns row 3 stores
+    x[5] = np.inf
+    y = sf.kernels.gemv_sparse_input(b, x, 0.5)
+    hit = stored(Wt)[3] | stored(Wt)[5]
+    assert np.isnan(y[stored(Wt)[3]]).all()
+    assert np.isfinite(y[~hit]).all()
+    xs = np.where(np.abs(x) > 0.5, x, 0.0)
+    xs[[3, 5]] = 0.0
+    want = ref.to_f32(Wt)[:, ~hit].astype(np.float64).T @ xs
+    np.testing.assert_allclose(y[~hit], want, rtol=1e-5, atol=1e-6)
+
+
+def test_bitmap_column_skip_errors(rng: np.random.Generator) -> None:
+    b = BitmapTensor.from_dense(sparse_weight(rng, (6, 4), F32, 0.5))
+    x = np.ones(6, np.float32)
+    with pytest.raises(ValueError, match="threshold"):
+        sf.kernels.gemv_sparse_input(b, x, float("nan"))
+    with pytest.raises(ValueError, match="threshold"):
+        sf.kernels.gemv_sparse_input(b, x, -1.0)
+    with pytest.raises(ValueError, match="x"):
+        sf.kernels.gemv_sparse_input(b, np.ones(4, np.float32), 0.5)
+    with pytest.raises(ValueError, match="out"):
+        sf.kernels.gemv_sparse_input(b, x, 0.5, out=np.zeros(6, np.float32))
+    with pytest.raises(TypeError):
+        sf.kernels.gemv_sparse_input(b, x.astype(np.float64), 0.5)

@@ -518,8 +518,12 @@ def test_column_skip_equals_row_skip_transposed_and_dense(
     xm = masked(x, t)
     y = kernels.gemv_sparse_input(Wt, x, t)
     want = f64(W) @ xm.astype(np.float64)
-    assert rel_err(y, want) <= TOL
-    assert rel_err(kernels.gemv(W, xm), want) <= TOL
+    # float32 summation error is bounded by the sum of |terms| per output, not by max |y|
+    # (outputs may cancel): the bound a relative-to-max-|y| check misses for tiny shapes
+    scale = np.abs(f64(W)) @ np.abs(xm.astype(np.float64))
+    bound = TOL * scale + 1e-30
+    assert (np.abs(y - want) <= bound).all()
+    assert (np.abs(kernels.gemv(W, xm) - want) <= bound).all()
     active = np.flatnonzero(np.abs(x) > t)
     assert same_bits(kernels.gemv_active_input(Wt, x, active), y)
 

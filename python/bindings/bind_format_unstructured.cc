@@ -160,7 +160,25 @@ void register_format_unstructured(py::module_& m) {
           [](const sfmt::BitmapMatrix& A, py::handle X, const py::object& out, int num_threads) {
             return gemm_glue(A, X, out, num_threads, sk::bitmap_gemm);
           },
-          py::arg("X"), py::arg("out") = py::none(), py::arg("num_threads") = 0);
+          py::arg("X"), py::arg("out") = py::none(), py::arg("num_threads") = 0)
+      .def(
+          "gemv_sparse_input",
+          [](const sfmt::BitmapMatrix& Wt, py::handle x_obj, float threshold, const py::object& out,
+             int num_threads) {
+            // this matrix is W^T: x has in_features = rows, y out_features = cols
+            const float* x = vector_f32_in(x_obj, "x", Wt.rows);
+            const int threads = threads_arg(num_threads);
+            py::array y;
+            float* yp = out_vector(out, Wt.cols, &y);
+            sk::SparseInputInfo info;
+            {
+              py::gil_scoped_release release;
+              info = sk::bitmap_gemv_sparse_input(Wt, x, threshold, yp, threads);
+            }
+            return py::make_tuple(y, info.active);
+          },
+          py::arg("x"), py::arg("threshold"), py::arg("out") = py::none(),
+          py::arg("num_threads") = 0);
 
   py::class_<sfmt::CSRMatrix> csr(m, "CSRMatrix",
                                   "CSR with int64 indptr and int32 indices (docs/formats.md). "

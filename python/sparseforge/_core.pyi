@@ -204,6 +204,13 @@ class BitmapMatrix:
         out: npt.NDArray[np.float32] | None = None,
         num_threads: int = 0,
     ) -> npt.NDArray[np.float32]: ...
+    def gemv_sparse_input(
+        self,
+        x: npt.NDArray[np.float32],
+        threshold: float,
+        out: npt.NDArray[np.float32] | None = None,
+        num_threads: int = 0,
+    ) -> tuple[npt.NDArray[np.float32], int]: ...
 
 class CSRMatrix:
     @property

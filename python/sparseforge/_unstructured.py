@@ -286,6 +286,14 @@ class BitmapTensor(_UnstructuredTensor):
         )
         return cls._wrap(_core.bitmap_from_components(rows, cols, bitmap, values, offsets))
 
+    def _sf_gemv_sparse_input(
+        self, x: np.ndarray, threshold: float, out: np.ndarray | None, num_threads: int | None
+    ) -> tuple[np.ndarray, int]:
+        """Column skip with this tensor as ``Wt`` (in_features, out_features); see
+        :func:`sparseforge.kernels.gemv_sparse_input`."""
+        y, active = self._m.gemv_sparse_input(x, threshold, out, threads_arg(num_threads))
+        return y, int(active)
+
     @property
     def bitmap(self) -> np.ndarray:
         """``(rows, ceil(cols / 8))`` uint8, LSB-first bits. A read-only view."""

@@ -261,8 +261,12 @@ def gemv_sparse_input(
 
     Parameters
     ----------
-    Wt : ndarray (in_features, out_features), float32 | float16 | bfloat16
-        The transposed weight, ``np.ascontiguousarray(W.T)``.
+    Wt : ndarray (in_features, out_features), float32 | float16 | bfloat16, or a
+        ``BitmapTensor`` of that matrix
+        The transposed weight, ``np.ascontiguousarray(W.T)``. A pruned ``W`` (2:4 along
+        ``in_features``, or unstructured) stored as ``BitmapTensor.from_dense(W.T)`` combines
+        weight and activation sparsity: only the active rows' bits and stored values are
+        read (docs/kernels.md).
     x : ndarray (in_features,), float32.
     threshold : float >= 0
         ``|x_k| > threshold`` is active (NaN inputs too). 0 skips exact zeros only.
@@ -283,6 +287,11 @@ def gemv_sparse_input(
     masked ``x`` up to float32 rounding order.
     """
     t = _threshold(threshold, "threshold")
+    if not isinstance(Wt, np.ndarray) and hasattr(Wt, "_sf_gemv_sparse_input"):
+        y, active = Wt._sf_gemv_sparse_input(x, t, out, _dispatch_threads(num_threads))
+        if return_info:
+            return y, SparseInputInfo(active, int(Wt.shape[0]))
+        return y
     _check_out(out, Wt=Wt, x=x)
     y, active = _core.gemv_sparse_input(Wt, x, t, out, _threads(num_threads))
     if return_info:

@@ -1,6 +1,7 @@
 #include "sparseforge/kernels/unstructured.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -119,6 +120,32 @@ void bitmap_gemv(const format::BitmapMatrix& A, const float* x, float* y, int nu
   const auto kernel = t.bitmap_gemm[dtype_index(A.dtype)];
   for_row_chunks(A.rows, kRowChunk, num_threads,
                  [&](size_t r0, size_t r1) { kernel(args, r0, r1, x, 0, 1, y, 0); });
+}
+
+SparseInputInfo bitmap_gemv_sparse_input(const format::BitmapMatrix& Wt, const float* x,
+                                         float threshold, float* y, int num_threads) {
+  SF_CHECK_ARG(x != nullptr, "x: null pointer");
+  SF_CHECK_ARG(y != nullptr, "out: null pointer");
+  SF_CHECK_ARG(!std::isnan(threshold) && threshold >= 0.0f,
+               "threshold: expected a number >= 0, got %g", static_cast<double>(threshold));
+  SF_CHECK_ARG(!overlaps(x, Wt.rows * sizeof(float), y, Wt.cols * sizeof(float)),
+               "out: must not overlap x");
+  // The threshold rule of kernels/activation.h: active when |x| > threshold or x is NaN.
+  std::vector<uint32_t> idx;
+  std::vector<float> coef;
+  for (size_t k = 0; k < Wt.rows; ++k) {
+    if (!(std::fabs(x[k]) <= threshold)) {
+      idx.push_back(static_cast<uint32_t>(k));
+      coef.push_back(x[k]);
+    }
+  }
+  const us::BitmapArgs args = bitmap_args(Wt);
+  const auto kernel = us::unstructured_table().bitmap_axpy[dtype_index(Wt.dtype)];
+  const size_t blocks = (Wt.cols + 15) / 16;  // 16-column blocks: a 64-byte line of y
+  parallel_for(blocks, num_threads, [&](size_t b0, size_t b1) {
+    kernel(args, idx.data(), idx.size(), coef.data(), y, b0 * 16, std::min(Wt.cols, b1 * 16));
+  });
+  return {idx.size(), Wt.rows, false};
 }
 
 void csr_gemv(const format::CSRMatrix& A, const float* x, float* y, int num_threads) {

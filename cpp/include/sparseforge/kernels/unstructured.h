@@ -23,6 +23,7 @@
 
 #include "sparseforge/core/view.h"
 #include "sparseforge/format/unstructured.h"
+#include "sparseforge/kernels/activation.h"
 
 namespace sparseforge {
 namespace kernels {
@@ -36,6 +37,15 @@ void bitmap_gemm(const format::BitmapMatrix& A, const ConstMatrixView<float>& X,
                  const MatrixView<float>& Y, int num_threads = 0);
 void csr_gemm(const format::CSRMatrix& A, const ConstMatrixView<float>& X,
               const MatrixView<float>& Y, int num_threads = 0);
+
+// Column skip (TEAL) on a bitmap-compressed transposed weight: Wt is W^T, (in_features,
+// out_features), stored as a BitmapMatrix (a 2:4-along-in_features W is such a Wt at 50 %,
+// as is any pruned W). y (out_features) = sum over active k (|x[k]| > threshold, or NaN) of
+// x[k] * Wt[k, :] over the stored entries only, active rows in increasing k; reads only the
+// active rows' bits and values. Each thread owns a slice of y (16-column blocks), so results
+// are bitwise identical for any thread count. threshold: >= 0 (not NaN).
+SparseInputInfo bitmap_gemv_sparse_input(const format::BitmapMatrix& Wt, const float* x,
+                                         float threshold, float* y, int num_threads = 0);
 
 }  // namespace kernels
 }  // namespace sparseforge

@@ -53,6 +53,10 @@ struct UnstructuredTable {
   // (cols x ldxt) the transposed input, ldxt a multiple of 16 and XT zero past batch.
   void (*csr_gemm_t[3])(const CsrArgs& A, size_t r0, size_t r1, const float* XT, size_t ldxt,
                         size_t batch, float* Y, size_t ldy);
+  // Column skip over bitmap rows: y[c] = sum over a < n (in order) of coef[a] * A(idx[a], c)
+  // over stored entries, for c in [c0, c1); c0 a multiple of 16. y[c0:c1] is overwritten.
+  void (*bitmap_axpy[3])(const BitmapArgs& A, const uint32_t* idx, size_t n, const float* coef,
+                         float* y, size_t c0, size_t c1);
 };
 
 extern const UnstructuredTable kTableScalar;
