@@ -21,18 +21,35 @@ from . import ops
 from .config import LlamaConfig
 from .llama import Hooks, KVCache, LlamaModel
 from .llama2c import load_llama2c
+from .perplexity import PerplexityResult, perplexity
+from .pipeline import (
+    METHODS,
+    LayerReport,
+    PruneReport,
+    calibration_windows,
+    prune,
+    register_method,
+)
 from .tokenizer import Llama2cTokenizer, Tokenizer
 
 __all__ = [
+    "METHODS",
     "Hooks",
     "KVCache",
+    "LayerReport",
     "Llama2cTokenizer",
     "LlamaConfig",
     "LlamaModel",
+    "PerplexityResult",
+    "PruneReport",
     "Tokenizer",
+    "calibration_windows",
     "load",
     "load_llama2c",
     "ops",
+    "perplexity",
+    "prune",
+    "register_method",
 ]
 
 _KINDS = "a llama2.c legacy .bin file, a .gguf file, or a Hugging Face directory with config.json"

@@ -1,0 +1,435 @@
+"""Layer-by-layer pruning of a :class:`LlamaModel`: :func:`prune` (the SparseGPT / Wanda
+protocol) and its :class:`PruneReport`.
+
+Calibration windows run through ``model.embed``; then for each block ``i``:
+
+1. the block runs over the current calibration states with :class:`Hooks` capturing every
+   linear's input into a :class:`sparseforge.calib.LayerStats` (one per distinct input:
+   q/k/v share one, gate/up share one, o and down have their own);
+2. the block's 7 linears are pruned with the chosen method, and written back with
+   ``model.set_weight``;
+3. the states for block ``i + 1`` are the block's outputs recomputed with the pruned
+   weights (``sequential=True``, the references' protocol), or the dense outputs of step 1
+   (``sequential=False``).
+
+As in both references, the 7 linears of a block are calibrated together in one pass over
+the block's (dense) weights; there is no "true-sequential" pass inside a block.
+
+Methods come from :data:`METHODS`; :func:`register_method` adds one.
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import prune as _prune
+from ..calib import LayerStats
+from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
+from .perplexity import default_seqlen, token_stream
+
+__all__ = [
+    "METHODS",
+    "LayerReport",
+    "MethodSpec",
+    "PruneReport",
+    "calibration_windows",
+    "prune",
+    "register_method",
+]
+
+# A pruning method: (W, stats, sparsity, pattern, **kwargs) -> PruneResult. ``sparsity``
+# is None when the caller gave none (0.5, or 1 - n/m with a pattern); ``pattern`` is None
+# or what the caller gave ("2:4", (2, 4), NMPattern).
+MethodFn = Callable[..., _prune.PruneResult]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A pruning method for :func:`prune`: ``fn(W, stats, sparsity, pattern, **kwargs)``
+    returning a :class:`sparseforge.prune.PruneResult`; ``needs_hessian`` says whether
+    ``stats`` must hold ``X^T X`` (otherwise the column norms are enough)."""
+
+    fn: MethodFn
+    needs_hessian: bool
+
+
+def _magnitude(
+    W: np.ndarray, stats: LayerStats, sparsity: float | None, pattern: Any, **kw: Any
+) -> _prune.PruneResult:
+    return _prune.magnitude(W, sparsity, pattern=pattern, **kw)
+
+
+def _wanda(
+    W: np.ndarray, stats: LayerStats, sparsity: float | None, pattern: Any, **kw: Any
+) -> _prune.PruneResult:
+    return _prune.wanda(W, stats, sparsity, pattern=pattern, **kw)
+
+
+def _sparsegpt(
+    W: np.ndarray, stats: LayerStats, sparsity: float | None, pattern: Any, **kw: Any
+) -> _prune.PruneResult:
+    return _prune.sparsegpt(W, stats, sparsity, pattern=pattern, **kw)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "magnitude": MethodSpec(_magnitude, needs_hessian=False),
+    "wanda": MethodSpec(_wanda, needs_hessian=False),
+    "sparsegpt": MethodSpec(_sparsegpt, needs_hessian=True),
+}
+
+
+def register_method(name: str, fn: MethodFn, *, needs_hessian: bool) -> None:
+    """Make ``method=name`` available to :func:`prune` (replacing any method of that name).
+
+    ``fn(W, stats, sparsity, pattern, **method_kwargs)`` gets the weight (``(out, in)``,
+    float32/float16/bfloat16, read-only: do not modify it), the layer's
+    :class:`LayerStats`, the ``sparsity`` and ``pattern`` given to :func:`prune` (either
+    may be None) and returns a :class:`sparseforge.prune.PruneResult`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty str, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+    if not isinstance(needs_hessian, bool):
+        raise TypeError(f"needs_hessian: expected a bool, got {type(needs_hessian).__name__}")
+    METHODS[name] = MethodSpec(fn, needs_hessian)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One pruned linear.
+
+    Attributes
+    ----------
+    name : str
+        Weight name (``model.layers.3.mlp.down_proj.weight``).
+    shape : (int, int)
+        ``(out_features, in_features)``.
+    sparsity : float
+        Achieved fraction of zeros.
+    error : float or None
+        ``sf.prune.reconstruction_error(W, W_pruned, H)`` on the calibration inputs this
+        layer saw (``||(W - W') X||^2 / ||W X||^2``); None when no Hessian was gathered
+        (``error=False`` with a method that needs none).
+    seconds : float
+        Wall time of the method on this layer (statistics gathering excluded).
+    info : mapping
+        The method's ``PruneResult.info``.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    error: float | None
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did: the settings and one :class:`LayerReport` per linear, in
+    block order (q, k, v, o, gate, up, down)."""
+
+    method: str
+    sparsity: float | None
+    pattern: str | None
+    sequential: bool
+    nsamples: int
+    seqlen: int
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def calib_tokens(self) -> int:
+        """Calibration tokens each linear saw: ``nsamples * seqlen``."""
+        return self.nsamples * self.seqlen
+
+    @property
+    def overall_sparsity(self) -> float:
+        """Zeros over all pruned linears, weighted by their sizes."""
+        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        if total == 0:
+            return 0.0
+        return sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers) / total
+
+    def layer(self, name: str) -> LayerReport:
+        """The report of weight ``name``."""
+        for r in self.layers:
+            if r.name == name:
+                return r
+        raise KeyError(f"name: {name!r} was not pruned")
+
+    def table(self) -> str:
+        """A plain-text table: one line per linear."""
+        width = max([len(r.name) for r in self.layers] + [4])
+        lines = [f"{'name':<{width}}  {'shape':>11}  {'sparsity':>8}  {'rel.error':>10}  {'s':>7}"]
+        for r in self.layers:
+            err = "-" if r.error is None else f"{r.error:.3e}"
+            shape = f"{r.shape[0]}x{r.shape[1]}"
+            lines.append(
+                f"{r.name:<{width}}  {shape:>11}  {r.sparsity:>8.4f}  {err:>10}  {r.seconds:>7.3f}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        target = self.pattern if self.pattern is not None else f"{self.sparsity or 0.5:g}"
+        head = (
+            f"{self.method} {target}, {'sequential' if self.sequential else 'dense inputs'}, "
+            f"{self.nsamples} x {self.seqlen} calibration tokens, {len(self.layers)} linears, "
+            f"sparsity {self.overall_sparsity:.4f}, {self.seconds:.2f} s"
+        )
+        return head + "\n" + self.table()
+
+
+def _int_arg(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    v = int(value)
+    if v < low or (high is not None and v > high):
+        bound = f"{low} <= {name} <= {high}" if high is not None else f"{name} >= {low}"
+        raise ValueError(f"{name}: expected {bound}, got {v}")
+    return v
+
+
+def calibration_windows(
+    model: LlamaModel,
+    calib: Any,
+    *,
+    nsamples: int = 128,
+    seqlen: int | None = None,
+    seed: int = 0,
+    bos: bool = True,
+) -> npt.NDArray[np.int64]:
+    """Calibration token windows, int64 ``(nsamples, seqlen)``.
+
+    ``calib`` is a ``str`` (encoded with ``model.tokenizer``), a 1-D sequence of ids (one
+    stream), or a 2-D integer array of ready windows (its first ``nsamples`` rows are used;
+    ``seqlen`` must then be None or its width). From a stream, ``nsamples`` windows start at
+    positions drawn uniformly from ``[0, len - seqlen]`` with
+    ``numpy.random.default_rng(seed)`` (the references draw random C4 segments); they may
+    overlap. ``seqlen`` defaults to ``min(max_seq_len, 2048)``.
+    """
+    n = _int_arg(nsamples, "nsamples", 1)
+    max_len = int(model.config.max_seq_len)
+    s = None if seqlen is None else _int_arg(seqlen, "seqlen", 1, max_len)
+    if isinstance(calib, np.ndarray) and calib.ndim == 2:
+        if calib.dtype == np.bool_ or not np.issubdtype(calib.dtype, np.integer):
+            raise TypeError(f"calib: expected integer token ids, got dtype {calib.dtype}")
+        if s is not None and calib.shape[1] != s:
+            raise ValueError(
+                f"calib: windows have {calib.shape[1]} tokens but seqlen={s}; "
+                "leave seqlen unset with 2-D calib"
+            )
+        if not 1 <= calib.shape[1] <= max_len or calib.shape[0] == 0:
+            raise ValueError(
+                f"calib: expected (nsamples >= 1, 1 <= seqlen <= {max_len}) windows, "
+                f"got shape {calib.shape}"
+            )
+        rows = calib[:n]
+        flat = token_stream(model, rows.reshape(-1), name="calib")
+        return flat.reshape(rows.shape)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    s = default_seqlen(model) if s is None else s
+    ids = token_stream(model, calib, bos=bos, name="calib")
+    if ids.size < s:
+        raise ValueError(
+            f"calib: {ids.size} tokens are shorter than one calibration window: expected at "
+            f"least seqlen={s} tokens"
+        )
+    rng = np.random.default_rng(int(seed))
+    starts = rng.integers(0, ids.size - s + 1, size=n)
+    return np.stack([ids[int(a) : int(a) + s] for a in starts])
+
+
+# Each linear's input group: q/k/v read the same x, gate/up too.
+_GROUP = {
+    LINEAR_SUFFIXES[0]: 0,
+    LINEAR_SUFFIXES[1]: 0,
+    LINEAR_SUFFIXES[2]: 0,
+    LINEAR_SUFFIXES[3]: 1,
+    LINEAR_SUFFIXES[4]: 2,
+    LINEAR_SUFFIXES[5]: 2,
+    LINEAR_SUFFIXES[6]: 3,
+}
+# The linear whose hook call feeds each group's statistics (the first of the group to run).
+_FEEDS = {LINEAR_SUFFIXES[0], LINEAR_SUFFIXES[3], LINEAR_SUFFIXES[4], LINEAR_SUFFIXES[6]}
+
+
+def _run_block(
+    model: LlamaModel, i: int, states: np.ndarray, hooks: Hooks | None
+) -> npt.NDArray[np.float32]:
+    out = np.empty_like(states)
+    for j in range(states.shape[0]):
+        out[j] = model.block(i, states[j], hooks=hooks)
+    return out
+
+
+def prune(
+    model: LlamaModel,
+    calib: Any,
+    *,
+    method: str = "wanda",
+    sparsity: float | None = None,
+    pattern: Any = None,
+    sequential: bool = True,
+    nsamples: int = 128,
+    seqlen: int | None = None,
+    seed: int = 0,
+    bos: bool = True,
+    error: bool = True,
+    progress: bool = True,
+    **method_kwargs: Any,
+) -> PruneReport:
+    """Prune every block's 7 linears of ``model`` in place (``model.set_weight``), block by
+    block, each block calibrated on the outputs of the blocks before it.
+
+    Parameters
+    ----------
+    model : LlamaModel
+        Its linear weights must be dense arrays (not compressed tensors). Embeddings, norms
+        and the output head are not touched.
+    calib : str, 1-D ids, or 2-D int array (nsamples, seqlen)
+        Calibration text or tokens; see :func:`calibration_windows`.
+    method : str
+        A key of :data:`METHODS`: ``"magnitude"`` (per row), ``"wanda"``, ``"sparsegpt"``,
+        or any registered later.
+    sparsity : float in [0, 1), optional
+        Target fraction of zeros per linear; default 0.5, or ``1 - n/m`` with a pattern.
+    pattern : "n:m", optional
+        N:M sparsity (n kept of every m along ``in_features``), e.g. ``"2:4"``.
+    sequential : bool
+        True (the references' protocol): block ``i + 1`` is calibrated on block ``i``'s
+        outputs after pruning. False: on the dense model's outputs.
+    nsamples, seqlen, seed, bos
+        Calibration windows (default 128 windows of ``min(max_seq_len, 2048)`` tokens).
+        Memory: two float32 arrays of ``nsamples * seqlen * dim`` hold the states.
+    error : bool
+        Gather ``X^T X`` for every linear and report each layer's reconstruction error
+        (always gathered when the method needs it). The cost is ``in_features^2``
+        multiply-adds per calibration token per distinct input.
+    progress : bool
+        One plain-text line per block on stderr.
+    **method_kwargs
+        Passed to the method (e.g. ``percdamp=``, ``block_size=`` for sparsegpt,
+        ``scope=`` for magnitude, ``variant=`` for wanda).
+
+    Returns
+    -------
+    PruneReport
+    """
+    t_start = time.perf_counter()
+    if not isinstance(model, LlamaModel):
+        raise TypeError(f"model: expected a LlamaModel, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    for flag, value in (
+        ("sequential", sequential),
+        ("error", error),
+        ("progress", progress),
+        ("bos", bos),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
+    if sparsity is not None:
+        _prune._check_sparsity(sparsity)
+    nm_pattern = None if pattern is None else _prune.parse_pattern(pattern)
+    pattern_str = None if nm_pattern is None else str(nm_pattern)
+    spec = METHODS[method]
+    windows = calibration_windows(
+        model, calib, nsamples=nsamples, seqlen=seqlen, seed=seed, bos=bos
+    )
+    n, s = int(windows.shape[0]), int(windows.shape[1])
+    c = model.config
+    # Dense linear weights (and whole N:M groups) are required: fail before touching anything.
+    for i in range(c.n_layers):
+        for name in model.linear_names(i):
+            w = model.weight(name)
+            if not isinstance(w, np.ndarray):
+                raise ValueError(
+                    f"model: {name} is a compressed {type(w).__name__}; prune needs dense weights"
+                )
+            if nm_pattern is not None and w.shape[1] % nm_pattern.m != 0:
+                raise ValueError(
+                    f"pattern: {nm_pattern} needs in_features divisible by {nm_pattern.m}, but "
+                    f"{name} has in_features={w.shape[1]}"
+                )
+    report = PruneReport(
+        method=method,
+        sparsity=None if sparsity is None else float(sparsity),
+        pattern=pattern_str,
+        sequential=sequential,
+        nsamples=n,
+        seqlen=s,
+    )
+    hessian = spec.needs_hessian or error
+    states = np.stack([model.embed(w) for w in windows])
+    for i in range(c.n_layers):
+        t_block = time.perf_counter()
+        names = model.linear_names(i)
+        in_features = [int(model.weight(nm).shape[1]) for nm in names]
+        stats: dict[int, LayerStats] = {}
+        for nm, k in zip(names, in_features, strict=True):
+            g = _GROUP[nm.split(f"model.layers.{i}.", 1)[1]]
+            if g not in stats:
+                stats[g] = LayerStats(k, hessian)
+        by_name = {nm: stats[_GROUP[nm.split(f"model.layers.{i}.", 1)[1]]] for nm in names}
+        feeds = {nm for nm in names if nm.split(f"model.layers.{i}.", 1)[1] in _FEEDS}
+
+        def capture(
+            name: str,
+            x: np.ndarray,
+            feeds: set[str] = feeds,
+            by_name: dict[str, LayerStats] = by_name,
+        ) -> None:
+            if name in feeds:
+                by_name[name].update(x, num_threads=model.num_threads)
+
+        dense_out = _run_block(model, i, states, Hooks(linear_input=capture))
+        errors: list[float] = []
+        for nm in names:
+            st = by_name[nm]
+            W = model.weight(nm)
+            t0 = time.perf_counter()
+            res = spec.fn(W, st, sparsity, pattern, **method_kwargs)
+            seconds = time.perf_counter() - t0
+            err = _prune.reconstruction_error(W, res.weight, st) if st.has_hessian else None
+            if err is not None:
+                errors.append(err)
+            model.set_weight(nm, np.ascontiguousarray(res.weight))
+            report.layers.append(
+                LayerReport(
+                    name=nm,
+                    shape=(int(W.shape[0]), int(W.shape[1])),
+                    sparsity=float(res.sparsity),
+                    error=err,
+                    seconds=seconds,
+                    info=dict(res.info),
+                )
+            )
+        states = _run_block(model, i, states, None) if sequential else dense_out
+        if progress:
+            mean_err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""
+            blk = report.layers[-len(names) :]
+            sp = sum(r.sparsity for r in blk) / len(blk)
+            print(
+                f"sparseforge prune [{method}] block {i + 1}/{c.n_layers}: {len(names)} linears, "
+                f"sparsity {sp:.3f}{mean_err}, {time.perf_counter() - t_block:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not np.all(np.isfinite(states)):
+            raise ValueError(
+                f"model: block {i} produced non-finite outputs after pruning "
+                f"({method}, sparsity {sparsity}, pattern {pattern_str})"
+            )
+    report.seconds = time.perf_counter() - t_start
+    return report
