@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import realdata
 import sparseforge as sf
 from sparseforge import models as sm
 from sparseforge.models import ops
@@ -24,19 +25,9 @@ from sparseforge.models import ops
 # Data
 
 
-def _data_dir() -> Path | None:
-    env = os.environ.get("SPARSEFORGE_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    for c in candidates:
-        if (c / "stories260K" / "stories260K.bin").is_file():
-            return c
-        if (c / "stories260K.bin").is_file():
-            return c.parent
-    return None
-
-
-DATA = _data_dir()
+# the data directory holding stories260K/ (realdata.py's search: SPARSEFORGE_DATA, ../shared/data)
+_BIN = realdata.stories260k_path()
+DATA = _BIN.parent.parent if _BIN is not None else None
 needs_data = pytest.mark.skipif(
     DATA is None, reason="stories260K not found (../shared/data or SPARSEFORGE_DATA)"
 )

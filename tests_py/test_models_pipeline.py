@@ -6,33 +6,21 @@ captured Hessian, and the papers' ordering (Wanda, SparseGPT << magnitude at 50%
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import realdata
 import sparseforge as sf
 from sparseforge import models as sm
 from sparseforge.models.llama import LINEAR_SUFFIXES
 from sparseforge.models.perplexity import perplexity
 from sparseforge.models.pipeline import METHODS, prune, register_method
 
-
-def _data_dir() -> Path | None:
-    env = os.environ.get("SPARSEFORGE_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    for c in candidates:
-        if (c / "stories260K" / "stories260K.bin").is_file():
-            return c
-        if (c / "stories260K.bin").is_file():
-            return c.parent
-    return None
-
-
-DATA = _data_dir()
+# the data directory holding stories260K/ (realdata.py's search: SPARSEFORGE_DATA, ../shared/data)
+_BIN = realdata.stories260k_path()
+DATA = _BIN.parent.parent if _BIN is not None else None
 REASON = "stories260K not found (../shared/data or SPARSEFORGE_DATA)"
 pytestmark = pytest.mark.skipif(DATA is None, reason=REASON)
 

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from .. import prune as _prune
 from ..calib import LayerStats
 from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
-from .perplexity import default_seqlen, token_stream
+from .perplexity import _int_arg, default_seqlen, token_stream
 
 __all__ = [
     "METHODS",
@@ -187,16 +187,6 @@ class PruneReport:
             f"sparsity {self.overall_sparsity:.4f}, {self.seconds:.2f} s"
         )
         return head + "\n" + self.table()
-
-
-def _int_arg(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    v = int(value)
-    if v < low or (high is not None and v > high):
-        bound = f"{low} <= {name} <= {high}" if high is not None else f"{name} >= {low}"
-        raise ValueError(f"{name}: expected {bound}, got {v}")
-    return v
 
 
 def calibration_windows(
