@@ -19,7 +19,7 @@ from typing import Any
 
 from . import ops
 from .config import LlamaConfig
-from .llama import Hooks, KVCache, LlamaModel
+from .llama import DecodeCache, Hooks, KVCache, LlamaModel
 from .llama2c import load_llama2c
 from .perplexity import PerplexityResult, perplexity
 from .pipeline import (
@@ -34,6 +34,7 @@ from .tokenizer import Llama2cTokenizer, Tokenizer
 
 __all__ = [
     "METHODS",
+    "DecodeCache",
     "Hooks",
     "KVCache",
     "LayerReport",

@@ -26,7 +26,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import ml_dtypes
 import numpy as np
@@ -38,7 +38,7 @@ from ..kernels import _threads
 from .config import LlamaConfig
 from .tokenizer import Tokenizer, check_token_ids
 
-__all__ = ["LINEAR_SUFFIXES", "Hooks", "KVCache", "LlamaModel"]
+__all__ = ["LINEAR_SUFFIXES", "DecodeCache", "Hooks", "KVCache", "LlamaModel"]
 
 F32Array = npt.NDArray[np.float32]
 
@@ -76,15 +76,52 @@ class Hooks:
         The SwiGLU hidden activation ``silu(gate) * up``, float32 ``(T, hidden_dim)``,
         before ``down_proj``. Returning an array of the same shape replaces it (activation
         sparsity); ``None`` keeps it.
+    linear : callable(name, x) -> ndarray | None
+        Runs a linear in place of the model (after ``linear_input``): given the weight
+        name and the float32 ``(T, in_features)`` input, return float32 ``(T,
+        out_features)`` ``x @ W.T`` computed another way (thresholded input with the
+        column-skip kernels, predicted rows with the row-skip kernels), or ``None`` to let
+        the model run it. Biases are added by the model afterwards either way.
     """
 
     linear_input: Callable[[str, F32Array], None] | None = None
+    linear: Callable[[str, F32Array], F32Array | None] | None = None
     attention: Callable[[int, F32Array, F32Array, F32Array], None] | None = None
     mlp_hidden: Callable[[int, F32Array], F32Array | None] | None = None
 
 
+@runtime_checkable
+class DecodeCache(Protocol):
+    """What :meth:`LlamaModel.step` needs from a key/value cache.
+
+    :class:`KVCache` is the contiguous one; :mod:`sparseforge.kv` supplies caches that
+    evict or select under a policy. Per step over T new tokens the model calls
+    ``check_model`` and ``reserve(T)`` once, ``attend`` once per block, then
+    ``advance(T)``.
+    """
+
+    length: int  # tokens fed so far: the new tokens take positions length .. length+T-1
+
+    def check_model(self, config: LlamaConfig) -> None:
+        """Raise ValueError if the cache was built for another layer/head layout."""
+
+    def reserve(self, T: int) -> None:
+        """Raise ValueError if T more tokens cannot be taken."""
+
+    def attend(
+        self, block: int, q: F32Array, k: F32Array, v: F32Array, scale: float, num_threads: int
+    ) -> F32Array:
+        """Store block ``block``'s new post-RoPE keys ``k`` and values ``v`` (``(T,
+        n_kv_heads, head_dim)``) and return the attention output float32 ``(T, n_heads *
+        head_dim)`` of ``q`` (``(T, n_heads, head_dim)``) over the cached tokens and the new
+        ones (causal among the new ones)."""
+
+    def advance(self, T: int) -> None:
+        """Account for the T tokens just fed (after the last block)."""
+
+
 class KVCache:
-    """A contiguous key/value cache for generation.
+    """A contiguous key/value cache for generation (a :class:`DecodeCache`).
 
     ``k`` and ``v`` are float32 ``(n_layers, capacity, n_kv_heads, head_dim)``, zeroed;
     rows ``0 .. length-1`` of each layer hold the post-RoPE keys and the values of the
@@ -116,6 +153,39 @@ class KVCache:
     def reset(self) -> None:
         """Forget every token (the memory is reused)."""
         self.length = 0
+
+    def check_model(self, config: LlamaConfig) -> None:
+        if self.k.shape[0] != config.n_layers or self.k.shape[2:] != (
+            config.n_kv_heads,
+            config.head_dim,
+        ):
+            raise ValueError("cache: was built for a different model configuration")
+
+    def reserve(self, T: int) -> None:
+        if self.length + T > self.capacity:
+            raise ValueError(
+                f"tokens: {T} more tokens do not fit the cache "
+                f"({self.length} of {self.capacity} used)"
+            )
+
+    def attend(
+        self, block: int, q: F32Array, k: F32Array, v: F32Array, scale: float, num_threads: int
+    ) -> F32Array:
+        start, T = self.length, q.shape[0]
+        self.k[block, start : start + T] = k
+        self.v[block, start : start + T] = v
+        if T == 1:
+            a: F32Array = _core.decode_attention(
+                q[0], self.k[block], self.v[block], start + 1, scale, None, num_threads
+            )
+            return a.reshape(1, -1)
+        out: F32Array = _core.attention(
+            q, self.k[block, : start + T], self.v[block, : start + T], scale, None, num_threads
+        )
+        return out
+
+    def advance(self, T: int) -> None:
+        self.length += int(T)
 
     def __repr__(self) -> str:
         return f"KVCache(length={self.length}, capacity={self.capacity}, nbytes={self.nbytes})"
@@ -273,7 +343,22 @@ class LlamaModel:
     def _linear(self, name: str, x: F32Array, hooks: Hooks | None) -> F32Array:
         if hooks is not None and hooks.linear_input is not None:
             hooks.linear_input(name, x)
-        y = self._matmul(self.weight(name), x)
+        y = None
+        if hooks is not None and hooks.linear is not None:
+            y = hooks.linear(name, x)
+            if y is not None:
+                rows = self._shapes[name][0]
+                if (
+                    not isinstance(y, np.ndarray)
+                    or y.dtype != np.float32
+                    or y.shape != (x.shape[0], rows)
+                ):
+                    raise ValueError(
+                        f"linear: the hook for {name} returned {_describe(y)}, expected a "
+                        f"float32 array of shape {(x.shape[0], rows)}"
+                    )
+        if y is None:
+            y = self._matmul(self.weight(name), x)
         bias_name = name[: -len("weight")] + "bias"
         if bias_name in self._weights:
             y += np.asarray(self._weights[bias_name], dtype=np.float32)
@@ -305,7 +390,7 @@ class LlamaModel:
         h: F32Array,
         *,
         hooks: Hooks | None = None,
-        cache: KVCache | None = None,
+        cache: DecodeCache | None = None,
     ) -> F32Array:
         """Block ``i`` over the residual stream ``h`` (float32 ``(T, dim)``); returns the new
         stream (a new array; ``h`` is not modified).
@@ -323,12 +408,8 @@ class LlamaModel:
             raise ValueError(f"h: expected shape (T >= 1, {c.dim}), got {h.shape}")
         T = h.shape[0]
         start = 0 if cache is None else cache.length
-        if start + T > (c.max_seq_len if cache is None else cache.capacity):
-            limit = "max_seq_len" if cache is None else "the cache capacity"
-            raise ValueError(
-                f"h: {start} + {T} positions exceed {limit} "
-                f"({c.max_seq_len if cache is None else cache.capacity})"
-            )
+        if start + T > c.max_seq_len:
+            raise ValueError(f"h: {start} + {T} positions exceed max_seq_len ({c.max_seq_len})")
         thr = _threads(self.num_threads)
         p = f"model.layers.{i}."
         h = np.ascontiguousarray(h)
@@ -347,16 +428,8 @@ class LlamaModel:
         if cache is None:
             a = _core.attention(q, k, v, self._scale, None, thr)
         else:
-            cache.k[i, start : start + T] = k
-            cache.v[i, start : start + T] = v
-            if T == 1:
-                a = _core.decode_attention(
-                    q[0], cache.k[i], cache.v[i], start + 1, self._scale, None, thr
-                ).reshape(1, -1)
-            else:
-                a = _core.attention(
-                    q, cache.k[i, : start + T], cache.v[i, : start + T], self._scale, None, thr
-                )
+            cache.reserve(T)
+            a = cache.attend(i, q, k, v, self._scale, thr)
         h = h + self._linear(p + LINEAR_SUFFIXES[3], a, hooks)
         x = _core.rms_norm(
             h, self._vector(p + "post_attention_layernorm.weight"), c.norm_eps, None, thr
@@ -413,29 +486,30 @@ class LlamaModel:
     def step(
         self,
         tokens: Sequence[int] | npt.NDArray[np.integer[Any]],
-        cache: KVCache,
+        cache: DecodeCache,
         *,
         hooks: Hooks | None = None,
     ) -> F32Array:
         """Feed ``tokens`` after the ``cache.length`` cached ones; returns their logits
-        float32 ``(T, vocab_size)`` and advances ``cache.length`` by T."""
-        if not isinstance(cache, KVCache):
-            raise TypeError(f"cache: expected a KVCache, got {type(cache).__name__}")
-        if cache.k.shape[0] != self.config.n_layers or cache.k.shape[2:] != (
-            self.config.n_kv_heads,
-            self.config.head_dim,
-        ):
-            raise ValueError("cache: was built for a different model configuration")
-        ids = self._tokens(tokens)
-        if cache.length + ids.size > cache.capacity:
-            raise ValueError(
-                f"tokens: {ids.size} more tokens do not fit the cache "
-                f"({cache.length} of {cache.capacity} used)"
+        float32 ``(T, vocab_size)`` and advances the cache by T. ``cache`` is a
+        :class:`KVCache` or any :class:`DecodeCache` (e.g. a policy cache of
+        :mod:`sparseforge.kv`)."""
+        if not isinstance(cache, DecodeCache):
+            raise TypeError(
+                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
             )
+        cache.check_model(self.config)
+        ids = self._tokens(tokens)
+        if cache.length + ids.size > self.config.max_seq_len:
+            raise ValueError(
+                f"tokens: {cache.length} cached + {ids.size} new tokens exceed "
+                f"max_seq_len={self.config.max_seq_len}"
+            )
+        cache.reserve(int(ids.size))
         h = self.embed(ids)
         for i in range(self.config.n_layers):
             h = self.block(i, h, hooks=hooks, cache=cache)
-        cache.length += int(ids.size)
+        cache.advance(int(ids.size))
         return self.final(h)
 
     def nll(self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
