@@ -62,7 +62,7 @@ def parse_table(out: str) -> list[dict[str, str]]:
 
 
 def check_demo_output(out: str, size: str = "1024x1024", dtype: str = "float32") -> None:
-    assert out.startswith(f"sparseforge {sf.__version__} demo: {size} {dtype}, threads=")
+    assert out.startswith(f"sparseforge {sf.__version__} demo-matrices: {size} {dtype}, threads=")
     rows = parse_table(out)
     assert len(rows) == len(ROWS)
     vs_numpy = next(col for col in rows[0] if "vs numpy" in col)
@@ -78,14 +78,16 @@ def check_demo_output(out: str, size: str = "1024x1024", dtype: str = "float32")
 
 
 def test_demo_via_python_m() -> None:
-    res = run("demo", "--size", "small", "--quiet")
+    res = run("demo-matrices", "--size", "small", "--quiet")
     assert res.returncode == 0, res.stderr
     check_demo_output(res.stdout)
     assert res.stderr == ""  # --quiet: no progress lines
 
 
 def test_demo_progress_and_options() -> None:
-    res = run("demo", "--size", "small", "--dtype", "bfloat16", "--threads", "1", "--seed", "3")
+    res = run(
+        "demo-matrices", "--size", "small", "--dtype", "bfloat16", "--threads", "1", "--seed", "3"
+    )
     assert res.returncode == 0, res.stderr
     check_demo_output(res.stdout, dtype="bfloat16")
     assert "threads=1," in res.stdout.splitlines()[0]
@@ -98,7 +100,7 @@ def test_demo_progress_and_options() -> None:
 
 def test_demo_in_process_float16() -> None:
     args = cli.build_parser().parse_args(
-        ["demo", "--size", "small", "--dtype", "float16", "--quiet"]
+        ["demo-matrices", "--size", "small", "--dtype", "float16", "--quiet"]
     )
     out = io.StringIO()
     assert cli.demo(args, out=out) == 0
@@ -109,7 +111,7 @@ def test_console_script() -> None:
     exe = shutil.which("sparseforge")
     if exe is None:
         pytest.skip("the sparseforge console script is not on PATH")
-    res = run("demo", "--size", "small", "--quiet", exe=[exe])
+    res = run("demo-matrices", "--size", "small", "--quiet", exe=[exe])
     assert res.returncode == 0, res.stderr
     check_demo_output(res.stdout)
 
@@ -145,12 +147,12 @@ def test_info_in_process() -> None:
     [
         ([], "required"),
         (["bogus"], "invalid choice"),
-        (["demo", "--size", "huge"], "invalid choice"),
-        (["demo", "--dtype", "float64"], "invalid choice"),
-        (["demo", "--threads", "x"], "invalid int"),
-        (["demo", "--threads", "0"], "--threads must be >= 1"),
-        (["demo", "--threads", "-2"], "--threads must be >= 1"),
-        (["demo", "--frob"], "unrecognized"),
+        (["demo-matrices", "--size", "huge"], "invalid choice"),
+        (["demo-matrices", "--dtype", "float64"], "invalid choice"),
+        (["demo-matrices", "--threads", "x"], "invalid int"),
+        (["demo-matrices", "--threads", "0"], "--threads must be >= 1"),
+        (["demo-matrices", "--threads", "-2"], "--threads must be >= 1"),
+        (["demo-matrices", "--frob"], "unrecognized"),
     ],
 )
 def test_bad_arguments_exit_non_zero(args: list[str], needle: str) -> None:

@@ -1,8 +1,11 @@
 """The ``sparseforge`` command.
 
-``sparseforge demo`` runs the library's operations on generated weight matrices and prints
-what each did: achieved sparsity, relative reconstruction error, time, and a check of the
-result against a numpy reference. ``sparseforge info`` prints :func:`sparseforge.build_info`.
+``sparseforge demo`` prunes a real model and prints perplexities (see
+:mod:`sparseforge._model_cli`, which also holds ``prune`` and ``eval``).
+``sparseforge demo-matrices`` runs the library's operations on generated weight matrices
+and prints what each did: achieved sparsity, relative reconstruction error, time, and a
+check of the result against a numpy reference. ``sparseforge info`` prints
+:func:`sparseforge.build_info`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import _base, prune
+from . import _base, _model_cli, prune
 
 
 class Progress:
@@ -198,7 +201,7 @@ def demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     )
     info = _base.build_info()
     out.write(
-        f"sparseforge {info['version']} demo: {rows}x{cols} {args.dtype}, "
+        f"sparseforge {info['version']} demo-matrices: {rows}x{cols} {args.dtype}, "
         f"threads={threads or _base.default_num_threads()}, simd={info['simd_active']}\n\n"
     )
     _print_table(header, table, out)
@@ -230,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sparseforge", description="Weight, activation and KV-cache sparsity for LLMs."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the library's operations on generated matrices")
+    _model_cli.add_model_commands(sub)
+    d = sub.add_parser("demo-matrices", help="run the library's operations on generated matrices")
     d.add_argument(
         "--size",
         choices=sorted(SIZES),
@@ -252,4 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         print("sparseforge: --threads must be >= 1", file=sys.stderr)
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        print(f"sparseforge {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -4,7 +4,8 @@
   by block for calibration), :class:`Hooks` (linear inputs, attention q/k/v, the SwiGLU
   hidden activation), :class:`KVCache`.
 * :class:`Tokenizer` (protocol) and :class:`Llama2cTokenizer`.
-* :func:`load` — a llama2.c ``.bin``, a ``.gguf`` file or a Hugging Face directory.
+* :func:`load` — a llama2.c ``.bin``, a ``.gguf`` file, a Hugging Face directory or a file
+  written by :func:`save` (config, tokenizer and weights, pruned linears compressed).
 * :mod:`sparseforge.models.ops` — RMSNorm, RoPE, attention and the SwiGLU gate in the core.
 
 Weights use Hugging Face Llama names (``model.layers.{i}.self_attn.q_proj.weight``...), each
@@ -30,6 +31,7 @@ from .pipeline import (
     prune,
     register_method,
 )
+from .save import SaveReport, load_saved, save
 from .tokenizer import Llama2cTokenizer, Tokenizer
 
 __all__ = [
@@ -43,17 +45,23 @@ __all__ = [
     "LlamaModel",
     "PerplexityResult",
     "PruneReport",
+    "SaveReport",
     "Tokenizer",
     "calibration_windows",
     "load",
     "load_llama2c",
+    "load_saved",
     "ops",
     "perplexity",
     "prune",
     "register_method",
+    "save",
 ]
 
-_KINDS = "a llama2.c legacy .bin file, a .gguf file, or a Hugging Face directory with config.json"
+_KINDS = (
+    "a llama2.c legacy .bin file, a .gguf file, a Hugging Face directory with config.json, "
+    "or a file written by sparseforge.models.save"
+)
 
 
 def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
@@ -62,6 +70,7 @@ def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
     * a directory with ``config.json`` -> ``sparseforge.models.hf.load_hf``
     * a ``.gguf`` file (or a file starting with the ``GGUF`` magic) -> ``...gguf.load_gguf``
     * a ``.bin`` file -> :func:`load_llama2c` (its ``tok512.bin`` / ``tokenizer.bin`` beside it)
+    * a file written by :func:`save` -> :func:`load_saved`
 
     ``kwargs`` go to that loader. Anything else raises ``ValueError`` naming the path.
     """
@@ -84,4 +93,8 @@ def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
         return model
     if p.suffix.lower() == ".bin":
         return load_llama2c(p, **kwargs)
+    from .save import is_saved_model
+
+    if is_saved_model(p):
+        return load_saved(p, **kwargs)
     raise ValueError(f"path: {p} is not a recognised model; expected {_KINDS}")

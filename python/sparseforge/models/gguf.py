@@ -393,6 +393,8 @@ def load_gguf(
     dtype: Any = np.float32,
     tokenizer: bool = True,
     cache: bool = True,
+    num_threads: int | None = None,
+    linear_backend: str = "numpy",
 ) -> LlamaModel:
     """Load a Llama-family GGUF file (llama.cpp's format) as a :class:`LlamaModel`.
 
@@ -406,6 +408,8 @@ def load_gguf(
         False the model has none.
     cache : bool
         Keep each dequantized weight after its first use (see :class:`GGUFWeights`).
+    num_threads, linear_backend
+        Passed to :class:`LlamaModel`.
 
     Returns
     -------
@@ -447,4 +451,4 @@ def load_gguf(
                 f"{f.path}: the embedded tokenizer has {tok.vocab_size} tokens, the model "
                 f"embeds {config.vocab_size}"
             )
-    return LlamaModel(config, weights, tok, source=str(f.path))
+    return LlamaModel(config, weights, tok, source=str(f.path), num_threads=num_threads, linear_backend=linear_backend)

@@ -373,6 +373,8 @@ def load_hf(
     *,
     dtype: Any = np.float32,
     tokenizer: bool = True,
+    num_threads: int | None = None,
+    linear_backend: str = "numpy",
 ) -> LlamaModel:
     """Load a Hugging Face Llama/Mistral/Qwen2 directory as a :class:`LlamaModel`.
 
@@ -385,6 +387,8 @@ def load_hf(
         stored dtype as zero-copy read-only views of the memory-mapped files.
     tokenizer : bool
         Attach ``tokenizer.json`` (needs the ``tokenizers`` package) when it exists.
+    num_threads, linear_backend
+        Passed to :class:`LlamaModel`.
 
     Raises
     ------
@@ -432,4 +436,4 @@ def load_hf(
                 f"{d / 'tokenizer.json'}: {tok.vocab_size} tokens, the model embeds "
                 f"{config.vocab_size}"
             )
-    return LlamaModel(config, view, tok, source=str(d))
+    return LlamaModel(config, view, tok, source=str(d), num_threads=num_threads, linear_backend=linear_backend)

@@ -15,6 +15,9 @@ Per block ``i`` (pre-norm residual; names are Hugging Face's)::
     h = h + (silu(x @ Wgate.T) * (x @ Wup.T)) @ Wdown.T
 
 then ``logits = rms_norm(h, model.norm) @ lm_head.T`` (``embed_tokens`` when tied).
+A SliceGPT-sliced model (``config.residual_dims``, :func:`sparseforge.structured.slicegpt`)
+has per-block residual widths: its skip paths are ``h @ attn_shortcut.T`` and ``h @
+mlp_shortcut.T`` instead of ``h``, and its norms divide by ``dim`` (see ``_rms_norm``).
 Linears with dense float32 weights run as numpy ``x @ W.T`` (BLAS); float16/bfloat16 and
 compressed weights run through :func:`sparseforge.kernels.gemm`. The norms, RoPE,
 attention and the SwiGLU gate run in the compiled core (:mod:`sparseforge.models.ops`).
@@ -205,7 +208,8 @@ class LlamaModel:
         Every name of ``config.weight_shapes()``, each an ndarray of that shape, float32,
         float16 or bfloat16 (linear weights ``(out_features, in_features)``). The mapping
         may be lazy (memory-mapped): the model fetches a weight when it needs it and keeps
-        no copy. Optional ``...q_proj.bias`` / ``k_proj`` / ``v_proj`` biases (Qwen2) are
+        no copy. Linear weights (and ``lm_head``) may also be compressed sparseforge
+        tensors, as after :meth:`set_weight`. Optional ``...q_proj.bias`` / ``k_proj`` / ``v_proj`` biases (Qwen2) are
         added when present. Names are checked here, shapes and dtypes when fetched.
     tokenizer : Tokenizer, optional
         Its ``vocab_size`` must not exceed ``config.vocab_size``.
@@ -279,6 +283,13 @@ class LlamaModel:
             w = self._weights[name]
         except KeyError:
             raise KeyError(f"name: {self._where()}weight {name!r} is missing") from None
+        if _is_compressed(w) and (name == "lm_head.weight" or name.endswith(LINEAR_SUFFIXES)):
+            shape = tuple(int(s) for s in getattr(w, "shape", ()))
+            if shape != self._shapes[name]:
+                raise ValueError(
+                    f"{name}: {self._where()}expected shape {self._shapes[name]}, got {shape}"
+                )
+            return w
         if not isinstance(w, np.ndarray):
             raise TypeError(
                 f"{name}: {self._where()}expected a numpy.ndarray, got {type(w).__name__}"
@@ -402,10 +413,11 @@ class LlamaModel:
         """
         self._check_block(i)
         c = self.config
+        d_in = c.block_dims(int(i))[0]
         if not isinstance(h, np.ndarray) or h.dtype != np.float32 or h.ndim != 2:
-            raise ValueError(f"h: expected a float32 (T, {c.dim}) array, got {_describe(h)}")
-        if h.shape[1] != c.dim or h.shape[0] == 0:
-            raise ValueError(f"h: expected shape (T >= 1, {c.dim}), got {h.shape}")
+            raise ValueError(f"h: expected a float32 (T, {d_in}) array, got {_describe(h)}")
+        if h.shape[1] != d_in or h.shape[0] == 0:
+            raise ValueError(f"h: expected shape (T >= 1, {d_in}), got {h.shape}")
         T = h.shape[0]
         start = 0 if cache is None else cache.length
         if start + T > c.max_seq_len:
@@ -413,7 +425,7 @@ class LlamaModel:
         thr = _threads(self.num_threads)
         p = f"model.layers.{i}."
         h = np.ascontiguousarray(h)
-        x = _core.rms_norm(h, self._vector(p + "input_layernorm.weight"), c.norm_eps, None, thr)
+        x = self._rms_norm(h, p + "input_layernorm.weight", thr)
         q = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[0], x, hooks))
         k = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[1], x, hooks))
         v = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[2], x, hooks))
@@ -430,10 +442,10 @@ class LlamaModel:
         else:
             cache.reserve(T)
             a = cache.attend(i, q, k, v, self._scale, thr)
-        h = h + self._linear(p + LINEAR_SUFFIXES[3], a, hooks)
-        x = _core.rms_norm(
-            h, self._vector(p + "post_attention_layernorm.weight"), c.norm_eps, None, thr
+        h = self._residual(p + "attn_shortcut.weight", h) + self._linear(
+            p + LINEAR_SUFFIXES[3], a, hooks
         )
+        x = self._rms_norm(h, p + "post_attention_layernorm.weight", thr)
         g = self._linear(p + LINEAR_SUFFIXES[4], x, hooks)
         u = self._linear(p + LINEAR_SUFFIXES[5], x, hooks)
         m = _core.swiglu_gate(g, u, g, thr)
@@ -446,23 +458,41 @@ class LlamaModel:
                         f"array of shape {m.shape}"
                     )
                 m = np.ascontiguousarray(r, dtype=np.float32)
-        out: F32Array = h + self._linear(p + LINEAR_SUFFIXES[6], m, hooks)
+        out: F32Array = self._residual(p + "mlp_shortcut.weight", h) + self._linear(
+            p + LINEAR_SUFFIXES[6], m, hooks
+        )
         return out
+
+    def _rms_norm(self, h: F32Array, name: str, thr: int) -> F32Array:
+        """RMSNorm of ``h`` with weight ``name``. In a sliced model (``config.residual_dims``)
+        a stream narrower than ``dim`` is normalised by ``sqrt(sum(h**2) / dim + eps)``,
+        TransformerCompression's ``RMSN(hidden_size)``: written as the core's mean over the
+        n columns with ``eps * dim / n`` and the weight times ``sqrt(dim / n)``."""
+        c = self.config
+        w = self._vector(name)
+        eps = float(c.norm_eps)
+        n = int(h.shape[1])
+        if n != c.dim:
+            eps = eps * c.dim / n
+            w = w * np.float32(math.sqrt(c.dim / n))
+        out: F32Array = _core.rms_norm(h, w, eps, None, thr)
+        return out
+
+    def _residual(self, name: str, h: F32Array) -> F32Array:
+        """The skip path: ``h`` itself, or ``h @ S.T`` with a sliced model's shortcut ``S``."""
+        if not self.config.residual_dims:
+            return h
+        return self._matmul(self.weight(name), h)
 
     def final(self, h: F32Array) -> F32Array:
         """Final RMSNorm and output head: logits float32 ``(T, vocab_size)``."""
         c = self.config
+        d = c.head_in_dim
         if not isinstance(h, np.ndarray) or h.dtype != np.float32 or h.ndim != 2:
-            raise ValueError(f"h: expected a float32 (T, {c.dim}) array, got {_describe(h)}")
-        if h.shape[1] != c.dim:
-            raise ValueError(f"h: expected shape (T, {c.dim}), got {h.shape}")
-        x = _core.rms_norm(
-            np.ascontiguousarray(h),
-            self._vector("model.norm.weight"),
-            c.norm_eps,
-            None,
-            _threads(self.num_threads),
-        )
+            raise ValueError(f"h: expected a float32 (T, {d}) array, got {_describe(h)}")
+        if h.shape[1] != d:
+            raise ValueError(f"h: expected shape (T, {d}), got {h.shape}")
+        x = self._rms_norm(np.ascontiguousarray(h), "model.norm.weight", _threads(self.num_threads))
         w = self.weight("model.embed_tokens.weight" if c.tied_embeddings else "lm_head.weight")
         return self._matmul(w, x)
 

