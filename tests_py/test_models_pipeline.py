@@ -268,6 +268,23 @@ def test_prune_sequential_vs_dense_inputs(streams: tuple[np.ndarray, np.ndarray]
     )
 
 
+def test_magnitude_without_error_runs_no_forward(
+    streams: tuple[np.ndarray, np.ndarray], pruned50: dict[str, tuple[sm.LlamaModel, Any]]
+) -> None:
+    m = _load()
+    calls: list[int] = []
+    real_block = m.block
+    m.block = lambda *a, **k: calls.append(1) or real_block(*a, **k)  # type: ignore[method-assign]
+    report = prune(m, streams[0], method="magnitude", sparsity=0.5, error=False, progress=False)
+    assert calls == []
+    ref, _ = pruned50["magnitude"]
+    for i in range(m.config.n_layers):
+        for name in m.linear_names(i):
+            np.testing.assert_array_equal(m.weight(name), ref.weight(name))
+    assert all(r.error is None for r in report.layers)
+    assert len(report.layers) == 7 * m.config.n_layers
+
+
 def test_prune_progress_and_report(
     streams: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
 ) -> None:

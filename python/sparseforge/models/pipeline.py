@@ -55,14 +55,17 @@ MethodFn = Callable[..., _prune.PruneResult]
 class MethodSpec:
     """A pruning method for :func:`prune`: ``fn(W, stats, sparsity, pattern, **kwargs)``
     returning a :class:`sparseforge.prune.PruneResult`; ``needs_hessian`` says whether
-    ``stats`` must hold ``X^T X`` (otherwise the column norms are enough)."""
+    ``stats`` must hold ``X^T X`` (otherwise the column norms are enough);
+    ``needs_data=False`` marks a data-free method (magnitude): with ``error=False`` no
+    calibration forward runs and ``stats`` is None."""
 
     fn: MethodFn
     needs_hessian: bool
+    needs_data: bool = True
 
 
 def _magnitude(
-    W: np.ndarray, stats: LayerStats, sparsity: float | None, pattern: Any, **kw: Any
+    W: np.ndarray, stats: LayerStats | None, sparsity: float | None, pattern: Any, **kw: Any
 ) -> _prune.PruneResult:
     return _prune.magnitude(W, sparsity, pattern=pattern, **kw)
 
@@ -80,7 +83,7 @@ def _sparsegpt(
 
 
 METHODS: dict[str, MethodSpec] = {
-    "magnitude": MethodSpec(_magnitude, needs_hessian=False),
+    "magnitude": MethodSpec(_magnitude, needs_hessian=False, needs_data=False),
     "wanda": MethodSpec(_wanda, needs_hessian=False),
     "sparsegpt": MethodSpec(_sparsegpt, needs_hessian=True),
 }
@@ -361,6 +364,26 @@ def prune(
         seqlen=s,
     )
     hessian = spec.needs_hessian or error
+    if not spec.needs_data and not error:
+        # Data-free (magnitude): no forward at all; the windows were still validated.
+        for i in range(c.n_layers):
+            for nm in model.linear_names(i):
+                W = model.weight(nm)
+                t0 = time.perf_counter()
+                res = spec.fn(W, None, sparsity, pattern, **method_kwargs)
+                model.set_weight(nm, np.ascontiguousarray(res.weight))
+                report.layers.append(
+                    LayerReport(
+                        name=nm,
+                        shape=(int(W.shape[0]), int(W.shape[1])),
+                        sparsity=float(res.sparsity),
+                        error=None,
+                        seconds=time.perf_counter() - t0,
+                        info=dict(res.info),
+                    )
+                )
+        report.seconds = time.perf_counter() - t_start
+        return report
     states = np.stack([model.embed(w) for w in windows])
     for i in range(c.n_layers):
         t_block = time.perf_counter()
