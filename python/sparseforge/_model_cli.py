@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from . import models as sm
 from .models.llama import LlamaModel
+from .models.perplexity import token_stream
 
 WIKITEXT_RELATIVE = Path("wikitext-2-raw") / "wiki.test.raw"
 STORIES_RELATIVE = Path("stories260K") / "stories260K.bin"
@@ -160,7 +161,7 @@ def _say(out: TextIO, msg: str) -> None:
     out.flush()
 
 
-def _ppl(model: LlamaModel, text: str, seqlen: int, windows: int | None) -> sm.PerplexityResult:
+def _ppl(model: LlamaModel, text: Any, seqlen: int, windows: int | None) -> sm.PerplexityResult:
     return sm.perplexity(
         model, text, seqlen=min(seqlen, model.config.max_seq_len), max_windows=windows
     )
@@ -241,6 +242,9 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     base = load_model(args.model, args.threads)
     texts = choose_texts(args.text, args.calib)
     seqlen = min(args.seqlen, base.config.max_seq_len)
+    # Tokenize once; every configuration reads the same ids.
+    calib_ids = token_stream(base, texts.calib_text, name="--calib")
+    eval_ids = token_stream(base, texts.eval_text, name="--text")
     _say(out, f"sparseforge demo: {base.source}")
     _say(out, f"  {base}")
     _say(out, f"evaluation: {texts.eval_name}")
@@ -249,7 +253,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         f"calibration: {texts.calib_name}; {args.nsamples} windows of {args.calib_seqlen} "
         "tokens, block by block (each block calibrated on the already-pruned blocks' output)",
     )
-    dense = _ppl(base, texts.eval_text, seqlen, args.max_windows)
+    dense = _ppl(base, eval_ids, seqlen, args.max_windows)
     _say(
         out,
         f"perplexity over {dense.windows} windows of {dense.seqlen} tokens "
@@ -271,7 +275,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             t0 = time.perf_counter()
             sm.prune(
                 model,
-                texts.calib_text,
+                calib_ids,
                 method=method,
                 sparsity=sparsity,
                 pattern=pattern,
@@ -281,7 +285,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 progress=False,
             )
             took = time.perf_counter() - t0
-            r = _ppl(model, texts.eval_text, seqlen, args.max_windows)
+            r = _ppl(model, eval_ids, seqlen, args.max_windows)
             size = "-"
             if args.save_dir:
                 saved = sm.save(
