@@ -21,4 +21,6 @@ PYBIND11_MODULE(_core, m) {
   sfpy::register_kernels(m);
   sfpy::register_kvcache(m);
   sfpy::register_models(m);
+  sfpy::register_moe(m);
+  sfpy::register_activation(m);
 }

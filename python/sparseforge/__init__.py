@@ -24,7 +24,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "directly."
     ) from err
 
-from . import calib, format, kernels, kv, models, prune
+from . import activation, calib, format, kernels, kv, models, moe, prune, structured
 from ._base import (
     DTypeError,
     NumericalError,
@@ -43,6 +43,7 @@ __all__ = [
     "DTypeError",
     "NumericalError",
     "__version__",
+    "activation",
     "build_info",
     "calib",
     "cast",
@@ -54,10 +55,12 @@ __all__ = [
     "load",
     "load_metadata",
     "models",
+    "moe",
     "prune",
     "save",
     "set_simd_level",
     "simd_level",
+    "structured",
 ]
 
 

@@ -61,6 +61,16 @@ class LlamaConfig:
     head_dim : int
         Per-head size; 0 (the default) means ``dim // n_heads``, which then must be exact.
         The field always reads as the resolved value.
+    residual_dims : tuple of int
+        Widths of the residual stream of a SliceGPT-sliced model (``sf.structured.slicegpt``),
+        ``2 * n_layers + 1`` ints in ``[1, dim]``: entry ``2 i`` enters block ``i`` (entry 0
+        is the embedding width), ``2 i + 1`` lies between block ``i``'s attention and MLP,
+        ``2 i + 2`` leaves block ``i`` (the last is what the final norm and the head read).
+        Empty (the default): every width is ``dim``, the ordinary model. When set, every
+        block also has the residual shortcut matrices ``attn_shortcut.weight`` ``(r[2i+1],
+        r[2i])`` and ``mlp_shortcut.weight`` ``(r[2i+2], r[2i+1])`` (the skip path becomes
+        ``h @ S.T``), and every RMSNorm divides the sum of squares by ``dim`` rather than by
+        its own width (TransformerCompression's ``RMSN(hidden_size)``).
     """
 
     dim: int
@@ -76,6 +86,7 @@ class LlamaConfig:
     tied_embeddings: bool = False
     arch: str = "llama"
     head_dim: int = 0
+    residual_dims: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size"):
@@ -111,6 +122,53 @@ class LlamaConfig:
             )
         if not isinstance(self.arch, str) or not self.arch:
             raise ValueError(f"arch: expected a non-empty str, got {self.arch!r}")
+        self._check_residual_dims()
+
+    def _check_residual_dims(self) -> None:
+        dims = self.residual_dims
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, (tuple, list)):
+            raise TypeError(f"residual_dims: expected a tuple of ints, got {type(dims).__name__}")
+        for r in dims:
+            if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+                raise TypeError(f"residual_dims: expected ints, got {type(r).__name__}")
+        dims = tuple(int(r) for r in dims)
+        object.__setattr__(self, "residual_dims", dims)
+        if not dims:
+            return
+        if len(dims) != 2 * self.n_layers + 1:
+            raise ValueError(
+                f"residual_dims: expected 2 * n_layers + 1 = {2 * self.n_layers + 1} widths, "
+                f"got {len(dims)}"
+            )
+        if not all(1 <= r <= self.dim for r in dims):
+            raise ValueError(f"residual_dims: expected widths in [1, dim={self.dim}], got {dims}")
+        if self.tied_embeddings and dims[0] != dims[-1]:
+            raise ValueError(
+                f"residual_dims: the embedding width {dims[0]} differs from the head's "
+                f"{dims[-1]}, so the embeddings cannot be tied (tied_embeddings=True)"
+            )
+
+    @property
+    def sliced(self) -> bool:
+        """Whether the residual stream has per-block widths (``residual_dims`` is set)."""
+        return bool(self.residual_dims)
+
+    def block_dims(self, block: int) -> tuple[int, int, int]:
+        """Residual widths ``(entering, between attention and MLP, leaving)`` of ``block``."""
+        if not self.residual_dims:
+            return self.dim, self.dim, self.dim
+        r = self.residual_dims
+        return r[2 * block], r[2 * block + 1], r[2 * block + 2]
+
+    @property
+    def embed_dim(self) -> int:
+        """Columns of ``embed_tokens``: the residual width entering block 0."""
+        return self.residual_dims[0] if self.residual_dims else self.dim
+
+    @property
+    def head_in_dim(self) -> int:
+        """Width of the final norm and columns of the output head."""
+        return self.residual_dims[-1] if self.residual_dims else self.dim
 
     @property
     def q_dim(self) -> int:
@@ -125,20 +183,25 @@ class LlamaConfig:
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every weight the model reads, Hugging Face names -> shape, in forward order."""
         shapes: dict[str, tuple[int, ...]] = {
-            "model.embed_tokens.weight": (self.vocab_size, self.dim)
+            "model.embed_tokens.weight": (self.vocab_size, self.embed_dim)
         }
         for i in range(self.n_layers):
             p = f"model.layers.{i}."
-            shapes[p + "input_layernorm.weight"] = (self.dim,)
-            shapes[p + "self_attn.q_proj.weight"] = (self.q_dim, self.dim)
-            shapes[p + "self_attn.k_proj.weight"] = (self.kv_dim, self.dim)
-            shapes[p + "self_attn.v_proj.weight"] = (self.kv_dim, self.dim)
-            shapes[p + "self_attn.o_proj.weight"] = (self.dim, self.q_dim)
-            shapes[p + "post_attention_layernorm.weight"] = (self.dim,)
-            shapes[p + "mlp.gate_proj.weight"] = (self.hidden_dim, self.dim)
-            shapes[p + "mlp.up_proj.weight"] = (self.hidden_dim, self.dim)
-            shapes[p + "mlp.down_proj.weight"] = (self.dim, self.hidden_dim)
-        shapes["model.norm.weight"] = (self.dim,)
+            d_in, d_mid, d_out = self.block_dims(i)
+            shapes[p + "input_layernorm.weight"] = (d_in,)
+            shapes[p + "self_attn.q_proj.weight"] = (self.q_dim, d_in)
+            shapes[p + "self_attn.k_proj.weight"] = (self.kv_dim, d_in)
+            shapes[p + "self_attn.v_proj.weight"] = (self.kv_dim, d_in)
+            shapes[p + "self_attn.o_proj.weight"] = (d_mid, self.q_dim)
+            if self.residual_dims:
+                shapes[p + "attn_shortcut.weight"] = (d_mid, d_in)
+            shapes[p + "post_attention_layernorm.weight"] = (d_mid,)
+            shapes[p + "mlp.gate_proj.weight"] = (self.hidden_dim, d_mid)
+            shapes[p + "mlp.up_proj.weight"] = (self.hidden_dim, d_mid)
+            shapes[p + "mlp.down_proj.weight"] = (d_out, self.hidden_dim)
+            if self.residual_dims:
+                shapes[p + "mlp_shortcut.weight"] = (d_out, d_mid)
+        shapes["model.norm.weight"] = (self.head_in_dim,)
         if not self.tied_embeddings:
-            shapes["lm_head.weight"] = (self.vocab_size, self.dim)
+            shapes["lm_head.weight"] = (self.vocab_size, self.head_in_dim)
         return shapes

@@ -568,6 +568,7 @@ class LlamaModel:
         seed: int | None = None,
         stop_at_eos: bool = True,
         hooks: Hooks | None = None,
+        cache: DecodeCache | None = None,
     ) -> list[int]:
         """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns the new tokens only.
 
@@ -577,7 +578,8 @@ class LlamaModel:
         ``numpy.random.default_rng(seed)``. With ``stop_at_eos`` generation ends after the
         tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
         there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
-        must not exceed ``max_seq_len``.
+        must not exceed ``max_seq_len``. ``cache``: an empty :class:`DecodeCache` to decode
+        into (e.g. a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`.
         """
         ids = check_token_ids(prompt, self.config.vocab_size, "prompt")
         if ids.size == 0:
@@ -604,7 +606,14 @@ class LlamaModel:
         if stop_at_eos and self.tokenizer is not None:
             stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
         rng = np.random.default_rng(seed)
-        cache = KVCache(self.config, capacity)
+        if cache is None:
+            cache = KVCache(self.config, capacity)
+        elif not isinstance(cache, DecodeCache):
+            raise TypeError(
+                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
+            )
+        elif cache.length:
+            raise ValueError(f"cache: expected an empty cache, it holds {cache.length} tokens")
         logits = self.step(ids, cache, hooks=hooks)[-1]
         out: list[int] = []
         while True:
