@@ -9,8 +9,11 @@ Areas: :mod:`sparseforge.calib` (streaming calibration statistics), :mod:`sparse
 (N:M, bitmap and CSR compressed weights, PyTorch's 2:4 layout), :mod:`sparseforge.kernels`
 (dense, N:M, unstructured and activation-sparse GEMV/GEMM), :mod:`sparseforge.kv` (a paged
 KV cache with eviction/selection policies, decode attention, MLA), :mod:`sparseforge.models`
-(checkpoint loaders and a CPU Llama-family forward) and :func:`save` / :func:`load` (a
-safetensors-compatible container).
+(checkpoint loaders, a CPU Llama-family forward, perplexity, block-by-block pruning, saving
+pruned models), :mod:`sparseforge.moe` (MoE routers, capacity/dropping, load-balancing and
+z losses, dispatch/combine, MoE FFN, expert pruning) and :func:`save` / :func:`load` (a
+safetensors-compatible container). :mod:`sparseforge.torch` (optional, needs PyTorch)
+prunes transformers models in place.
 """
 
 from __future__ import annotations
