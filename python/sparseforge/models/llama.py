@@ -542,13 +542,19 @@ class LlamaModel:
         cache.advance(int(ids.size))
         return self.final(h)
 
-    def nll(self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
+    def nll(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.integer[Any]],
+        *,
+        hooks: Hooks | None = None,
+    ) -> npt.NDArray[np.float64]:
         """Negative log-likelihoods (nats) of ``tokens[1:]`` given their prefixes, float64
-        ``(T - 1,)``; ``mean()`` is the loss, ``exp(mean())`` the perplexity."""
+        ``(T - 1,)``; ``mean()`` is the loss, ``exp(mean())`` the perplexity. ``hooks`` go
+        to :meth:`forward`."""
         ids = self._tokens(tokens)
         if ids.size < 2:
             raise ValueError(f"tokens: expected at least 2 tokens to score, got {ids.size}")
-        logits = self.forward(ids)[:-1]
+        logits = (self.forward(ids) if hooks is None else self.forward(ids, hooks=hooks))[:-1]
         target = ids[1:]
         out = np.empty(target.size, dtype=np.float64)
         for r0 in range(0, target.size, 64):  # bounded temporaries for large vocabularies

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .llama import LlamaModel
+from .llama import Hooks, LlamaModel
 from .tokenizer import check_token_ids
 
 __all__ = ["PerplexityResult", "default_seqlen", "perplexity", "token_stream"]
@@ -109,6 +109,7 @@ def perplexity(
     seqlen: int | None = None,
     max_windows: int | None = None,
     bos: bool = True,
+    hooks: Hooks | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on a text, standard protocol (see the module notes).
 
@@ -126,6 +127,8 @@ def perplexity(
     bos : bool
         For a ``str``: encode with the tokenizer's BOS at the start of the stream (only
         there: windows are not given their own BOS, as in the references).
+    hooks : Hooks, optional
+        Passed to the forward (e.g. activation sparsity through ``Hooks.linear``).
 
     Raises
     ------
@@ -149,7 +152,9 @@ def perplexity(
         n = min(n, mw)
     total = 0.0
     for w in range(n):
-        total += float(model.nll(ids[w * s : (w + 1) * s]).sum())
+        window = ids[w * s : (w + 1) * s]
+        nll = model.nll(window) if hooks is None else model.nll(window, hooks=hooks)
+        total += float(nll.sum())
     scored = n * (s - 1)
     mean = total / scored
     return PerplexityResult(
