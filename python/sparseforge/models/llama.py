@@ -209,8 +209,9 @@ class LlamaModel:
         float16 or bfloat16 (linear weights ``(out_features, in_features)``). The mapping
         may be lazy (memory-mapped): the model fetches a weight when it needs it and keeps
         no copy. Linear weights (and ``lm_head``) may also be compressed sparseforge
-        tensors, as after :meth:`set_weight`. Optional ``...q_proj.bias`` / ``k_proj`` / ``v_proj`` biases (Qwen2) are
-        added when present. Names are checked here, shapes and dtypes when fetched.
+        tensors, as after :meth:`set_weight`. Optional ``...q_proj.bias`` / ``k_proj`` /
+        ``v_proj`` biases (Qwen2) are added when present. Names are checked here, shapes and
+        dtypes when fetched.
     tokenizer : Tokenizer, optional
         Its ``vocab_size`` must not exceed ``config.vocab_size``.
     source : str
