@@ -451,4 +451,11 @@ def load_gguf(
                 f"{f.path}: the embedded tokenizer has {tok.vocab_size} tokens, the model "
                 f"embeds {config.vocab_size}"
             )
-    return LlamaModel(config, weights, tok, source=str(f.path), num_threads=num_threads, linear_backend=linear_backend)
+    return LlamaModel(
+        config,
+        weights,
+        tok,
+        source=str(f.path),
+        num_threads=num_threads,
+        linear_backend=linear_backend,
+    )

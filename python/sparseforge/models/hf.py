@@ -436,4 +436,6 @@ def load_hf(
                 f"{d / 'tokenizer.json'}: {tok.vocab_size} tokens, the model embeds "
                 f"{config.vocab_size}"
             )
-    return LlamaModel(config, view, tok, source=str(d), num_threads=num_threads, linear_backend=linear_backend)
+    return LlamaModel(
+        config, view, tok, source=str(d), num_threads=num_threads, linear_backend=linear_backend
+    )
