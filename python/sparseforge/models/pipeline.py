@@ -367,6 +367,7 @@ def prune(
     if not spec.needs_data and not error:
         # Data-free (magnitude): no forward at all; the windows were still validated.
         for i in range(c.n_layers):
+            t_block = time.perf_counter()
             for nm in model.linear_names(i):
                 W = model.weight(nm)
                 t0 = time.perf_counter()
@@ -381,6 +382,15 @@ def prune(
                         seconds=time.perf_counter() - t0,
                         info=dict(res.info),
                     )
+                )
+            if progress:
+                blk = report.layers[-7:]
+                print(
+                    f"sparseforge prune [{method}] block {i + 1}/{c.n_layers}: {len(blk)} "
+                    f"linears, sparsity {sum(r.sparsity for r in blk) / len(blk):.3f} "
+                    f"(no calibration data needed), {time.perf_counter() - t_block:.2f} s",
+                    file=sys.stderr,
+                    flush=True,
                 )
         report.seconds = time.perf_counter() - t_start
         return report
