@@ -12,7 +12,10 @@ Sections (``--sections``, default all):
 * ``upkeep``: a whole H2O / TOVA decode step (append, attention with the per-key mass from
   the same pass, score update, one eviction) vs the dense decode attention over a cache of
   the same size. Target: <= 10% overhead. A sliding-window step (append + attention +
-  eviction, no scores) is shown for reference.
+  eviction, no scores) is shown for reference, and ``tova-numpy``: TOVA's step with the
+  selection done in numpy as before the fused C++ step (attention returning the (Hkv, L)
+  mass, float64 mean over heads, argmin, one evict call per kv head). ``--upkeep-sizes``
+  picks the cache lengths (default 2048,4096,8192).
 * ``memory``: bytes in use after prefill for budgets 100/50/25/12.5% of the context, per
   policy, measured from the page pool (``PagedKVCache.bytes_in_use``), beside the ideal
   ``budget / context``.
@@ -156,8 +159,29 @@ def section_quest(ctx: Ctx) -> None:
     )
 
 
+class _TovaNumpy(kv.TOVA):
+    """TOVA's decode step with the selection in numpy (the pre-fusion path, for comparison)."""
+
+    def _decode_step(
+        self, cache: kv.PagedKVCache, layer: int, q: np.ndarray, scale: float | None, nt: int | None
+    ) -> np.ndarray:
+        out, mass = cache.attend(
+            layer, q, group_reduce="mean", scale=scale, return_mass=True, num_threads=nt
+        )
+        b = self.layer_budget(cache, layer)
+        L = cache.length(layer, 0)
+        if b < L:
+            score = mass[:, :L].astype(np.float64).mean(axis=0)
+            pos = cache.positions(layer, 0)
+            ties = np.flatnonzero(score == score.min())
+            drop = ties[[int(np.argmax(pos[ties]))]].astype(np.int64)
+            for h in range(cache.num_kv_heads):
+                cache._impl.evict(layer, h, drop, False)
+        return np.asarray(out)
+
+
 def section_upkeep(ctx: Ctx) -> None:
-    sizes = [1024] if ctx.quick else [2048, 4096, 8192]
+    sizes = [1024] if ctx.quick else [int(x) for x in ctx.args.upkeep_sizes.split(",") if x]
     rows = []
     for L in sizes:
         kv_bytes = L * HKV * 2 * D * 4
@@ -169,6 +193,7 @@ def section_upkeep(ctx: Ctx) -> None:
         policies: dict[str, kv.KVPolicy] = {
             "h2o": kv.H2O(L),
             "tova": kv.TOVA(L),
+            "tova-numpy": _TovaNumpy(L),
             "window": kv.SlidingWindow(L),
         }
         qp = ctx.rng.standard_normal((L, HKV * G, D), dtype=np.float32)
@@ -190,7 +215,7 @@ def section_upkeep(ctx: Ctx) -> None:
             t = harness.run_interleaved(cases, copies, ctx.args.reps)
             ctx.raw.append(f"### upkeep L={L}, {nt} thread(s)\n\n" + harness.timings_table(t))
             dense = t["dense attention"].best
-            for name in ("h2o", "tova", "window"):
+            for name in ("h2o", "tova", "tova-numpy", "window"):
                 step = t[f"{name} step"].best
                 rows.append(
                     (
@@ -285,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             "--sections",
             default=",".join(SECTIONS),
             help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)",
+        )
+        p.add_argument(
+            "--upkeep-sizes",
+            default="2048,4096,8192",
+            help="comma-separated cache lengths of the upkeep section (default 2048,4096,8192)",
         )
 
     args = harness.parse_args(

@@ -420,5 +420,119 @@ TEST(DecodeAttention, BadArgumentsThrow) {
                InvalidArgument);
 }
 
+// TOVA's selection: float64 mean over kv heads, lowest first, newer position on ties, the same
+// slot from every head (hole filled from the tail for one, order kept for several).
+TEST(PagedKVCache, EvictLowestMeanTiesNewerSameSlotsEveryHead) {
+  PagedKVCache c(make_config(1, 2, 4, 2));
+  Tokens t = tokens(5, 2, 4, 7);
+  t.pos = {3, 5, 8, 9, 12};
+  append(c, 0, t);
+  // means (exact binary fractions): .375 .25 .25 .5 .25 -> slots 1, 2, 4 tie, 4 (pos 12) goes
+  const float m[10] = {0.5f, 0.25f, 0.5f, 0.5f, 0.5f, 0.25f, 0.25f, 0.0f, 0.5f, 0.0f};
+  auto ev = c.evict_lowest_mean(0, ConstMatrixView<float>(m, 2, 5), 1);
+  EXPECT_EQ(ev, (std::vector<int64_t>{12}));
+  for (size_t h = 0; h < 2; ++h) {
+    ASSERT_EQ(c.length(0, h), 4u);
+    EXPECT_EQ(std::vector<int64_t>(c.positions(0, h), c.positions(0, h) + 4),
+              (std::vector<int64_t>{3, 5, 8, 9}));
+  }
+  // Two at once: means .375 .25 .25 .5 (stride 5 > length) -> slots 1, 2 go, order kept.
+  ev = c.evict_lowest_mean(0, ConstMatrixView<float>(m, 2, 4, 5), 2);
+  EXPECT_EQ(ev, (std::vector<int64_t>{5, 8}));
+  for (size_t h = 0; h < 2; ++h)
+    EXPECT_EQ(std::vector<int64_t>(c.positions(0, h), c.positions(0, h) + 2),
+              (std::vector<int64_t>{3, 9}));
+  // A hole filled from the tail: evicting slot 0 of {3, 9} leaves {9}.
+  const float z[4] = {0.f, 1.f, 0.f, 1.f};
+  EXPECT_EQ(c.evict_lowest_mean(0, ConstMatrixView<float>(z, 2, 2), 1), (std::vector<int64_t>{3}));
+  EXPECT_EQ(c.positions(0, 1)[0], 9);
+  EXPECT_TRUE(c.evict_lowest_mean(0, ConstMatrixView<float>(z, 2, 2), 0).empty());
+  // Errors: mass shape, heads of unequal length.
+  EXPECT_THROW(c.evict_lowest_mean(0, ConstMatrixView<float>(z, 1, 2), 1), InvalidArgument);
+  EXPECT_THROW(c.evict_lowest_mean(0, ConstMatrixView<float>(), 1), InvalidArgument);
+  append(c, 0, tokens(3, 2, 4, 8, 20));
+  const int64_t one = 0;
+  c.evict(0, 1, &one, 1, true);
+  EXPECT_THROW(c.evict_lowest_mean(0, ConstMatrixView<float>(z, 2, 2, 0), 1), InvalidArgument);
+}
+
+// The fused TOVA step: same output as decode_attention, and the slot whose float64 mean of
+// the mass is the lowest is gone from every head; 1 and 2 threads give identical caches.
+TEST(DecodeAttention, TovaStepMatchesUnfusedSelection) {
+  const size_t Hkv = 3, G = 2, D = 20, T = 150, B = 120;
+  std::vector<std::vector<int64_t>> kept;
+  for (int nt : {1, 2}) {
+    PagedKVCache c(make_config(1, Hkv, D, 8));
+    append(c, 0, tokens(T, Hkv, D, 11));
+    kv::DecodeOptions opt;
+    opt.reduce = kv::GroupReduce::kMean;
+    opt.num_threads = nt;
+    for (size_t step = 0; step < T - B; ++step) {
+      const std::vector<float> q = testing::normal(Hkv * G * D, 100 + step);
+      const size_t L = c.length(0, 0);
+      std::vector<float> o_ref(Hkv * G * D), o(o_ref.size()), m(Hkv * L);
+      kv::decode_attention(c, 0, ConstMatrixView<float>(q.data(), Hkv * G, D),
+                           MatrixView<float>(o_ref.data(), Hkv * G, D),
+                           MatrixView<float>(m.data(), Hkv, L), nullptr, 0, opt);
+      size_t best = 0;
+      double best_score = std::numeric_limits<double>::infinity();
+      for (size_t s = 0; s < L; ++s) {
+        double acc = 0;
+        for (size_t h = 0; h < Hkv; ++h) acc += m[h * L + s];
+        acc /= static_cast<double>(Hkv);
+        if (acc < best_score ||
+            (acc == best_score && c.positions(0, 0)[s] > c.positions(0, 0)[best])) {
+          best = s;
+          best_score = acc;
+        }
+      }
+      const int64_t gone = c.positions(0, 0)[best];
+      const size_t budget = step % 2 ? L : L - 1;  // every other step keeps all (budget >= L)
+      kv::decode_attention_tova(c, 0, ConstMatrixView<float>(q.data(), Hkv * G, D),
+                                MatrixView<float>(o.data(), Hkv * G, D), budget, opt);
+      EXPECT_EQ(0, std::memcmp(o.data(), o_ref.data(), o.size() * 4));
+      const size_t L2 = c.length(0, 0);
+      EXPECT_EQ(L2, step % 2 ? L : L - 1);
+      for (size_t h = 0; h < Hkv; ++h) {
+        ASSERT_EQ(c.length(0, h), L2);
+        const int64_t* p = c.positions(0, h);
+        EXPECT_EQ(std::count(p, p + L2, gone), step % 2 ? 1 : 0);
+        EXPECT_TRUE(std::equal(p, p + L2, c.positions(0, 0)));
+      }
+    }
+    kept.emplace_back(c.positions(0, 0), c.positions(0, 0) + c.length(0, 0));
+  }
+  EXPECT_EQ(kept[0], kept[1]);
+}
+
+// The fused H2O step equals decode_attention(accumulate) + evict_lowest on every head.
+TEST(DecodeAttention, H2oStepMatchesUnfused) {
+  const size_t Hkv = 2, G = 3, D = 16, T = 90, B = 64, R = 16;
+  PagedKVCache a(make_config(1, Hkv, D, 8)), b(make_config(1, Hkv, D, 8));
+  append(a, 0, tokens(T, Hkv, D, 5));
+  append(b, 0, tokens(T, Hkv, D, 5));
+  kv::DecodeOptions opt;
+  for (size_t step = 0; step < 5; ++step) {
+    const std::vector<float> q = testing::normal(Hkv * G * D, 40 + step);
+    std::vector<float> oa(Hkv * G * D), ob(oa.size());
+    kv::decode_attention_h2o(a, 0, ConstMatrixView<float>(q.data(), Hkv * G, D),
+                             MatrixView<float>(oa.data(), Hkv * G, D), B + 4 - step, R, opt);
+    kv::DecodeOptions acc = opt;
+    acc.accumulate_scores = true;
+    kv::decode_attention(b, 0, ConstMatrixView<float>(q.data(), Hkv * G, D),
+                         MatrixView<float>(ob.data(), Hkv * G, D), MatrixView<float>(), nullptr, 0,
+                         acc);
+    for (size_t h = 0; h < Hkv; ++h) b.evict_lowest(0, h, b.length(0, h) - (B + 4 - step), 0, R);
+    EXPECT_EQ(0, std::memcmp(oa.data(), ob.data(), oa.size() * 4));
+    for (size_t h = 0; h < Hkv; ++h) {
+      ASSERT_EQ(a.length(0, h), B + 4 - step);
+      EXPECT_TRUE(
+          std::equal(a.positions(0, h), a.positions(0, h) + a.length(0, h), b.positions(0, h)));
+      EXPECT_TRUE(std::equal(a.scores(0, h), a.scores(0, h) + a.length(0, h), b.scores(0, h)));
+    }
+  }
+  EXPECT_EQ(a.evict_lowest_layer(0, 1000, 0, 0), 0u);
+}
+
 }  // namespace
 }  // namespace sparseforge

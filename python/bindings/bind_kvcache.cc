@@ -114,6 +114,28 @@ py::tuple decode_attention(skv::PagedKVCache& cache, size_t layer, py::handle q_
   return py::make_tuple(out, mass_obj);
 }
 
+// TOVA's / H2O's whole decode-time upkeep for one layer in one call (attention + selection +
+// eviction, the mass kept in C++); returns out (H, Dv).
+py::array decode_upkeep(skv::PagedKVCache& cache, size_t layer, py::handle q_obj, bool tova,
+                        size_t budget, size_t recent, const std::string& reduce, float scale,
+                        int num_threads) {
+  const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();
+  skv::DecodeOptions opt;
+  opt.reduce = parse_reduce(reduce);
+  opt.scale = scale;
+  opt.num_threads = threads_arg(num_threads);
+  py::array out = new_array(sf::DType::kF32, {static_cast<py::ssize_t>(q.rows),
+                                              static_cast<py::ssize_t>(cache.value_dim())});
+  const sf::MatrixView<float> ov = matrix_view(out).as<float>();
+  py::gil_scoped_release release;
+  if (tova) {
+    skv::decode_attention_tova(cache, layer, q, ov, budget, opt);
+  } else {
+    skv::decode_attention_h2o(cache, layer, q, ov, budget, recent, opt);
+  }
+  return out;
+}
+
 py::array quest_select(const skv::PagedKVCache& cache, size_t layer, py::handle q_obj,
                        size_t page_budget, const std::string& reduce, int num_threads) {
   const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();
@@ -204,6 +226,15 @@ void register_kvcache(py::module_& m) {
           py::arg("layer"), py::arg("head"), py::arg("slots"), py::arg("keep_order"))
       .def("evict_lowest", &C::evict_lowest, py::arg("layer"), py::arg("head"), py::arg("count"),
            py::arg("protect_below"), py::arg("protect_recent"))
+      .def("evict_lowest_layer", &C::evict_lowest_layer, py::arg("layer"), py::arg("keep"),
+           py::arg("protect_below"), py::arg("protect_recent"))
+      .def(
+          "evict_lowest_mean",
+          [](C& c, size_t layer, py::handle mass_obj, size_t count) {
+            const sf::ConstMatrixView<float> mv = matrix_in(mass_obj, "mass", kF32).as<float>();
+            return c.evict_lowest_mean(layer, mv, count);
+          },
+          py::arg("layer"), py::arg("mass"), py::arg("count"))
       .def("clear", &C::clear)
       .def("trim", &C::trim)
       .def("reset_peak", &C::reset_peak)
@@ -271,6 +302,9 @@ void register_kvcache(py::module_& m) {
   m.def("kv_decode_attention", &decode_attention, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("pages"), py::arg("group_reduce"), py::arg("accumulate"), py::arg("scale"),
         py::arg("query_position"), py::arg("want_mass"), py::arg("num_threads"));
+  m.def("kv_decode_upkeep", &decode_upkeep, py::arg("cache"), py::arg("layer"), py::arg("q"),
+        py::arg("tova"), py::arg("budget"), py::arg("recent"), py::arg("group_reduce"),
+        py::arg("scale"), py::arg("num_threads"));
   m.def("kv_quest_select", &quest_select, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("page_budget"), py::arg("group_reduce"), py::arg("num_threads"));
   m.def("kv_quest_page_scores", &quest_page_scores, py::arg("cache"), py::arg("layer"),

@@ -392,6 +392,12 @@ class PagedKVCache:
     def evict_lowest(
         self, layer: int, head: int, count: int, protect_below: int, protect_recent: int
     ) -> list[int]: ...
+    def evict_lowest_layer(
+        self, layer: int, keep: int, protect_below: int, protect_recent: int
+    ) -> int: ...
+    def evict_lowest_mean(
+        self, layer: int, mass: npt.NDArray[np.float32], count: int
+    ) -> list[int]: ...
     def clear(self) -> None: ...
     def trim(self) -> int: ...
     def reset_peak(self) -> None: ...
@@ -432,6 +438,17 @@ def kv_decode_attention(
     want_mass: bool,
     num_threads: int,
 ) -> tuple[Any, ...]: ...
+def kv_decode_upkeep(
+    cache: PagedKVCache,
+    layer: int,
+    q: npt.NDArray[np.float32],
+    tova: bool,
+    budget: int,
+    recent: int,
+    group_reduce: str,
+    scale: float,
+    num_threads: int,
+) -> npt.NDArray[np.float32]: ...
 def kv_quest_select(
     cache: PagedKVCache,
     layer: int,

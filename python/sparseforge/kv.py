@@ -954,6 +954,31 @@ class StreamingLLM(SlidingWindow):
                 _evict_oldest(cache, layer, h, L - b, self.sinks)
 
 
+def _decode_upkeep(
+    cache: PagedKVCache,
+    layer: int,
+    q: np.ndarray,
+    scale: float | None,
+    nt: int | None,
+    tova: bool,
+    budget: int,
+    recent: int,
+    group_reduce: str,
+) -> np.ndarray:
+    """H2O's / TOVA's decode step after the append, in one C++ call (dense attention as
+    :func:`decode_attention`, then the policy's selection and eviction; see
+    ``decode_attention_tova`` / ``decode_attention_h2o`` in ``kvcache/attention.h``)."""
+    layer = cache._layer(layer)
+    q = _float32_2d(q, "q", None, cache.head_dim)
+    sc = 0.0 if scale is None else float(scale)
+    if scale is not None and (not math.isfinite(sc) or sc <= 0):
+        raise ValueError(f"scale: expected a finite value > 0, got {scale}")
+    out: np.ndarray = _core.kv_decode_upkeep(
+        cache._impl, layer, q, tova, budget, recent, group_reduce, sc, threads_arg(nt)
+    )
+    return out
+
+
 class H2O(KVPolicy):
     """Heavy hitters + recent window (FMInference/H2O ``h2o_hf/utils_real_drop/modify_llama.py``
     ``H2OKVCache_LayerWise``): per kv head, the accumulated attention each token received
@@ -979,12 +1004,8 @@ class H2O(KVPolicy):
 
     def _evict_to_budget(self, cache: PagedKVCache, layer: int) -> None:
         b = self.layer_budget(cache, layer)
-        r = self.recent(b)
-        impl = cache._impl  # validated layer; one C++ call per head (decode hot path)
-        for h in range(cache.num_kv_heads):
-            over = impl.length(layer, h) - b
-            if over > 0:
-                impl.evict_lowest(layer, h, over, 0, r)
+        # evict_lowest on every kv head down to b, one C++ call for the layer
+        cache._impl.evict_lowest_layer(layer, b, 0, self.recent(b))
 
     def _after_prefill(
         self, cache: PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
@@ -1004,16 +1025,12 @@ class H2O(KVPolicy):
     def _decode_step(
         self, cache: PagedKVCache, layer: int, q: np.ndarray, scale: float | None, nt: int | None
     ) -> np.ndarray:
-        out: np.ndarray = cache.attend(
-            layer,
-            q,
-            group_reduce=self.group_reduce,
-            accumulate_scores=True,
-            scale=scale,
-            num_threads=nt,
+        # One C++ call: attention adding the step's mass to the scores (no mass array), then
+        # evict_lowest per kv head down to the budget.
+        b = self.layer_budget(cache, layer)
+        return _decode_upkeep(
+            cache, layer, q, scale, nt, False, b, self.recent(b), self.group_reduce
         )
-        self._evict_to_budget(cache, layer)
-        return out
 
 
 class TOVA(KVPolicy):
@@ -1027,19 +1044,12 @@ class TOVA(KVPolicy):
     decode_evicts = True
 
     def _drop(self, cache: PagedKVCache, layer: int, per_head: np.ndarray) -> None:
+        # score = per_head[:, :L].astype(float64).mean(axis=0) (bitwise), the L - b lowest go
+        # (newer first on ties) from every kv head: PagedKVCache::evict_lowest_mean in C++.
         b = self.layer_budget(cache, layer)
         L = cache.length(layer, 0)
-        if b >= L:
-            return
-        score = per_head[:, :L].astype(np.float64).mean(axis=0)
-        pos = cache.positions(layer, 0)
-        if L - b == 1:  # the decode step: O(L) argmin, newer first on ties
-            ties = np.flatnonzero(score == score.min())
-            drop = ties[[int(np.argmax(pos[ties]))]]
-        else:
-            drop = np.lexsort((-pos, score))[: L - b]  # lowest score first, newer on ties
-        for h in range(cache.num_kv_heads):
-            cache._impl.evict(layer, h, drop.astype(_INT64), len(drop) > 1)
+        if b < L:
+            cache._impl.evict_lowest_mean(layer, per_head, L - b)
 
     def _after_prefill(
         self, cache: PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
@@ -1052,11 +1062,10 @@ class TOVA(KVPolicy):
     def _decode_step(
         self, cache: PagedKVCache, layer: int, q: np.ndarray, scale: float | None, nt: int | None
     ) -> np.ndarray:
-        out, mass = cache.attend(
-            layer, q, group_reduce="mean", scale=scale, return_mass=True, num_threads=nt
-        )
-        self._drop(cache, layer, mass)
-        return np.asarray(out)
+        # One C++ call: attention with the group-mean mass kept in C++, the float64 mean over
+        # kv heads, the argmin (newer on ties) and the eviction from every kv head.
+        b = self.layer_budget(cache, layer)
+        return _decode_upkeep(cache, layer, q, scale, nt, True, b, 0, "mean")
 
 
 def _require_fresh(cache: PagedKVCache, layer: int, k: np.ndarray, policy: KVPolicy) -> None:

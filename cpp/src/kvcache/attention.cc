@@ -318,6 +318,31 @@ void quest_page_scores(const PagedKVCache& cache, size_t layer, ConstMatrixView<
   });
 }
 
+void decode_attention_tova(PagedKVCache& cache, size_t layer, ConstMatrixView<float> q,
+                           MatrixView<float> out, size_t budget, const DecodeOptions& options) {
+  const size_t maxlen = cache.max_length(layer), Hkv = cache.config().num_kv_heads;
+  // The mass never leaves C++: a per-thread buffer reused across steps and layers (no
+  // allocation, no page faults in steady state).
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < Hkv * maxlen) scratch.resize(Hkv * maxlen);
+  MatrixView<float> mass;
+  if (maxlen > 0) mass = MatrixView<float>(scratch.data(), Hkv, maxlen);
+  DecodeOptions opt = options;
+  opt.accumulate_scores = false;
+  decode_attention(cache, layer, q, out, mass, nullptr, 0, opt);
+  const size_t len = cache.length(layer, 0);
+  if (len > budget) cache.evict_lowest_mean(layer, mass, len - budget);
+}
+
+void decode_attention_h2o(PagedKVCache& cache, size_t layer, ConstMatrixView<float> q,
+                          MatrixView<float> out, size_t budget, size_t recent,
+                          const DecodeOptions& options) {
+  DecodeOptions opt = options;
+  opt.accumulate_scores = true;
+  decode_attention(cache, layer, q, out, MatrixView<float>(), nullptr, 0, opt);
+  cache.evict_lowest_layer(layer, budget, 0, recent);
+}
+
 void quest_select(const PagedKVCache& cache, size_t layer, ConstMatrixView<float> q,
                   size_t page_budget, GroupReduce reduce, int32_t* out, int num_threads) {
   const CacheConfig& cfg = cache.config();

@@ -408,6 +408,90 @@ std::vector<int64_t> PagedKVCache::evict_lowest(size_t layer, size_t head, size_
   return evicted;
 }
 
+size_t PagedKVCache::evict_lowest_layer(size_t layer, size_t keep, int64_t protect_below,
+                                        size_t protect_recent) {
+  check_layer(layer);
+  size_t evicted = 0;
+  for (size_t h = 0; h < cfg_.num_kv_heads; ++h) {
+    const size_t len = head_at(layer, h).length;
+    if (len > keep)
+      evicted += evict_lowest(layer, h, len - keep, protect_below, protect_recent).size();
+  }
+  return evicted;
+}
+
+std::vector<int64_t> PagedKVCache::evict_lowest_mean(size_t layer, ConstMatrixView<float> mass,
+                                                     size_t count) {
+  check_layer(layer);
+  const size_t Hkv = cfg_.num_kv_heads;
+  const Head& h0 = head_at(layer, 0);
+  const size_t L = h0.length;
+  for (size_t h = 1; h < Hkv; ++h)
+    SF_CHECK_ARG(head_at(layer, h).length == L,
+                 "layer: evict_lowest_mean needs kv heads of equal length (head 0 holds %zu, "
+                 "head %zu holds %zu)",
+                 L, h, head_at(layer, h).length);
+  count = std::min(count, L);
+  if (count == 0) return {};
+  SF_CHECK_ARG(mass.rows == Hkv && mass.cols >= L && mass.data != nullptr,
+               "mass: expected shape (%zu, >= %zu), got (%zu, %zu)", Hkv, L, mass.rows, mass.cols);
+  // score[s] = (double(m_0[s]) + double(m_1[s]) + ... ) / Hkv: the same additions in the same
+  // order as numpy's float64 mean over axis 0 (bitwise). Element-wise loops over blocks of
+  // kBlock slots (the block stays in L1 across the Hkv rows), vectorised with omp simd.
+  constexpr size_t kBlock = 512;
+  thread_local std::vector<double> score;
+  if (score.size() < L) score.resize(L);
+  double* sc = score.data();
+  const double n = static_cast<double>(Hkv);
+  double lo = std::numeric_limits<double>::infinity();
+  int nan = 0;
+  for (size_t b0 = 0; b0 < L; b0 += kBlock) {
+    const size_t nb = std::min(kBlock, L - b0);
+    double* acc = sc + b0;
+    const float* m0 = mass.row(0) + b0;
+#pragma omp simd
+    for (size_t s = 0; s < nb; ++s) acc[s] = static_cast<double>(m0[s]);
+    for (size_t h = 1; h < Hkv; ++h) {
+      const float* mh = mass.row(h) + b0;
+#pragma omp simd
+      for (size_t s = 0; s < nb; ++s) acc[s] += static_cast<double>(mh[s]);
+    }
+#pragma omp simd reduction(min : lo) reduction(| : nan)
+    for (size_t s = 0; s < nb; ++s) {
+      acc[s] /= n;
+      nan |= acc[s] != acc[s];
+      lo = acc[s] < lo ? acc[s] : lo;
+    }
+  }
+  SF_CHECK_ARG(nan == 0, "mass: NaN in the attention mass of layer %zu", layer);
+  const int64_t* pos = h0.positions.data();
+  std::vector<int64_t> drop;
+  if (count == 1) {
+    // The decode step: the lowest score, then the newest position among the slots holding it.
+    int64_t best = -1;
+    for (size_t s = 0; s < L; ++s)
+      if (sc[s] == lo && (best < 0 || pos[s] > pos[best])) best = static_cast<int64_t>(s);
+    drop.push_back(best);
+  } else {
+    drop.resize(L);
+    for (size_t s = 0; s < L; ++s) drop[s] = static_cast<int64_t>(s);
+    auto worse = [&](int64_t a, int64_t b) {
+      const double sa = sc[a], sb = sc[b];
+      if (sa != sb) return sa < sb;
+      return pos[a] > pos[b];
+    };
+    if (count < L)
+      std::nth_element(drop.begin(), drop.begin() + static_cast<std::ptrdiff_t>(count - 1),
+                       drop.end(), worse);
+    drop.resize(count);
+  }
+  std::vector<int64_t> evicted(count);
+  for (size_t i = 0; i < count; ++i) evicted[i] = pos[drop[i]];
+  std::sort(evicted.begin(), evicted.end());
+  for (size_t h = 0; h < Hkv; ++h) evict(layer, h, drop.data(), count, count > 1);
+  return evicted;
+}
+
 void PagedKVCache::gather(size_t layer, size_t head, MatrixView<float> K,
                           MatrixView<float> V) const {
   const Head& h = head_at(layer, head);

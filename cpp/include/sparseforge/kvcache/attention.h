@@ -52,6 +52,20 @@ void decode_attention(PagedKVCache& cache, size_t layer, ConstMatrixView<float> 
                       MatrixView<float> out, MatrixView<float> mass, const int32_t* pages,
                       size_t page_stride, const DecodeOptions& options);
 
+// One fused decode-time score-upkeep step per layer (a single call from Python, no mass
+// array handed out). Attention is decode_attention's dense pass (same out, bitwise); the
+// per-key mass goes to a reused per-thread scratch buffer, never to the caller.
+//   decode_attention_tova: mass reduced with options.reduce (TOVA: kMean), then, when the
+//     layer holds more than `budget` tokens, evict_lowest_mean(layer, mass, length - budget).
+//   decode_attention_h2o: mass added to the cache's scores (accumulate_scores forced on),
+//     then evict_lowest_layer(layer, budget, 0, recent).
+// options.accumulate_scores is ignored by the TOVA step (its scores are not touched).
+void decode_attention_tova(PagedKVCache& cache, size_t layer, ConstMatrixView<float> q,
+                           MatrixView<float> out, size_t budget, const DecodeOptions& options);
+void decode_attention_h2o(PagedKVCache& cache, size_t layer, ConstMatrixView<float> q,
+                          MatrixView<float> out, size_t budget, size_t recent,
+                          const DecodeOptions& options);
+
 // Quest (mit-han-lab/Quest; paper Algorithm 1, evaluation/quest_attention.py 146-218,
 // quest/utils/controller.py): for kv head h, the upper bound of q_j . k over page p is
 // ub_j(p) = sum_i max(q_ji * max_i(p), q_ji * min_i(p)); the group's score is reduce_j ub_j(p)

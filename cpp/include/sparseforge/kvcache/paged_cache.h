@@ -111,6 +111,22 @@ class PagedKVCache {
   std::vector<int64_t> evict_lowest(size_t layer, size_t head, size_t count, int64_t protect_below,
                                     size_t protect_recent);
 
+  // evict_lowest on every kv head of `layer`, each down to at most `keep` slots (H2O's decode
+  // step in one call). Returns the number of slots evicted over all heads.
+  size_t evict_lowest_layer(size_t layer, size_t keep, int64_t protect_below,
+                            size_t protect_recent);
+
+  // TOVA's selection for a layer whose kv heads share one slot layout (same length; TOVA
+  // evicts the same slots from every head): score[s] = (sum over h in order 0..Hkv-1 of
+  // double(mass[h, s])) / Hkv, i.e. float64 accumulation of the fp32 mass (bitwise numpy's
+  // mass.astype(float64).mean(axis=0)); evicts the `count` slots with the lowest score
+  // (ties: the newer position, read from head 0, goes first) from every kv head. count == 1
+  // fills the hole from the tail (keep_order = false, the decode step); count > 1 compacts in
+  // order (prefill). count >= length evicts everything. mass: (Hkv, >= length) fp32.
+  // Throws InvalidArgument naming `mass` (shape) or `layer` (heads of unequal length).
+  // Returns the evicted positions, sorted. Serial, deterministic; allocates O(count).
+  std::vector<int64_t> evict_lowest_mean(size_t layer, ConstMatrixView<float> mass, size_t count);
+
   // Drops every token of every layer (pages return to the free list).
   void clear();
   // Returns the free list to the allocator; returns the bytes released.
