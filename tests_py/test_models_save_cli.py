@@ -22,6 +22,9 @@ needs_stories = pytest.mark.skipif(
 )
 TINY = None if STORIES is None else STORIES.parent.parent / "tinystories-valid-excerpt"
 TINY_TEXT = None if TINY is None else TINY / "tinystories_val.txt"
+# The CLI finds stories260k through $SPARSEFORGE_DATA (an installed package has no checkout
+# beside it).
+DATA_ENV = {} if STORIES is None else {"SPARSEFORGE_DATA": str(STORIES.parent.parent)}
 
 
 def random_model(seed: int = 0, **over: Any) -> sm.LlamaModel:
@@ -233,7 +236,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=600,
         cwd=cwd or Path(__file__).parent,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        env={**os.environ, "OMP_NUM_THREADS": "2", **DATA_ENV},
     )
 
 
