@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests_py"))
 import realdata  # noqa: E402
 import sparseforge as sf  # noqa: E402
 from sparseforge import models as sm  # noqa: E402
-from sparseforge._model_cli import fresh_copy, shipped_english_text  # noqa: E402
+from sparseforge._model_cli import fresh_copy, pattern_fits, shipped_english_text  # noqa: E402
 from sparseforge.models.perplexity import token_stream  # noqa: E402
 
 CONFIGS: list[tuple[str, float | None, str | None]] = [
@@ -76,14 +76,6 @@ class Cache:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.rows, indent=1, sort_keys=True))
         os.replace(tmp, self.path)
-
-
-def fits(model: sm.LlamaModel, pattern: str | None) -> bool:
-    if pattern is None:
-        return True
-    m = int(pattern.split(":")[1])
-    c = model.config
-    return all(d % m == 0 for d in (c.dim, c.hidden_dim, c.q_dim))
 
 
 def evaluate(model: sm.LlamaModel, evals: dict[str, tuple[Any, int, int | None]]) -> dict[str, Any]:
@@ -122,7 +114,7 @@ def run_model(
             key = f"{tag}/{method}/{label}"
             if cache.get(key) is not None:
                 continue
-            if not fits(base, pattern):
+            if not pattern_fits(base, pattern):
                 cache.put(key, {"na": f"{pattern} needs every in_features divisible by its m"})
                 continue
             print(f"[{tag}] {method} {label} ...", file=sys.stderr, flush=True)

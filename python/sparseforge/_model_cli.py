@@ -229,7 +229,7 @@ DEMO_PATTERNS: tuple[tuple[str, float | None, str | None], ...] = (
 )
 
 
-def _fits(model: LlamaModel, pattern: str | None) -> bool:
+def pattern_fits(model: LlamaModel, pattern: str | None) -> bool:
     if pattern is None:
         return True
     m = int(pattern.split(":")[1])
@@ -265,7 +265,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     for label, sparsity, pattern in DEMO_PATTERNS:
         if label not in args.patterns:
             continue
-        if not _fits(base, pattern):
+        if not pattern_fits(base, pattern):
             rows.append((label, "n/a", f"{pattern} does not divide every in_features", "", "", ""))
             continue
         for method in methods:
@@ -299,7 +299,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             )
             _print_partial(out, args.quiet, rows[-1])
     out.write("\n")
-    _table(header, rows, out)
+    print_table(header, rows, out)
     _say(
         out,
         "\nx dense = perplexity / dense perplexity. Unstructured 50% is per output row (the "
@@ -315,7 +315,7 @@ def _print_partial(out: TextIO, quiet: bool, row: tuple[str, ...]) -> None:
         sys.stderr.write(f"[demo]   -> perplexity {row[2]} ({row[3]} x dense), {row[4]} s\n")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")

@@ -204,7 +204,7 @@ def demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         f"sparseforge {info['version']} demo-matrices: {rows}x{cols} {args.dtype}, "
         f"threads={threads or _base.default_num_threads()}, simd={info['simd_active']}\n\n"
     )
-    _print_table(header, table, out)
+    _model_cli.print_table(header, table, out)
     out.write(
         "\nsf ms: sparseforge, mask and pruned copy, after one untimed warm-up call. numpy ms: a "
         "numpy stable-argsort reference (exact tie semantics), mask only.\n"
@@ -212,14 +212,6 @@ def demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         "rel. error = ||W - W_pruned||_F / ||W||_F, over the first matrix for the global row.\n"
     )
     return 1 if failed else 0
-
-
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    out.write(line + "\n" + "  ".join("-" * w for w in widths) + "\n")
-    for row in rows:
-        out.write("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) + "\n")
 
 
 def info_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import prune as _prune
 from .calib import LayerStats
-from .models.pipeline import METHODS, LayerReport, PruneReport
+from .models.pipeline import PruneReport, check_method, prune_linear
 
 __all__ = ["decoder_layers", "prune_model"]
 
@@ -114,11 +113,7 @@ def prune_model(
     t_start = time.perf_counter()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    if sparsity is not None:
-        _prune._check_sparsity(sparsity)
-    nm = None if pattern is None else _prune.parse_pattern(pattern)
+    spec, nm = check_method(method, sparsity, pattern)
     ids = torch.as_tensor(np.asarray(calib.cpu() if hasattr(calib, "cpu") else calib))
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(
@@ -127,7 +122,6 @@ def prune_model(
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"calib: expected integer token ids, got {ids.dtype}")
     ids = ids.to(torch.long)
-    spec = METHODS[method]
     hessian = spec.needs_hessian or error
     layers = decoder_layers(model)
     report = PruneReport(
@@ -164,26 +158,15 @@ def prune_model(
             errors: list[float] = []
             for name, mod in linears:
                 W, zero_copy = _float32_view(mod.weight)
-                st = stats[name]
-                t0 = time.perf_counter()
-                res = spec.fn(W, st, sparsity, pattern, **method_kwargs)
-                seconds = time.perf_counter() - t0
-                err = _prune.reconstruction_error(W, res.weight, st) if st.has_hessian else None
-                if err is not None:
-                    errors.append(err)
+                res, layer_report = prune_linear(
+                    spec, f"{i}.{name}.weight", W, stats[name], sparsity, pattern, method_kwargs
+                )
+                if layer_report.error is not None:
+                    errors.append(layer_report.error)
                 W[...] = res.weight  # in place: W is the parameter's memory when zero_copy
                 if not zero_copy:
                     mod.weight.data.copy_(torch.from_numpy(W).to(mod.weight.dtype))
-                report.layers.append(
-                    LayerReport(
-                        name=f"{i}.{name}.weight",
-                        shape=(int(W.shape[0]), int(W.shape[1])),
-                        sparsity=float(res.sparsity),
-                        error=err,
-                        seconds=seconds,
-                        info=dict(res.info),
-                    )
-                )
+                report.layers.append(layer_report)
             states = _run_layer(layer, states, kwargs) if sequential else dense_out
             if progress:
                 mean_err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""

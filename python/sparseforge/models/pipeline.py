@@ -41,7 +41,9 @@ __all__ = [
     "MethodSpec",
     "PruneReport",
     "calibration_windows",
+    "check_method",
     "prune",
+    "prune_linear",
     "register_method",
 ]
 
@@ -257,6 +259,44 @@ _GROUP = {
 _FEEDS = {LINEAR_SUFFIXES[0], LINEAR_SUFFIXES[3], LINEAR_SUFFIXES[4], LINEAR_SUFFIXES[6]}
 
 
+def check_method(method: Any, sparsity: Any, pattern: Any) -> tuple[MethodSpec, Any]:
+    """Validate the method name, sparsity and pattern shared by :func:`prune` and
+    ``sparseforge.torch.prune_model``; returns the method and the parsed pattern (or None)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if sparsity is not None:
+        _prune._check_sparsity(sparsity)
+    return METHODS[method], (None if pattern is None else _prune.parse_pattern(pattern))
+
+
+def prune_linear(
+    spec: MethodSpec,
+    name: str,
+    W: np.ndarray,
+    stats: LayerStats | None,
+    sparsity: float | None,
+    pattern: Any,
+    method_kwargs: dict[str, Any],
+) -> tuple[_prune.PruneResult, LayerReport]:
+    """Run one method on one weight and describe it: the result and its
+    :class:`LayerReport` (the reconstruction error when ``stats`` holds ``X^T X``)."""
+    t0 = time.perf_counter()
+    res = spec.fn(W, stats, sparsity, pattern, **method_kwargs)
+    seconds = time.perf_counter() - t0
+    err = None
+    if stats is not None and stats.has_hessian:
+        err = _prune.reconstruction_error(W, res.weight, stats)
+    report = LayerReport(
+        name=name,
+        shape=(int(W.shape[0]), int(W.shape[1])),
+        sparsity=float(res.sparsity),
+        error=err,
+        seconds=seconds,
+        info=dict(res.info),
+    )
+    return res, report
+
+
 def _run_block(
     model: LlamaModel, i: int, states: np.ndarray, hooks: Hooks | None
 ) -> npt.NDArray[np.float32]:
@@ -322,8 +362,7 @@ def prune(
     t_start = time.perf_counter()
     if not isinstance(model, LlamaModel):
         raise TypeError(f"model: expected a LlamaModel, got {type(model).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    spec, nm_pattern = check_method(method, sparsity, pattern)
     for flag, value in (
         ("sequential", sequential),
         ("error", error),
@@ -332,11 +371,7 @@ def prune(
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
-    if sparsity is not None:
-        _prune._check_sparsity(sparsity)
-    nm_pattern = None if pattern is None else _prune.parse_pattern(pattern)
     pattern_str = None if nm_pattern is None else str(nm_pattern)
-    spec = METHODS[method]
     windows = calibration_windows(
         model, calib, nsamples=nsamples, seqlen=seqlen, seed=seed, bos=bos
     )
@@ -369,20 +404,11 @@ def prune(
         for i in range(c.n_layers):
             t_block = time.perf_counter()
             for nm in model.linear_names(i):
-                W = model.weight(nm)
-                t0 = time.perf_counter()
-                res = spec.fn(W, None, sparsity, pattern, **method_kwargs)
-                model.set_weight(nm, np.ascontiguousarray(res.weight))
-                report.layers.append(
-                    LayerReport(
-                        name=nm,
-                        shape=(int(W.shape[0]), int(W.shape[1])),
-                        sparsity=float(res.sparsity),
-                        error=None,
-                        seconds=time.perf_counter() - t0,
-                        info=dict(res.info),
-                    )
+                res, layer = prune_linear(
+                    spec, nm, model.weight(nm), None, sparsity, pattern, method_kwargs
                 )
+                model.set_weight(nm, np.ascontiguousarray(res.weight))
+                report.layers.append(layer)
             if progress:
                 blk = report.layers[-7:]
                 print(
@@ -419,25 +445,13 @@ def prune(
         dense_out = _run_block(model, i, states, Hooks(linear_input=capture))
         errors: list[float] = []
         for nm in names:
-            st = by_name[nm]
-            W = model.weight(nm)
-            t0 = time.perf_counter()
-            res = spec.fn(W, st, sparsity, pattern, **method_kwargs)
-            seconds = time.perf_counter() - t0
-            err = _prune.reconstruction_error(W, res.weight, st) if st.has_hessian else None
-            if err is not None:
-                errors.append(err)
-            model.set_weight(nm, np.ascontiguousarray(res.weight))
-            report.layers.append(
-                LayerReport(
-                    name=nm,
-                    shape=(int(W.shape[0]), int(W.shape[1])),
-                    sparsity=float(res.sparsity),
-                    error=err,
-                    seconds=seconds,
-                    info=dict(res.info),
-                )
+            res, layer = prune_linear(
+                spec, nm, model.weight(nm), by_name[nm], sparsity, pattern, method_kwargs
             )
+            if layer.error is not None:
+                errors.append(layer.error)
+            model.set_weight(nm, np.ascontiguousarray(res.weight))
+            report.layers.append(layer)
         states = _run_block(model, i, states, None) if sequential else dense_out
         if progress:
             mean_err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""
