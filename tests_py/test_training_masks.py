@@ -83,9 +83,11 @@ def test_zeros_stay_zero_under_optimizers(make_opt) -> None:  # type: ignore[no-
 def test_float32_view_is_zero_copy() -> None:
     w = torch.randn(4, 8)
     view, zero_copy = float32_view(w)
-    assert zero_copy and np.shares_memory(view, w.numpy())
+    assert zero_copy
+    assert np.shares_memory(view, w.numpy())
     view64, zc = float32_view(w.double())
-    assert not zc and view64.dtype == np.float32
+    assert not zc
+    assert view64.dtype == np.float32
 
 
 @pytest.mark.parametrize(
@@ -135,7 +137,8 @@ def test_masks_save_and_load_with_the_model(tmp_path) -> None:  # type: ignore[n
     sp = sft.Sparsifier(model, ["fc1", "fc2"])
     sp.prune(0.5)
     state = model.state_dict()
-    assert "fc1.sparsity_mask" in state and state["fc1.sparsity_mask"].dtype == torch.bool
+    assert "fc1.sparsity_mask" in state
+    assert state["fc1.sparsity_mask"].dtype == torch.bool
     fresh = MLP()
     sp2 = sfm.load_state_dict_with_masks(fresh, state)
     assert sp2 is not None
@@ -171,7 +174,7 @@ def test_mask_file_for_another_model_is_refused(tmp_path) -> None:  # type: igno
     other = MLP(d_hidden=32)
     sp_other = sft.Sparsifier(other, ["fc1", "fc2"])
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(ValueError, match="path: .*another model"):
+    with pytest.raises(ValueError, match=r"path: .*another model"):
         sp_other.load(path)
     for k, v in other.state_dict().items():
         assert torch.equal(v, before[k])
@@ -225,11 +228,11 @@ def test_pattern_that_does_not_fit_leaves_model_untouched() -> None:
     model = MLP(d_in=18)  # fc1 in_features 18: not a multiple of 4
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sched = sft.GradualMagnitude(final=0.5, start=0, end=10)
-    with pytest.raises(ValueError, match="pattern: 2:4 .*fc1 has 18"):
+    with pytest.raises(ValueError, match=r"pattern: 2:4 .*fc1 has 18"):
         sft.Pruner(model, sched, pattern="2:4", linear_filter=["fc1", "fc2"])
     with pytest.raises(ValueError, match="block"):
         sft.Pruner(model, sched, block=(4, 4), linear_filter=["fc1"])
-    with pytest.raises(ValueError, match="schedule: pattern 2:4 needs final sparsity 0.5"):
+    with pytest.raises(ValueError, match=r"schedule: pattern 2:4 needs final sparsity 0\.5"):
         sft.Pruner(model, sft.GradualMagnitude(final=0.6, start=0, end=10), pattern="2:4",
                    linear_filter=["fc2"])  # fmt: skip
     assert set(model.state_dict()) == set(before)  # no mask buffers were added
@@ -330,8 +333,10 @@ def test_one_shot_then_finetune_from_prune_model() -> None:
         model, ids[:2], [ids[2:]], steps=4, method="wanda", sparsity=0.5, lr=1e-3,
         progress=False, prune_kwargs={"progress": False},
     )  # fmt: skip
-    assert len(report.layers) == 14 and len(sp.modules) == 14
-    assert len(logs) == 4 and all(np.isfinite(log.loss) for log in logs)
+    assert len(report.layers) == 14
+    assert len(sp.modules) == 14
+    assert len(logs) == 4
+    assert all(np.isfinite(log.loss) for log in logs)
     for n, mod in sp.modules.items():
         assert n.startswith("model.layers.")
         assert torch.all(mod.weight[~mod.sparsity_mask] == 0)

@@ -74,9 +74,7 @@ def linears(
     torch = torch_module()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    all_linears = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n
-    ]
+    all_linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n]
     if linear_filter is None:
         chosen = [(n, m) for n, m in all_linears if default_filter(n)]
     elif callable(linear_filter):

@@ -70,9 +70,7 @@ def kd_loss(
     if mask is not None:
         m = mask.reshape(-1).to(per_token.dtype)
         if m.numel() != per_token.numel():
-            raise ValueError(
-                f"mask: expected {per_token.numel()} token flags, got {m.numel()}"
-            )
+            raise ValueError(f"mask: expected {per_token.numel()} token flags, got {m.numel()}")
         n = m.sum()
         if float(n) == 0:
             raise ValueError("mask: no token selected")
@@ -87,7 +85,7 @@ def hidden_loss(student: Sequence[Any], teacher: Sequence[Any], proj: Any = None
             f"teacher: expected as many hidden states as the student ({len(student)}), "
             f"got {len(teacher)}"
         )
-    total = None
+    total: Any = 0.0
     for hs, ht in zip(student, teacher, strict=True):
         hs = hs.float() if proj is None else proj(hs.float())
         ht = ht.detach().float()
@@ -97,7 +95,7 @@ def hidden_loss(student: Sequence[Any], teacher: Sequence[Any], proj: Any = None
                 f"{tuple(hs.shape)} (give proj=)"
             )
         term = ((hs - ht) ** 2).mean() / (ht * ht).mean().clamp_min(1e-12)
-        total = term if total is None else total + term
+        total = total + term
     return total / len(student)
 
 
@@ -200,14 +198,16 @@ def to_transformers(model: Any, *, dtype: Any = None) -> Any:
     from ..models import LlamaModel
 
     if not isinstance(model, LlamaModel):
-        raise TypeError(f"model: expected a sparseforge.models.LlamaModel, got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a sparseforge.models.LlamaModel, got {type(model).__name__}"
+        )
     c = model.config
     if c.residual_dims:
         raise ValueError("model: a SliceGPT-sliced model (residual_dims) has no transformers class")
     if any(n.endswith(".bias") for n in model._weights):
         raise ValueError("model: biases are not supported by this converter")
     hf = LlamaForCausalLM(
-        LlamaConfig(
+        LlamaConfig(  # type: ignore[call-arg]
             vocab_size=c.vocab_size,
             hidden_size=c.dim,
             intermediate_size=c.hidden_dim,
@@ -237,5 +237,5 @@ def to_transformers(model: Any, *, dtype: Any = None) -> Any:
     bad = [k for k in missing if "rotary" not in k] + list(unexpected)
     if bad:
         raise ValueError(f"model: weights do not map onto LlamaForCausalLM: {bad[:3]}")
-    hf = hf.eval()
+    hf.train(False)
     return hf if dtype is None else hf.to(dtype)

@@ -65,7 +65,7 @@ class _Member:
 
     def size(self) -> int:
         rows, cols = self.weight.shape
-        return rows * cols // self.count
+        return int(rows * cols // self.count)
 
     def scale_(self, factor: Any) -> None:
         w = self.weight.data
@@ -150,21 +150,20 @@ class Groups:
     # -- math -------------------------------------------------------------------------
     def norms(self) -> Any:
         """L2 norm of every group, shape (G,), differentiable."""
-        total = None
-        for m in self.members:
-            sq = m.sq_norms(m.weight)
-            total = sq if total is None else total + sq
-        return total.sqrt()
+        return self._sq_norms().sqrt()
+
+    def _sq_norms(self) -> Any:
+        total: Any = self.members[0].sq_norms(self.members[0].weight)
+        for m in self.members[1:]:
+            total = total + m.sq_norms(m.weight)
+        return total
 
     def penalty(self, lam: float) -> Any:
         """``lam * sqrt(n_g) * sum_g ||w_g||`` (all groups have the same size ``n_g``).
         The gradient at a zero group is 0 (the subgradient Caffe's SSL uses)."""
         torch = torch_module()
         lam = check_float(lam, "lam")
-        sq = None
-        for m in self.members:
-            s = m.sq_norms(m.weight)
-            sq = s if sq is None else sq + s
+        sq = self._sq_norms()
         # sqrt with a zero-safe gradient
         safe = torch.where(sq > 0, sq, torch.ones_like(sq))
         norms = torch.where(sq > 0, safe.sqrt(), torch.zeros_like(sq))

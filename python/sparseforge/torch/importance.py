@@ -110,10 +110,11 @@ class GradientImportance:
             if key not in s:
                 raise ValueError(f"config: no scores for {key}; include it in linear_filter")
             t = s[key]
-            return (t.abs() if kind == "movement" else t).cpu().numpy().astype(np.float64)
+            out: np.ndarray = (t.abs() if kind == "movement" else t).cpu().numpy()
+            return out.astype(np.float64)
 
         c = config
-        hd = c.dim // c.n_heads
+        hd = c.head_dim
         group = c.n_heads // c.n_kv_heads
         neurons, heads, groups, layers = [], [], [], []
         channels = np.zeros(c.dim)

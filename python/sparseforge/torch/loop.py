@@ -54,7 +54,7 @@ def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
     return tqdm(total=total, desc="sparseforge train", leave=False)
@@ -189,17 +189,20 @@ def prune_and_finetune(
         model, calib, method=method, sparsity=sparsity, pattern=pattern, **(prune_kwargs or {})
     )
     sp = Sparsifier.from_report(model, report)
-    loss_fn = causal_lm_loss
+    loss_fn: Callable[[Any, Any], Any] = causal_lm_loss
     if teacher is not None:
         d = Distiller(model, teacher, temperature=temperature)
-        loss_fn = lambda m, b: d.loss(b)  # noqa: E731
+
+        def kd_fn(m: Any, b: Any) -> Any:
+            return d.loss(b)
+
+        loss_fn = kd_fn
+
     logs = finetune(model, batches, steps=steps, lr=lr, sparsifier=sp, loss_fn=loss_fn, **kwargs)
     return report, sp, logs
 
 
-def sparsity_callback(
-    sparsifier: Sparsifier | None = None, pruner: Pruner | None = None
-) -> Any:
+def sparsity_callback(sparsifier: Sparsifier | None = None, pruner: Pruner | None = None) -> Any:
     """A ``transformers.TrainerCallback`` that keeps masks in a ``Trainer`` run:
     ``on_step_begin`` steps the pruner (schedule on optimizer steps), ``on_optimizer_step``
     (right after ``optimizer.step()``) re-zeroes masked weights and optimizer state,
@@ -207,11 +210,12 @@ def sparsity_callback(
     tensor hooks."""
     from transformers import TrainerCallback
 
-    sp = pruner.sparsifier if pruner is not None else sparsifier
-    if sp is None:
+    found = pruner.sparsifier if pruner is not None else sparsifier
+    if found is None:
         raise ValueError("sparsifier: give a Sparsifier or a Pruner")
+    sp: Sparsifier = found
 
-    class SparsityCallback(TrainerCallback):  # type: ignore[misc]
+    class SparsityCallback(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if pruner is not None:
                 pruner.step(int(state.global_step))
@@ -219,9 +223,7 @@ def sparsity_callback(
         def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             sp.after_step(kw.get("optimizer"))
 
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any
-        ) -> None:
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs is not None:
                 logs["sparsity"] = sp.sparsity()
 

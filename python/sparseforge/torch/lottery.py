@@ -36,7 +36,9 @@ def rewind(model: Any, state: dict[str, Any], sparsifier: Sparsifier | None = No
         raise ValueError("state: the snapshot was taken from another model (other names)")
     for k, v in state.items():
         if tuple(v.shape) != tuple(current[k].shape):
-            raise ValueError(f"state: {k} has shape {tuple(v.shape)}, model {tuple(current[k].shape)}")
+            raise ValueError(
+                f"state: {k} has shape {tuple(v.shape)}, model {tuple(current[k].shape)}"
+            )
     with torch.no_grad():
         for k, v in state.items():
             current[k].copy_(v)
@@ -116,9 +118,7 @@ class LotteryTicket:
     def rewind(self) -> None:
         rewind(self.model, self.rewind_state, self.sparsifier)
 
-    def run(
-        self, train: Callable[[Any, Sparsifier, int], Any], levels: int
-    ) -> list[LotteryLevel]:
+    def run(self, train: Callable[[Any, Sparsifier, int], Any], levels: int) -> list[LotteryLevel]:
         """Level 0 trains the dense model from the rewind point; level L >= 1 prunes the
         previous level's trained weights, rewinds and retrains."""
         check_int(levels, "levels")

@@ -34,8 +34,8 @@ from ._util import check_fraction, float32_view, linears, torch_module
 __all__ = [
     "MASK_BUFFER",
     "Sparsifier",
-    "load_state_dict_with_masks",
     "check_pattern_fits",
+    "load_state_dict_with_masks",
     "model_signature",
     "partial_nm_mask",
     "select_mask",
@@ -162,7 +162,9 @@ def select_masks(
         if pattern is not None or block is not None:
             raise ValueError("scope: 'global' is unstructured; drop pattern/block")
         s = check_fraction(sparsity if sparsity is not None else 0.5, "sparsity")
-        srcs = {n: (w if scores is None else torch.as_tensor(scores[n])) for n, w in weights.items()}
+        srcs = {
+            n: (w if scores is None else torch.as_tensor(scores[n])) for n, w in weights.items()
+        }
         views = [float32_view(t)[0] for t in srcs.values()]
         results = sfp.magnitude_global(views, s)
         return {
@@ -416,7 +418,7 @@ class Sparsifier:
         """Fraction of masked entries over all masked linears."""
         total = sum(m.numel() for m in self.masks.values())
         kept = sum(int(m.sum()) for m in self.masks.values())
-        return 1.0 - kept / total
+        return float(1.0 - kept / total)
 
     def layer_sparsity(self) -> dict[str, float]:
         return {n: 1.0 - float(m.float().mean()) for n, m in self.masks.items()}
@@ -425,7 +427,7 @@ class Sparsifier:
         """Fraction of exact zeros in the masked linears' weights (>= :meth:`sparsity`)."""
         total = sum(m.weight.numel() for m in self.modules.values())
         zeros = sum(int((m.weight == 0).sum()) for m in self.modules.values())
-        return zeros / total
+        return float(zeros / total)
 
     # -- saving -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -481,4 +483,3 @@ def load_state_dict_with_masks(model: Any, state_dict: Mapping[str, Any]) -> Spa
     if sp is not None:
         sp.apply()
     return sp
-

@@ -25,6 +25,7 @@ from ._util import check_fraction, check_int, torch_module
 __all__ = ["load_balancing_loss", "router_jitter", "sparsemixer", "z_loss"]
 
 torch = torch_module()
+_Function: Any = torch.autograd.Function
 KINDS = ("switch", "mixtral", "megablocks")
 
 
@@ -132,14 +133,12 @@ def z_loss(logits: Any, *, alpha: float = 1.0) -> Any:
     return alpha * (lse * lse).mean()
 
 
-class _Multiplier(torch.autograd.Function):  # type: ignore[misc]
+class _Multiplier(_Function):  # type: ignore[misc]
     """SparseMixer's gate: forward ``gate * midpoint``; backward the estimator of
     ``d gate / d scores`` for the sampled expert (PhiMoE's ``PhimoeMultiplier``)."""
 
     @staticmethod
-    def forward(
-        ctx: Any, scores: Any, gate: Any, selected: Any, probs: Any, midpoint: Any
-    ) -> Any:
+    def forward(ctx: Any, scores: Any, gate: Any, selected: Any, probs: Any, midpoint: Any) -> Any:
         ctx.save_for_backward(gate, selected, probs)
         return gate * midpoint
 

@@ -217,7 +217,9 @@ class Pruner:
             else linears(model, linear_filter)
         )
         check_pattern_fits(((n, m.weight) for n, m in named), self.nm, block)
-        self.sparsifier = model if isinstance(model, Sparsifier) else Sparsifier(model, linear_filter)
+        self.sparsifier = (
+            model if isinstance(model, Sparsifier) else Sparsifier(model, linear_filter)
+        )
         self.schedule = schedule
         self.scope = scope
         self.block = block

@@ -24,9 +24,11 @@ from .masks import check_pattern_fits, select_mask
 __all__ = ["SRSTE", "apply_srste", "remove_srste", "srste_modules"]
 
 torch = torch_module()
+_Function: Any = torch.autograd.Function
+_Module: Any = torch.nn.Module
 
 
-class _SRSTEFunction(torch.autograd.Function):  # type: ignore[misc]
+class _SRSTEFunction(_Function):  # type: ignore[misc]
     @staticmethod
     def forward(ctx: Any, weight: Any, mask: Any, decay: float) -> Any:
         ctx.save_for_backward(weight, mask)
@@ -42,7 +44,7 @@ class _SRSTEFunction(torch.autograd.Function):  # type: ignore[misc]
         return g, None, None
 
 
-class SRSTE(torch.nn.Module):  # type: ignore[misc]
+class SRSTE(_Module):  # type: ignore[misc]
     """The SR-STE parametrization of one weight.
 
     Attributes
@@ -61,22 +63,23 @@ class SRSTE(torch.nn.Module):  # type: ignore[misc]
         self.frozen = False
         self.calls = 0
         self.flips = 0
-        self.register_buffer("mask", torch.empty(0, dtype=torch.bool), persistent=True)
+        self.register_buffer("mask", torch.empty(0, dtype=torch.bool), persistent=False)
 
     def forward(self, weight: Any) -> Any:
-        if self.mask.numel() == 0 or (
+        mask: Any = self._buffers["mask"]
+        if mask.numel() == 0 or (
             self.training
             and not self.frozen
             and self.refresh > 0
             and self.calls % self.refresh == 0
         ):
             new = select_mask(weight.detach(), pattern=self.nm)
-            if self.mask.numel():
-                self.flips = int((new != self.mask).sum())
-            self.mask = new
+            if mask.numel():
+                self.flips = int((new != mask).sum())
+            self._buffers["mask"] = mask = new
         if self.training:
             self.calls += 1
-        return _SRSTEFunction.apply(weight, self.mask, self.decay)
+        return _SRSTEFunction.apply(weight, mask, self.decay)
 
 
 def apply_srste(
