@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseforge", description="Weight, activation and KV-cache sparsity for LLMs."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sparseforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _model_cli.add_model_commands(sub)
     _export_cli.add_export_command(sub)
