@@ -21,7 +21,6 @@ Methods come from :data:`METHODS`; :func:`register_method` adds one.
 from __future__ import annotations
 
 import numbers
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import _progress
 from .. import prune as _prune
 from ..calib import LayerStats
 from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
@@ -337,7 +337,7 @@ def prune(
     seed: int = 0,
     bos: bool = True,
     error: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     **method_kwargs: Any,
 ) -> PruneReport:
     """Prune every block's 7 linears of ``model`` in place (``model.set_weight``), block by
@@ -367,8 +367,10 @@ def prune(
         Gather ``X^T X`` for every linear and report each layer's reconstruction error
         (always gathered when the method needs it). The cost is ``in_features^2``
         multiply-adds per calibration token per distinct input.
-    progress : bool
-        One plain-text line per block on stderr.
+    progress : bool or None
+        A progress bar over the blocks on stderr (tqdm when installed, else plain lines):
+        None shows it when stderr is a terminal (``SPARSEFORGE_PROGRESS=1`` forces it),
+        True always, False never.
     **method_kwargs
         Passed to the method (e.g. ``percdamp=``, ``block_size=`` for sparsegpt,
         ``scope=`` for magnitude, ``variant=`` for wanda).
@@ -384,11 +386,11 @@ def prune(
     for flag, value in (
         ("sequential", sequential),
         ("error", error),
-        ("progress", progress),
         ("bos", bos),
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
+    _progress.check_progress(progress)
     pattern_str = None if nm_pattern is None else str(nm_pattern)
     windows = calibration_windows(
         model, calib, nsamples=nsamples, seqlen=seqlen, seed=seed, bos=bos
@@ -419,28 +421,29 @@ def prune(
     hessian = spec.needs_hessian or error
     if not spec.needs_data and not error:
         # Data-free (magnitude): no forward at all; the windows were still validated.
-        for i in range(c.n_layers):
-            t_block = time.perf_counter()
-            for nm in model.linear_names(i):
-                res, layer = prune_linear(
-                    spec, nm, model.weight(nm), None, sparsity, pattern, method_kwargs
-                )
-                model.set_weight(nm, np.ascontiguousarray(res.weight))
-                report.layers.append(layer)
-            if progress:
+        with _progress.bar(
+            c.n_layers, f"sparseforge prune [{method}]", unit="blocks", progress=progress
+        ) as bar:
+            for i in range(c.n_layers):
+                for nm in model.linear_names(i):
+                    res, layer = prune_linear(
+                        spec, nm, model.weight(nm), None, sparsity, pattern, method_kwargs
+                    )
+                    model.set_weight(nm, np.ascontiguousarray(res.weight))
+                    report.layers.append(layer)
                 blk = report.layers[-7:]
-                print(
-                    f"sparseforge prune [{method}] block {i + 1}/{c.n_layers}: {len(blk)} "
-                    f"linears, sparsity {sum(r.sparsity for r in blk) / len(blk):.3f} "
-                    f"(no calibration data needed), {time.perf_counter() - t_block:.2f} s",
-                    file=sys.stderr,
-                    flush=True,
+                bar.note(
+                    f"sparsity {sum(r.sparsity for r in blk) / len(blk):.3f} (no calibration "
+                    "data needed)"
                 )
+                bar.update()
         report.seconds = time.perf_counter() - t_start
         return report
     states = np.stack([model.embed(w) for w in windows])
+    bar = _progress.bar(
+        c.n_layers, f"sparseforge prune [{method}]", unit="blocks", progress=progress
+    )
     for i in range(c.n_layers):
-        t_block = time.perf_counter()
         names = model.linear_names(i)
         in_features = [int(model.weight(nm).shape[1]) for nm in names]
         stats: dict[int, LayerStats] = {}
@@ -484,20 +487,16 @@ def prune(
             model.set_weight(nm, np.ascontiguousarray(res.weight))
             report.layers.append(layer)
         states = _run_block(model, i, states, None) if sequential else dense_out
-        if progress:
-            mean_err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""
-            blk = report.layers[-len(names) :]
-            sp = sum(r.sparsity for r in blk) / len(blk)
-            print(
-                f"sparseforge prune [{method}] block {i + 1}/{c.n_layers}: {len(names)} linears, "
-                f"sparsity {sp:.3f}{mean_err}, {time.perf_counter() - t_block:.2f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        mean_err = f", rel. error {sum(errors) / len(errors):.2e}" if errors else ""
+        blk = report.layers[-len(names) :]
+        bar.note(f"sparsity {sum(r.sparsity for r in blk) / len(blk):.3f}{mean_err}")
+        bar.update()
         if not np.all(np.isfinite(states)):
+            bar.close()
             raise ValueError(
                 f"model: block {i} produced non-finite outputs after pruning "
                 f"({method}, sparsity {sparsity}, pattern {pattern_str})"
             )
+    bar.close()
     report.seconds = time.perf_counter() - t_start
     return report
