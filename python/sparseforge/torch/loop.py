@@ -1,18 +1,18 @@
 """A small training loop and a transformers ``TrainerCallback`` that add sparsity to a
 training script: masks kept through every optimizer step, a pruning schedule stepped per
-optimizer step, per-step logging of loss, learning rate and sparsity, a progress bar
-(tqdm when installed, a plain line every ``log_every`` steps otherwise).
+optimizer step, per-step logging of loss, learning rate and sparsity (:class:`StepLog`),
+and sparseforge's progress bar (tqdm when installed, plain stderr lines otherwise).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _progress
 from ._util import check_int, torch_module
 from .masks import Sparsifier
 from .schedules import Pruner
@@ -50,16 +50,6 @@ def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
             raise ValueError("batches: expected at least one batch")
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="sparseforge train", leave=False)
-
-
 def train(
     model: Any,
     batches: Iterable[Any],
@@ -74,8 +64,7 @@ def train(
     clip_grad_norm: float | None = None,
     regularizer: Callable[[], Any] | None = None,
     after_step: Callable[[int], None] | None = None,
-    log_every: int = 10,
-    progress: bool = True,
+    progress: bool | None = None,
     history: list[StepLog] | None = None,
     start_step: int = 0,
 ) -> list[StepLog]:
@@ -86,7 +75,9 @@ def train(
     ``pruner.step(t)`` runs before the forward of step t; the sparsifier (the pruner's, or
     the one given) is attached to ``optimizer`` so zeros stay zeros. ``regularizer()`` is
     added to the loss (e.g. a group-lasso penalty); ``after_step(t)`` runs after each
-    optimizer step (e.g. a proximal step). Returns one :class:`StepLog` per step.
+    optimizer step (e.g. a proximal step). ``progress`` as everywhere in sparseforge
+    (:mod:`sparseforge._progress`: tqdm when installed, plain stderr lines otherwise;
+    None = on a terminal). Returns one :class:`StepLog` per step.
     """
     torch = torch_module()
     check_int(steps, "steps")
@@ -95,7 +86,8 @@ def train(
     if sp is not None and all(opt is not optimizer for opt, _ in sp._opt_handles):
         sp.attach(optimizer)
     logs = [] if history is None else history
-    bar = _progress(steps, progress)
+    _progress.check_progress(progress)
+    bar = _progress.bar(steps, "sparseforge train", unit="steps", progress=progress)
     it = _cycle(batches)
     model.train()
     t0 = time.perf_counter()
@@ -118,27 +110,18 @@ def train(
             raise FloatingPointError(f"loss: not finite at step {t} ({total})")
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        lr = float(optimizer.param_groups[0]["lr"])  # the rate this step used
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if after_step is not None:
             after_step(t)
-        lr = float(optimizer.param_groups[0]["lr"])
         s = sp.sparsity() if sp is not None else 0.0
         log = StepLog(t, total, lr, s, time.perf_counter() - t0, parts)
         logs.append(log)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}", sparsity=f"{s:.3f}", lr=f"{lr:.2e}")
-        elif progress and ((t + 1) % log_every == 0 or t == start_step + steps - 1):
-            print(
-                f"sparseforge train step {t + 1}/{start_step + steps}: loss {total:.4f} "
-                f"lr {lr:.2e} sparsity {s:.4f} ({log.seconds:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    if bar is not None:
-        bar.close()
+        bar.note(f"loss {total:.4f} lr {lr:.2e} sparsity {s:.4f}")
+        bar.update(1)
+    bar.close()
     return logs
 
 
