@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import _base, _model_cli, prune
+from . import _base, _export_cli, _model_cli, prune
 
 
 class Progress:
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sparseforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _model_cli.add_model_commands(sub)
+    _export_cli.add_export_command(sub)
     d = sub.add_parser("demo-matrices", help="run the library's operations on generated matrices")
     d.add_argument(
         "--size",
