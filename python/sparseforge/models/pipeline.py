@@ -23,7 +23,7 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,11 +59,17 @@ class MethodSpec:
     returning a :class:`sparseforge.prune.PruneResult`; ``needs_hessian`` says whether
     ``stats`` must hold ``X^T X`` (otherwise the column norms are enough);
     ``needs_data=False`` marks a data-free method (magnitude): with ``error=False`` no
-    calibration forward runs and ``stats`` is None."""
+    calibration forward runs and ``stats`` is None. ``share(stats, kwargs)``, when set,
+    turns a LayerStats into what ``fn`` gets for all linears reading that input (made once:
+    SparseGPT factorises the shared Hessian of q/k/v and of gate/up once)."""
 
     fn: MethodFn
     needs_hessian: bool
     needs_data: bool = True
+    # share(stats, method_kwargs) -> what ``fn`` receives as ``stats`` for every linear of a
+    # block that reads the same input (q/k/v, gate/up): made once per input (SparseGPT's
+    # factorised Hessian), or None to pass the LayerStats itself.
+    share: Callable[[LayerStats, dict[str, Any]], Any] | None = None
 
 
 def _magnitude(
@@ -84,10 +90,17 @@ def _sparsegpt(
     return _prune.sparsegpt(W, stats, sparsity, pattern=pattern, **kw)
 
 
+def _sparsegpt_factor(stats: LayerStats, kw: dict[str, Any]) -> _prune.HessianFactor:
+    # U depends on H, the damping and the precisions only; sparsegpt() checks that the
+    # kwargs it then gets agree with the factor's.
+    keys = ("percdamp", "max_percdamp", "precision", "factor_precision", "num_threads")
+    return _prune.factor_hessian(stats, **{k: kw[k] for k in keys if kw.get(k) is not None})
+
+
 METHODS: dict[str, MethodSpec] = {
     "magnitude": MethodSpec(_magnitude, needs_hessian=False, needs_data=False),
     "wanda": MethodSpec(_wanda, needs_hessian=False),
-    "sparsegpt": MethodSpec(_sparsegpt, needs_hessian=True),
+    "sparsegpt": MethodSpec(_sparsegpt, needs_hessian=True, share=_sparsegpt_factor),
 }
 
 
@@ -457,15 +470,20 @@ def prune_linear(
     sparsity: float | None,
     pattern: Any,
     method_kwargs: dict[str, Any],
+    shared: Any = None,
 ) -> tuple[_prune.PruneResult, LayerReport]:
     """Run one method on one weight and describe it: the result and its
-    :class:`LayerReport` (the reconstruction error when ``stats`` holds ``X^T X``)."""
+    :class:`LayerReport` (the reconstruction error, computed in the core from ``stats``
+    read in place, when ``stats`` holds ``X^T X``). ``shared``: what ``spec.share`` made
+    from ``stats`` (passed to the method instead of ``stats``)."""
     t0 = time.perf_counter()
-    res = spec.fn(W, stats, sparsity, pattern, **method_kwargs)
+    res = spec.fn(W, stats if shared is None else shared, sparsity, pattern, **method_kwargs)
     seconds = time.perf_counter() - t0
     err = None
     if stats is not None and stats.has_hessian:
-        err = _prune.reconstruction_error(W, res.weight, stats)
+        err = _prune.reconstruction_error(
+            W, res.weight, stats, num_threads=method_kwargs.get("num_threads")
+        )
     report = LayerReport(
         name=name,
         shape=(int(W.shape[0]), int(W.shape[1])),
@@ -627,10 +645,23 @@ def prune(
 
         dense_out = _run_block(model, i, states, Hooks(linear_input=capture))
         errors: list[float] = []
+        last_user = {id(by_name[nm]): nm for nm in names}  # free each share after its last user
+        shares: dict[int, Any] = {}
         for nm in names:
+            st = by_name[nm]
+            if spec.share is not None and id(st) not in shares:
+                t0 = time.perf_counter()
+                shares[id(st)] = spec.share(st, method_kwargs)
+                share_s = time.perf_counter() - t0
+            else:
+                share_s = 0.0
             res, layer = prune_linear(
-                spec, nm, model.weight(nm), by_name[nm], sparsity, pattern, method_kwargs
+                spec, nm, model.weight(nm), st, sparsity, pattern, method_kwargs, shares.get(id(st))
             )
+            if share_s:
+                layer = replace(layer, seconds=layer.seconds + share_s)
+            if last_user[id(st)] == nm:
+                shares.pop(id(st), None)
             if layer.error is not None:
                 errors.append(layer.error)
             model.set_weight(nm, np.ascontiguousarray(res.weight))
