@@ -34,6 +34,7 @@ from .kernels import _threads
 
 if TYPE_CHECKING:
     from .activation import Thresholds
+    from .models.config import LlamaConfig
     from .models.llama import LlamaModel
 
 __all__ = ["Session", "compile_model", "unsupported_reason"]
@@ -207,9 +208,13 @@ class Session:
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
             raise TypeError(f"capacity: expected an int, got {type(capacity).__name__}")
-        self.config = model.config
-        self._rt = compile_model(model, thresholds=thresholds, transposed=transposed)
-        self._s = _core.RuntimeSession(self._rt, int(capacity), _threads(num_threads))
+        self.config: LlamaConfig = model.config
+        self._rt: _core.RuntimeModel = compile_model(
+            model, thresholds=thresholds, transposed=transposed
+        )
+        self._s: _core.RuntimeSession = _core.RuntimeSession(
+            self._rt, int(capacity), _threads(num_threads)
+        )
 
     @property
     def length(self) -> int:

@@ -146,10 +146,15 @@ class KVCache:
                 f"capacity: expected 1 <= capacity <= max_seq_len={config.max_seq_len}, "
                 f"got {capacity}"
             )
-        self._shape = (config.n_layers, int(capacity), config.n_kv_heads, config.head_dim)
+        self._shape: tuple[int, int, int, int] = (
+            config.n_layers,
+            int(capacity),
+            config.n_kv_heads,
+            config.head_dim,
+        )
         self._k: F32Array | None = None
         self._v: F32Array | None = None
-        self._length = 0
+        self._length: int = 0
         self._session: Any = None  # a _core.RuntimeSession while the session backs the cache
 
     @property
