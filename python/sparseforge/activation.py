@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ import numpy.typing as npt
 from . import _core
 from . import kernels as _kernels
 from ._base import threads_arg
+from ._io import atomic_write, load_json
 from .models.llama import LINEAR_SUFFIXES, Hooks, LlamaModel
 
 __all__ = [
@@ -175,6 +176,8 @@ class Histogram:
     def __init__(self) -> None:
         self._counts = np.zeros(2 * self._BINS, dtype=np.int64)  # [positive | negative]
         self._n = 0
+        # update/merge from several threads: the bincount runs unlocked, the add under it.
+        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
@@ -185,7 +188,8 @@ class Histogram:
     def counts(self) -> npt.NDArray[np.int64]:
         """``(2, 32768)`` int64: counts of non-negative (row 0) and negative (row 1) values
         per magnitude bin (a copy)."""
-        out: npt.NDArray[np.int64] = self._counts.reshape(2, self._BINS).copy()
+        with self._lock:
+            out: npt.NDArray[np.int64] = self._counts.reshape(2, self._BINS).copy()
         return out
 
     def update(self, x: npt.ArrayLike) -> None:
@@ -203,15 +207,25 @@ class Histogram:
             raise ValueError("x: contains NaN or Inf")
         key = (mag >> np.uint32(self._SHIFT)).astype(np.int64)
         key += (bits >> np.uint32(31)).astype(np.int64) * self._BINS
-        self._counts += np.bincount(key, minlength=2 * self._BINS)
-        self._n += int(a.size)
+        add = np.bincount(key, minlength=2 * self._BINS)
+        with self._lock:
+            self._counts += add
+            self._n += int(a.size)
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts into this histogram."""
         if not isinstance(other, Histogram):
             raise TypeError(f"other: expected a Histogram, got {type(other).__name__}")
-        self._counts += other._counts
-        self._n += other._n
+        if other is self:
+            with self._lock:
+                self._counts *= 2
+                self._n *= 2
+            return
+        with other._lock:
+            add, n = other._counts.copy(), other._n
+        with self._lock:
+            self._counts += add
+            self._n += n
 
     @classmethod
     def _edges(cls) -> npt.NDArray[np.float64]:
@@ -221,15 +235,19 @@ class Histogram:
         e[-1] = float(np.finfo(np.float32).max)
         return e
 
-    def _check(self) -> None:
-        if self._n == 0:
+    def _snapshot(self) -> tuple[npt.NDArray[np.int64], int]:
+        """Counts and total taken together (another thread may be updating)."""
+        with self._lock:
+            counts, n = self._counts.copy(), self._n
+        if n == 0:
             raise ValueError("histogram: no data (update() was never called with values)")
+        return counts, n
 
     def sparsity_at(self, threshold: float) -> float:
         """Fraction of values with ``|x| <= threshold`` (interpolated inside a bin)."""
-        self._check()
+        counts, n = self._snapshot()
         t = float(threshold)
-        folded = self._counts[: self._BINS] + self._counts[self._BINS :]
+        folded = counts[: self._BINS] + counts[self._BINS :]
         edges = self._edges()
         cum = np.concatenate([[0], np.cumsum(folded)]).astype(np.float64)
         if t < 0:
@@ -240,19 +258,19 @@ class Histogram:
         lo, hi = edges[k], edges[k + 1]
         # the zero bin holds zeros and denormals: all of it counts as <= 0
         frac = 1.0 if k == 0 else min((t - lo) / (hi - lo), 1.0)
-        return float((cum[k] + frac * folded[k]) / self._n)
+        return float((cum[k] + frac * folded[k]) / n)
 
     def threshold(self, sparsity: float, method: str = "empirical") -> float:
         """The threshold ``t`` that zeroes a fraction ``sparsity`` of the values under
         ``|x| > t`` (see the class notes for the two methods)."""
-        self._check()
+        counts, n = self._snapshot()
         s = _sparsity_arg(sparsity)
         if s == 0.0:
             return 0.0
         edges = self._edges()
         if method == "empirical":
-            folded = (self._counts[: self._BINS] + self._counts[self._BINS :]).astype(np.float64)
-            cum = np.concatenate([[0.0], np.cumsum(folded)]) / self._n
+            folded = (counts[: self._BINS] + counts[self._BINS :]).astype(np.float64)
+            cum = np.concatenate([[0.0], np.cumsum(folded)]) / n
             if cum[1] >= s:  # the zero bin (zeros and denormals) already reaches s
                 return 0.0
             k = int(np.searchsorted(cum, s, side="left")) - 1
@@ -261,13 +279,13 @@ class Histogram:
             frac = 0.0 if width <= 0 else (s - cum[k]) / width
             return float(edges[k] + frac * (edges[k + 1] - edges[k]))
         if method == "symmetric":
-            pos = self._counts[: self._BINS].astype(np.float64)
-            neg = self._counts[self._BINS :].astype(np.float64)
+            pos = counts[: self._BINS].astype(np.float64)
+            neg = counts[self._BINS :].astype(np.float64)
             q = 0.5 + s / 2.0
-            below0 = neg.sum() / self._n  # P(x < 0)
+            below0 = neg.sum() / n  # P(x < 0)
             if q <= below0:
                 return 0.0  # the quantile is negative: the shortcut gives no positive cut
-            cum = below0 + np.concatenate([[0.0], np.cumsum(pos)]) / self._n
+            cum = below0 + np.concatenate([[0.0], np.cumsum(pos)]) / n
             k = int(np.searchsorted(cum, q, side="left")) - 1
             k = min(max(k, 0), self._BINS - 1)
             width = cum[k + 1] - cum[k]
@@ -473,17 +491,8 @@ class Thresholds:
         """Write the table as JSON, atomically (temporary file + rename)."""
         path = Path(path)
         text = json.dumps(self.to_json(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "w") as f:
+            f.write(text)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: LlamaModel | None = None) -> Thresholds:
@@ -493,8 +502,8 @@ class Thresholds:
         table, or holds bad values."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = load_json(path, "thresholds table")
+        except ValueError as err:
             raise ValueError(f"{path}: not a JSON thresholds table ({err})") from None
         try:
             th = cls._from_json(data)
