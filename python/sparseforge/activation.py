@@ -725,6 +725,9 @@ def _block_runner(
     return run
 
 
+_MAX_GREEDY_STEPS = 10_000
+
+
 def teal_greedy(
     model: LlamaModel,
     stats: ActivationStats,
@@ -770,6 +773,15 @@ def teal_greedy(
         p: float(np.prod(shapes[n])) / q_params for p, n in zip(PROJECTIONS, names0, strict=True)
     }
     wsum = sum(weights.values())
+    # each greedy step raises the effective sparsity by base_step / wsum: refuse a step so
+    # small that the walk would not finish (7 block forwards per step)
+    n_steps = smax * wsum / float(base_step)
+    if n_steps > _MAX_GREEDY_STEPS:
+        raise ValueError(
+            f"base_step: {base_step!r} needs about {n_steps:.3g} greedy steps per block "
+            f"(at most {_MAX_GREEDY_STEPS}); use base_step >= "
+            f"{smax * wsum / _MAX_GREEDY_STEPS:.2g}"
+        )
     windows = _windows(model, ids, seqlen, max_windows)
     # Dense block inputs for every block, windows stacked along tokens (block runs per window).
     states = [model.embed(w) for w in windows]
