@@ -1,6 +1,6 @@
 """The benchmark method in Python; the same method as ``bench/cpp/harness.h``.
 
-docs/DESIGN.md, "Performance method":
+bench/README.md, "Method":
 
 * candidates and baselines run **interleaved** (round-robin) in one process, and each
   reports its **best of N** (N >= 21) — machine bandwidth drifts 2-3x within minutes, so

@@ -1,7 +1,7 @@
 """Pure-numpy oracles for the pruning rules, written from the documented semantics.
 
 Nothing here imports sparseforge: these are the slow, obviously-correct versions the
-library is tested against. Conventions (DESIGN.md, ``sparseforge.prune``):
+library is tested against. Conventions (docs/conventions.md, ``sparseforge.prune``):
 
 * ``W`` has shape ``(out_features, in_features)``; magnitudes are ``|W|`` in float32
   (fp16/bf16 convert to float32 exactly).

@@ -161,3 +161,9 @@ def test_bad_arguments_exit_non_zero(args: list[str], needle: str) -> None:
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
     assert res.stdout == ""
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    res = run("--version")
+    assert res.returncode == 0
+    assert res.stdout.strip() == f"sparseforge {sf.__version__}"

@@ -13,6 +13,7 @@ import pytest
 
 import realdata
 import sparseforge as sf
+from sparseforge import _progress
 from sparseforge import models as sm
 from sparseforge.models.llama import LINEAR_SUFFIXES
 from sparseforge.models.perplexity import perplexity
@@ -290,9 +291,17 @@ def test_prune_progress_and_report(
 ) -> None:
     m = _load()
     report = prune(m, streams[0], method="magnitude", nsamples=2, seqlen=64, error=False)
+    assert capsys.readouterr().err == ""  # progress=None: stderr is not a terminal here
+    m = _load()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_progress, "USE_TQDM", False)
+        report = prune(
+            m, streams[0], method="magnitude", nsamples=2, seqlen=64, error=False, progress=True
+        )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == m.config.n_layers
-    assert "block 5/5" in err[-1]
+    assert err[0].startswith("sparseforge prune [magnitude]: 1/5 blocks")
+    assert err[-1].startswith("sparseforge prune [magnitude]: 5/5 blocks")
+    assert "sparsity 0.500" in err[-1]
     assert all(r.error is None for r in report.layers)  # no Hessian gathered
     assert report.overall_sparsity == 0.5
     assert report.calib_tokens == 128

@@ -18,8 +18,8 @@ if command -v ruff >/dev/null; then
 else
   echo "lint: ruff not installed"; status=1
 fi
-if python3 -c "import mypy" 2>/dev/null; then
-  python3 -m mypy || status=1
+if python -c "import mypy" 2>/dev/null; then
+  python -m mypy || status=1
 else
   echo "lint: mypy not installed"; status=1
 fi

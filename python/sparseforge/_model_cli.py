@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import _progress
 from . import models as sm
 from .models.llama import LlamaModel
 from .models.perplexity import token_stream
@@ -161,9 +162,25 @@ def _say(out: TextIO, msg: str) -> None:
     out.flush()
 
 
-def _ppl(model: LlamaModel, text: Any, seqlen: int, windows: int | None) -> sm.PerplexityResult:
+def _show(args: argparse.Namespace) -> bool | None:
+    """The library's ``progress=``: None (on a terminal, or SPARSEFORGE_PROGRESS=1) or
+    False with --quiet."""
+    return False if getattr(args, "quiet", False) else None
+
+
+def _ppl(
+    model: LlamaModel,
+    text: Any,
+    seqlen: int,
+    windows: int | None,
+    progress: bool | None = None,
+) -> sm.PerplexityResult:
     return sm.perplexity(
-        model, text, seqlen=min(seqlen, model.config.max_seq_len), max_windows=windows
+        model,
+        text,
+        seqlen=min(seqlen, model.config.max_seq_len),
+        max_windows=windows,
+        progress=progress,
     )
 
 
@@ -174,7 +191,7 @@ def eval_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     model = load_model(args.model, args.threads)
     texts = choose_texts(args.text, None)
     t0 = time.perf_counter()
-    r = _ppl(model, texts.eval_text, args.seqlen, args.max_windows)
+    r = _ppl(model, texts.eval_text, args.seqlen, args.max_windows, _show(args))
     _say(out, f"model: {model.source} ({model})")
     _say(out, f"text: {texts.eval_name}")
     _say(out, f"{r} [{time.perf_counter() - t0:.1f} s]")
@@ -200,7 +217,7 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         pattern=args.pattern,
         nsamples=args.nsamples,
         seqlen=min(args.seqlen, model.config.max_seq_len),
-        progress=not args.quiet,
+        progress=_show(args),
     )
     elapsed = time.perf_counter() - t0
     if args.report:
@@ -211,7 +228,7 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         f"{report.overall_sparsity:.4f}",
     )
     if args.eval:
-        r = _ppl(model, texts.eval_text, args.eval_seqlen, args.max_windows)
+        r = _ppl(model, texts.eval_text, args.eval_seqlen, args.max_windows, _show(args))
         _say(out, f"pruned model on {texts.eval_name}: {r}")
     if args.out:
         saved = sm.save(model, args.out, dtype=args.dtype)
@@ -253,7 +270,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         f"calibration: {texts.calib_name}; {args.nsamples} windows of {args.calib_seqlen} "
         "tokens, block by block (each block calibrated on the already-pruned blocks' output)",
     )
-    dense = _ppl(base, eval_ids, seqlen, args.max_windows)
+    dense = _ppl(base, eval_ids, seqlen, args.max_windows, _show(args))
     _say(
         out,
         f"perplexity over {dense.windows} windows of {dense.seqlen} tokens "
@@ -262,16 +279,16 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     rows: list[tuple[str, ...]] = [("dense", "-", f"{dense.ppl:.2f}", "1.00", "-", "-")]
     header = ("method", "sparsity", "perplexity", "x dense", "prune s", "saved MB")
     methods = [m for m in DEMO_METHODS if m in args.methods]
-    for label, sparsity, pattern in DEMO_PATTERNS:
-        if label not in args.patterns:
-            continue
+    configs = [c for c in DEMO_PATTERNS if c[0] in args.patterns]
+    todo = sum(len(methods) for _, _, pattern in configs if pattern_fits(base, pattern))
+    bar = _progress.bar(todo, "sparseforge demo", unit="runs", progress=_show(args))
+    for label, sparsity, pattern in configs:
         if not pattern_fits(base, pattern):
             rows.append((label, "n/a", f"{pattern} does not divide every in_features", "", "", ""))
             continue
         for method in methods:
             model = fresh_copy(base)
-            if not args.quiet:
-                sys.stderr.write(f"[demo] {method} {label} ...\n")
+            bar.note(f"{method} {label}")
             t0 = time.perf_counter()
             sm.prune(
                 model,
@@ -282,10 +299,10 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 nsamples=args.nsamples,
                 seqlen=min(args.calib_seqlen, base.config.max_seq_len),
                 error=False,
-                progress=False,
+                progress=_show(args),
             )
             took = time.perf_counter() - t0
-            r = _ppl(model, eval_ids, seqlen, args.max_windows)
+            r = _ppl(model, eval_ids, seqlen, args.max_windows, _show(args))
             size = "-"
             if args.save_dir:
                 saved = sm.save(
@@ -297,7 +314,13 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             rows.append(
                 (method, label, f"{r.ppl:.2f}", f"{r.ppl / dense.ppl:.2f}", f"{took:.1f}", size)
             )
-            _print_partial(out, args.quiet, rows[-1])
+            if not args.quiet:
+                _progress.write(
+                    f"[demo] {method} {label}: perplexity {rows[-1][2]} ({rows[-1][3]} x "
+                    f"dense), pruned in {rows[-1][4]} s"
+                )
+            bar.update()
+    bar.close()
     out.write("\n")
     print_table(header, rows, out)
     _say(
@@ -308,11 +331,6 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         "full tables (bench/results/model-quality.md).",
     )
     return 0
-
-
-def _print_partial(out: TextIO, quiet: bool, row: tuple[str, ...]) -> None:
-    if not quiet:
-        sys.stderr.write(f"[demo]   -> perplexity {row[2]} ({row[3]} x dense), {row[4]} s\n")
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:

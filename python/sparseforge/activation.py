@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _core, _progress
 from . import kernels as _kernels
 from ._base import threads_arg
 from ._io import atomic_write, load_json
@@ -360,6 +360,7 @@ def calibrate(
     *,
     seqlen: int | None = None,
     max_windows: int | None = None,
+    progress: bool | None = None,
 ) -> ActivationStats:
     """Stream calibration text through the dense model and histogram every linear's input,
     ``silu(gate)`` and the per-head attention output norms.
@@ -371,8 +372,12 @@ def calibrate(
     seqlen, max_windows : int, optional
         Consecutive windows of ``seqlen`` tokens (default ``min(max_seq_len, 2048)``), at
         most ``max_windows`` of them.
+    progress : bool or None
+        A progress bar over the windows on stderr: None shows it when stderr is a terminal
+        (``SPARSEFORGE_PROGRESS=1`` forces it), True always, False never.
     """
     model = _model_arg(model)
+    _progress.check_progress(progress)
     c = model.config
     linear: dict[str, Histogram] = {}
     gate: dict[int, Histogram] = {i: Histogram() for i in range(c.n_layers)}
@@ -404,9 +409,12 @@ def calibrate(
 
     hooks = Hooks(linear_input=linear_input, linear=linear_fn)
     tokens = 0
-    for w in _windows(model, ids, seqlen, max_windows):
-        model.forward(w, hooks=hooks)
-        tokens += int(w.size)
+    windows = _windows(model, ids, seqlen, max_windows)
+    with _progress.bar(len(windows), "calibrate", unit="windows", progress=progress) as bar:
+        for w in windows:
+            model.forward(w, hooks=hooks)
+            tokens += int(w.size)
+            bar.update()
     # gate and up share one input: separate objects were filled identically; share one.
     for i in range(c.n_layers):
         names = model.linear_names(i)
@@ -738,7 +746,7 @@ def teal_greedy(
     last_fraction: float = 0.25,
     seqlen: int | None = None,
     max_windows: int | None = 2,
-    progress: Callable[[int, int], None] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> GreedyPath:
     """TEAL's block-wise greedy allocation (``teal/greedyopt.py``).
 
@@ -752,8 +760,14 @@ def teal_greedy(
     sparsity come from the histograms in ``stats`` (as TEAL's ``set_threshold``).
 
     Cost: about ``7 * max_sparsity * sum_p(w_p) / base_step`` block forwards per block.
+
+    ``progress``: a progress bar over the blocks on stderr (None: when stderr is a terminal,
+    or ``SPARSEFORGE_PROGRESS=1``; True: always; False: never), or a callable
+    ``progress(blocks_done, n_layers)`` called after each block instead.
     """
     model = _model_arg(model)
+    callback = progress if callable(progress) else None
+    show = None if callback is not None else _progress.check_progress(progress)
     stats = _stats_arg(stats)
     stats.check_model(model)
     smax = _sparsity_arg(max_sparsity, "max_sparsity")
@@ -786,6 +800,9 @@ def teal_greedy(
     # Dense block inputs for every block, windows stacked along tokens (block runs per window).
     states = [model.embed(w) for w in windows]
     steps: list[list[tuple[float, float, dict[str, float]]]] = []
+    bar = _progress.bar(
+        c.n_layers, "TEAL greedy", unit="blocks", progress=False if callback else show
+    )
     for i in range(c.n_layers):
         target = np.concatenate([model.block(i, h) for h in states])
 
@@ -811,8 +828,11 @@ def teal_greedy(
             rows.append((eff, best[0], dict(sp)))
         steps.append(rows)
         states = [model.block(i, h) for h in states]
-        if progress is not None:
-            progress(i + 1, c.n_layers)
+        bar.note(f"{len(rows) - 1} steps, error {rows[-1][1]:.2e}")
+        bar.update()
+        if callback is not None:
+            callback(i + 1, c.n_layers)
+    bar.close()
     return GreedyPath(steps, weights, float(base_step), model_signature(model))
 
 

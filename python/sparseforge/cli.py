@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import _base, _model_cli, prune
+from . import _base, _export_cli, _model_cli, prune
 
 
 class Progress:
@@ -224,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparseforge", description="Weight, activation and KV-cache sparsity for LLMs."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sparseforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _model_cli.add_model_commands(sub)
+    _export_cli.add_export_command(sub)
     d = sub.add_parser("demo-matrices", help="run the library's operations on generated matrices")
     d.add_argument(
         "--size",
@@ -250,6 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"sparseforge {args.command}: error: {e}", file=sys.stderr)
         return 2

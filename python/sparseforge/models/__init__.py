@@ -6,6 +6,8 @@
 * :class:`Tokenizer` (protocol) and :class:`Llama2cTokenizer`.
 * :func:`load` — a llama2.c ``.bin``, a ``.gguf`` file, a Hugging Face directory or a file
   written by :func:`save` (config, tokenizer and weights, pruned linears compressed).
+* :func:`export_hf` (a Hugging Face directory transformers loads) and :func:`export_gguf`
+  (a GGUF file llama.cpp runs); docs/export.md.
 * :mod:`sparseforge.models.ops` — RMSNorm, RoPE, attention and the SwiGLU gate in the core.
 
 Weights use Hugging Face Llama names (``model.layers.{i}.self_attn.q_proj.weight``...), each
@@ -20,6 +22,8 @@ from typing import Any
 
 from . import ops
 from .config import LlamaConfig
+from .export_gguf import export_gguf
+from .export_hf import ExportReport, export_hf
 from .llama import DecodeCache, Hooks, KVCache, LlamaModel
 from .llama2c import load_llama2c
 from .perplexity import PerplexityResult, perplexity
@@ -37,6 +41,7 @@ from .tokenizer import Llama2cTokenizer, Tokenizer
 __all__ = [
     "METHODS",
     "DecodeCache",
+    "ExportReport",
     "Hooks",
     "KVCache",
     "LayerReport",
@@ -48,6 +53,8 @@ __all__ = [
     "SaveReport",
     "Tokenizer",
     "calibration_windows",
+    "export_gguf",
+    "export_hf",
     "load",
     "load_llama2c",
     "load_saved",

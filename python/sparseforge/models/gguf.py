@@ -106,7 +106,7 @@ def _import_gguf() -> Any:
     except ImportError as e:
         raise ImportError(
             "reading GGUF files needs the 'gguf' package: pip install gguf "
-            "(or pip install 'sparseforge[models]')"
+            "(or, from a sparseforge checkout, pip install '.[models]')"
         ) from e
     return gguf
 

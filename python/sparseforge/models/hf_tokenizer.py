@@ -58,7 +58,7 @@ def import_tokenizers() -> Any:
     except ImportError as e:  # pragma: no cover - exercised only without the package
         raise ImportError(
             "this tokenizer needs the Hugging Face 'tokenizers' package: pip install tokenizers"
-            " (or pip install 'sparseforge[models]')"
+            " (or, from a sparseforge checkout, pip install '.[models]')"
         ) from e
     return tokenizers
 

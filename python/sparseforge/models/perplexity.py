@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import _progress
 from .llama import Hooks, LlamaModel
 from .tokenizer import check_token_ids
 
@@ -110,6 +111,7 @@ def perplexity(
     max_windows: int | None = None,
     bos: bool = True,
     hooks: Hooks | None = None,
+    progress: bool | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on a text, standard protocol (see the module notes).
 
@@ -129,6 +131,9 @@ def perplexity(
         there: windows are not given their own BOS, as in the references).
     hooks : Hooks, optional
         Passed to the forward (e.g. activation sparsity through ``Hooks.linear``).
+    progress : bool or None
+        A progress bar over the windows on stderr: None shows it when stderr is a terminal
+        (``SPARSEFORGE_PROGRESS=1`` forces it), True always, False never.
 
     Raises
     ------
@@ -141,6 +146,7 @@ def perplexity(
     max_len = int(model.config.max_seq_len)
     s = default_seqlen(model) if seqlen is None else _int_arg(seqlen, "seqlen", 2, max_len)
     mw = None if max_windows is None else _int_arg(max_windows, "max_windows", 1)
+    _progress.check_progress(progress)
     ids = token_stream(model, text_or_ids, bos=bos)
     n = int(ids.size) // s
     if n == 0:
@@ -151,10 +157,13 @@ def perplexity(
     if mw is not None:
         n = min(n, mw)
     total = 0.0
-    for w in range(n):
-        window = ids[w * s : (w + 1) * s]
-        nll = model.nll(window) if hooks is None else model.nll(window, hooks=hooks)
-        total += float(nll.sum())
+    with _progress.bar(n, "perplexity", unit="windows", progress=progress) as bar:
+        for w in range(n):
+            window = ids[w * s : (w + 1) * s]
+            nll = model.nll(window) if hooks is None else model.nll(window, hooks=hooks)
+            total += float(nll.sum())
+            bar.note(f"ppl {math.exp(total / ((w + 1) * (s - 1))):.3f}")
+            bar.update()
     scored = n * (s - 1)
     mean = total / scored
     return PerplexityResult(

@@ -21,15 +21,15 @@ Methods come from :data:`METHODS`; :func:`register_method` adds one.
 from __future__ import annotations
 
 import numbers
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .. import _progress
 from .. import prune as _prune
 from ..calib import LayerStats
 from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
@@ -59,11 +59,17 @@ class MethodSpec:
     returning a :class:`sparseforge.prune.PruneResult`; ``needs_hessian`` says whether
     ``stats`` must hold ``X^T X`` (otherwise the column norms are enough);
     ``needs_data=False`` marks a data-free method (magnitude): with ``error=False`` no
-    calibration forward runs and ``stats`` is None."""
+    calibration forward runs and ``stats`` is None. ``share(stats, kwargs)``, when set,
+    turns a LayerStats into what ``fn`` gets for all linears reading that input (made once:
+    SparseGPT factorises the shared Hessian of q/k/v and of gate/up once)."""
 
     fn: MethodFn
     needs_hessian: bool
     needs_data: bool = True
+    # share(stats, method_kwargs) -> what ``fn`` receives as ``stats`` for every linear of a
+    # block that reads the same input (q/k/v, gate/up): made once per input (SparseGPT's
+    # factorised Hessian), or None to pass the LayerStats itself.
+    share: Callable[[LayerStats, dict[str, Any]], Any] | None = None
 
 
 def _magnitude(
@@ -84,10 +90,17 @@ def _sparsegpt(
     return _prune.sparsegpt(W, stats, sparsity, pattern=pattern, **kw)
 
 
+def _sparsegpt_factor(stats: LayerStats, kw: dict[str, Any]) -> _prune.HessianFactor:
+    # U depends on H, the damping and the precisions only; sparsegpt() checks that the
+    # kwargs it then gets agree with the factor's.
+    keys = ("percdamp", "max_percdamp", "precision", "factor_precision", "num_threads")
+    return _prune.factor_hessian(stats, **{k: kw[k] for k in keys if kw.get(k) is not None})
+
+
 METHODS: dict[str, MethodSpec] = {
     "magnitude": MethodSpec(_magnitude, needs_hessian=False, needs_data=False),
     "wanda": MethodSpec(_wanda, needs_hessian=False),
-    "sparsegpt": MethodSpec(_sparsegpt, needs_hessian=True),
+    "sparsegpt": MethodSpec(_sparsegpt, needs_hessian=True, share=_sparsegpt_factor),
 }
 
 
@@ -277,15 +290,20 @@ def prune_linear(
     sparsity: float | None,
     pattern: Any,
     method_kwargs: dict[str, Any],
+    shared: Any = None,
 ) -> tuple[_prune.PruneResult, LayerReport]:
     """Run one method on one weight and describe it: the result and its
-    :class:`LayerReport` (the reconstruction error when ``stats`` holds ``X^T X``)."""
+    :class:`LayerReport` (the reconstruction error, computed in the core from ``stats``
+    read in place, when ``stats`` holds ``X^T X``). ``shared``: what ``spec.share`` made
+    from ``stats`` (passed to the method instead of ``stats``)."""
     t0 = time.perf_counter()
-    res = spec.fn(W, stats, sparsity, pattern, **method_kwargs)
+    res = spec.fn(W, stats if shared is None else shared, sparsity, pattern, **method_kwargs)
     seconds = time.perf_counter() - t0
     err = None
     if stats is not None and stats.has_hessian:
-        err = _prune.reconstruction_error(W, res.weight, stats)
+        err = _prune.reconstruction_error(
+            W, res.weight, stats, num_threads=method_kwargs.get("num_threads")
+        )
     report = LayerReport(
         name=name,
         shape=(int(W.shape[0]), int(W.shape[1])),
@@ -319,7 +337,7 @@ def prune(
     seed: int = 0,
     bos: bool = True,
     error: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     **method_kwargs: Any,
 ) -> PruneReport:
     """Prune every block's 7 linears of ``model`` in place (``model.set_weight``), block by
@@ -349,8 +367,10 @@ def prune(
         Gather ``X^T X`` for every linear and report each layer's reconstruction error
         (always gathered when the method needs it). The cost is ``in_features^2``
         multiply-adds per calibration token per distinct input.
-    progress : bool
-        One plain-text line per block on stderr.
+    progress : bool or None
+        A progress bar over the blocks on stderr (tqdm when installed, else plain lines):
+        None shows it when stderr is a terminal (``SPARSEFORGE_PROGRESS=1`` forces it),
+        True always, False never.
     **method_kwargs
         Passed to the method (e.g. ``percdamp=``, ``block_size=`` for sparsegpt,
         ``scope=`` for magnitude, ``variant=`` for wanda).
@@ -366,11 +386,11 @@ def prune(
     for flag, value in (
         ("sequential", sequential),
         ("error", error),
-        ("progress", progress),
         ("bos", bos),
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
+    _progress.check_progress(progress)
     pattern_str = None if nm_pattern is None else str(nm_pattern)
     windows = calibration_windows(
         model, calib, nsamples=nsamples, seqlen=seqlen, seed=seed, bos=bos
@@ -401,28 +421,29 @@ def prune(
     hessian = spec.needs_hessian or error
     if not spec.needs_data and not error:
         # Data-free (magnitude): no forward at all; the windows were still validated.
-        for i in range(c.n_layers):
-            t_block = time.perf_counter()
-            for nm in model.linear_names(i):
-                res, layer = prune_linear(
-                    spec, nm, model.weight(nm), None, sparsity, pattern, method_kwargs
-                )
-                model.set_weight(nm, np.ascontiguousarray(res.weight))
-                report.layers.append(layer)
-            if progress:
+        with _progress.bar(
+            c.n_layers, f"sparseforge prune [{method}]", unit="blocks", progress=progress
+        ) as bar:
+            for i in range(c.n_layers):
+                for nm in model.linear_names(i):
+                    res, layer = prune_linear(
+                        spec, nm, model.weight(nm), None, sparsity, pattern, method_kwargs
+                    )
+                    model.set_weight(nm, np.ascontiguousarray(res.weight))
+                    report.layers.append(layer)
                 blk = report.layers[-7:]
-                print(
-                    f"sparseforge prune [{method}] block {i + 1}/{c.n_layers}: {len(blk)} "
-                    f"linears, sparsity {sum(r.sparsity for r in blk) / len(blk):.3f} "
-                    f"(no calibration data needed), {time.perf_counter() - t_block:.2f} s",
-                    file=sys.stderr,
-                    flush=True,
+                bar.note(
+                    f"sparsity {sum(r.sparsity for r in blk) / len(blk):.3f} (no calibration "
+                    "data needed)"
                 )
+                bar.update()
         report.seconds = time.perf_counter() - t_start
         return report
     states = np.stack([model.embed(w) for w in windows])
+    bar = _progress.bar(
+        c.n_layers, f"sparseforge prune [{method}]", unit="blocks", progress=progress
+    )
     for i in range(c.n_layers):
-        t_block = time.perf_counter()
         names = model.linear_names(i)
         in_features = [int(model.weight(nm).shape[1]) for nm in names]
         stats: dict[int, LayerStats] = {}
@@ -444,29 +465,38 @@ def prune(
 
         dense_out = _run_block(model, i, states, Hooks(linear_input=capture))
         errors: list[float] = []
+        last_user = {id(by_name[nm]): nm for nm in names}  # free each share after its last user
+        shares: dict[int, Any] = {}
         for nm in names:
+            st = by_name[nm]
+            if spec.share is not None and id(st) not in shares:
+                t0 = time.perf_counter()
+                shares[id(st)] = spec.share(st, method_kwargs)
+                share_s = time.perf_counter() - t0
+            else:
+                share_s = 0.0
             res, layer = prune_linear(
-                spec, nm, model.weight(nm), by_name[nm], sparsity, pattern, method_kwargs
+                spec, nm, model.weight(nm), st, sparsity, pattern, method_kwargs, shares.get(id(st))
             )
+            if share_s:
+                layer = replace(layer, seconds=layer.seconds + share_s)
+            if last_user[id(st)] == nm:
+                shares.pop(id(st), None)
             if layer.error is not None:
                 errors.append(layer.error)
             model.set_weight(nm, np.ascontiguousarray(res.weight))
             report.layers.append(layer)
         states = _run_block(model, i, states, None) if sequential else dense_out
-        if progress:
-            mean_err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""
-            blk = report.layers[-len(names) :]
-            sp = sum(r.sparsity for r in blk) / len(blk)
-            print(
-                f"sparseforge prune [{method}] block {i + 1}/{c.n_layers}: {len(names)} linears, "
-                f"sparsity {sp:.3f}{mean_err}, {time.perf_counter() - t_block:.2f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        mean_err = f", rel. error {sum(errors) / len(errors):.2e}" if errors else ""
+        blk = report.layers[-len(names) :]
+        bar.note(f"sparsity {sum(r.sparsity for r in blk) / len(blk):.3f}{mean_err}")
+        bar.update()
         if not np.all(np.isfinite(states)):
+            bar.close()
             raise ValueError(
                 f"model: block {i} produced non-finite outputs after pruning "
                 f"({method}, sparsity {sparsity}, pattern {pattern_str})"
             )
+    bar.close()
     report.seconds = time.perf_counter() - t_start
     return report
