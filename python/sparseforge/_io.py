@@ -31,7 +31,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "confined", "load_json", "open_regular", "parse_json", "stale_temps"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "check_regular",
+    "confined",
+    "load_json",
+    "open_regular",
+    "parse_json",
+    "read_npz",
+    "stale_temps",
+]
 
 #: JSON documents the library reads (configs, indexes, thresholds, headers) are small.
 MAX_JSON_BYTES = 100_000_000
@@ -189,15 +199,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Context manager yielding a file to write ``path``'s new content into; on a clean exit
-    the content replaces ``path`` atomically, on an exception (or a kill) ``path`` keeps its
-    old content and the temporary is removed (or, after a kill, removed by the next write).
-
-    ``mode`` is ``"wb"`` or ``"w"`` (UTF-8 text)."""
-    if mode not in ("wb", "w"):
-        raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
+def _begin(path: str | os.PathLike[str]) -> tuple[str, str, int]:
+    """Remove dead writers' temporaries of ``path``; create (O_EXCL) and open a fresh one.
+    Returns (target, temporary, fd)."""
     target = os.path.abspath(os.fspath(path))
     directory, base = os.path.split(target)
     if os.path.isdir(target):
@@ -208,22 +212,58 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     while True:
         tmp = os.path.join(directory, f".{base}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(6)}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
+            return target, tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # pragma: no cover - 48 random bits
             continue
+
+
+def _commit(tmp: str, target: str) -> None:
+    os.replace(tmp, target)
+    _fsync_dir(os.path.dirname(target))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Context manager yielding a file to write ``path``'s new content into; on a clean exit
+    the content replaces ``path`` atomically, on an exception (or a kill) ``path`` keeps its
+    old content and the temporary is removed (or, after a kill, removed by the next write).
+
+    ``mode`` is ``"wb"`` or ``"w"`` (UTF-8 text)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
+    target, tmp, fd = _begin(path)
     try:
         f: IO[Any] = os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {}))
         with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        _commit(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """:func:`atomic_write` for writers that open a path themselves (the ``gguf`` package's
+    writer): yields the temporary's path (an empty file); on a clean exit it is fsynced and
+    renamed onto ``path``."""
+    target, tmp, fd = _begin(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _commit(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 #: Members of a statistics archive are small next to what a forged npy header may claim.
