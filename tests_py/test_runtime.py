@@ -186,6 +186,15 @@ def test_teal_runtime_equals_sparse_forward() -> None:
     steps = np.stack([s.step(int(t)) for t in ids[10:]])
     assert _rel(steps, ref_steps[10:]) < 1e-5  # the fused sparse SwiGLU: last bits differ
     assert np.abs(ref_full - model.forward(ids)).max() > 1e-3  # TEAL changed the result
+    # SparseForward.wrap() runs on the runtime when no hooks are given
+    cache = sm.KVCache(model.config, 24)
+    got = [wrapped.step(ids[:10], cache)] + [
+        wrapped.step(ids[t : t + 1], cache) for t in range(10, 24)
+    ]
+    assert cache._session is not None
+    assert _rel(np.concatenate(got)[10:], ref_steps[10:]) < 1e-5
+    np.testing.assert_allclose(wrapped.nll(ids), wrapped.nll(ids, hooks=fwd.hooks), rtol=1e-5)
+    assert wrapped.generate(ids[:5], 10) == wrapped.generate(ids[:5], 10, hooks=fwd.hooks)
     # without transposed weights the masked product runs at every step: the same values
     s2 = rt.Session(model, 32, thresholds=th, num_threads=1)
     full2 = np.concatenate([s2.prefill(ids[:10])] + [s2.step(int(t))[None] for t in ids[10:]])
