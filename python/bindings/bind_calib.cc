@@ -60,6 +60,12 @@ void register_calib(py::module_& m) {
              self.hessian(dst);
              return out;
            })
+      .def("hessian_diag",
+           [](const LayerStats& self) {
+             py::array_t<double> out(static_cast<py::ssize_t>(self.in_features()));
+             self.hessian_diag(out.mutable_data());
+             return out;
+           })
       .def("xtx_lower",
            [](const LayerStats& self) {
              const auto c = static_cast<py::ssize_t>(self.in_features());

@@ -215,7 +215,9 @@ void register_prune_methods(py::module_& m) {
          double percdamp, double max_percdamp, bool float64, bool factor_float32, bool exact_count,
          py::object mask, int num_threads) {
         const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
-        const sp::HessianView H = hessian_in(H_obj, "H");
+        const bool factored = py::isinstance<sp::HessianFactor>(H_obj);
+        const sp::HessianFactor* F = factored ? &H_obj.cast<const sp::HessianFactor&>() : nullptr;
+        const sp::HessianView H = factored ? sp::HessianView{} : hessian_in(H_obj, "H");
         sp::SparseGPTOptions o;
         o.sparsity = sparsity;
         o.pattern = pattern_arg(n, mm);
@@ -240,7 +242,8 @@ void register_prune_methods(py::module_& m) {
         sp::SparseGPTResult r;
         {
           py::gil_scoped_release release;
-          r = sp::sparsegpt(W, H, o, ov, kv, threads);
+          r = factored ? sp::sparsegpt(W, *F, o, ov, kv, threads)
+                       : sp::sparsegpt(W, H, o, ov, kv, threads);
         }
         py::dict d;
         d["percdamp_used"] = r.percdamp_used;
@@ -257,6 +260,55 @@ void register_prune_methods(py::module_& m) {
       py::arg("block_size"), py::arg("percdamp"), py::arg("max_percdamp"), py::arg("float64"),
       py::arg("factor_float32"), py::arg("exact_count"), py::arg("mask"),
       py::arg("num_threads") = 0);
+  py::class_<sp::HessianFactor>(m, "HessianFactor")
+      .def_readonly("n", &sp::HessianFactor::n)
+      .def_readonly("percdamp", &sp::HessianFactor::percdamp)
+      .def_readonly("max_percdamp", &sp::HessianFactor::max_percdamp)
+      .def_readonly("percdamp_used", &sp::HessianFactor::percdamp_used)
+      .def_readonly("damp", &sp::HessianFactor::damp)
+      .def_readonly("attempts", &sp::HessianFactor::attempts)
+      .def_property_readonly(
+          "float64",
+          [](const sp::HessianFactor& f) { return f.precision == sp::Precision::kFloat64; })
+      .def_property_readonly(
+          "factor_float32",
+          [](const sp::HessianFactor& f) { return f.factor_precision == sp::Precision::kFloat32; })
+      .def_property_readonly("dead_columns",
+                             [](const sp::HessianFactor& f) {
+                               std::vector<size_t> d;
+                               for (size_t j = 0; j < f.dead.size(); ++j) {
+                                 if (f.dead[j]) d.push_back(j);
+                               }
+                               return d;
+                             })
+      .def_property_readonly("nbytes", [](const sp::HessianFactor& f) {
+        return f.U32.size() * sizeof(float) + f.U64.size() * sizeof(double) + f.dead.size();
+      });
+  m.def(
+      "factor_hessian",
+      [](py::handle H_obj, double percdamp, double max_percdamp, bool factor_float32, bool float64,
+         int num_threads) {
+        const sp::HessianView H = hessian_in(H_obj, "H");
+        const int threads = threads_arg(num_threads);
+        py::gil_scoped_release release;
+        return sp::factor_hessian(
+            H, percdamp, max_percdamp,
+            factor_float32 ? sp::Precision::kFloat32 : sp::Precision::kFloat64,
+            float64 ? sp::Precision::kFloat64 : sp::Precision::kFloat32, threads);
+      },
+      py::arg("H"), py::arg("percdamp"), py::arg("max_percdamp"), py::arg("factor_float32"),
+      py::arg("float64"), py::arg("num_threads") = 0);
+  m.def(
+      "reconstruction_error",
+      [](py::handle W_obj, py::handle What_obj, py::handle H_obj, int num_threads) {
+        const sf::AnyConstMatrix W = matrix_in(W_obj, "W");
+        const sf::AnyConstMatrix What = matrix_in(What_obj, "W_hat");
+        const sp::HessianView H = hessian_in(H_obj, "H");
+        const int threads = threads_arg(num_threads);
+        py::gil_scoped_release release;
+        return sp::reconstruction_error(W, What, H, threads);
+      },
+      py::arg("W"), py::arg("W_hat"), py::arg("H"), py::arg("num_threads") = 0);
   m.def(
       "obs",
       [](py::handle W_obj, py::handle H_obj, double sparsity, int n, int mm, double percdamp,

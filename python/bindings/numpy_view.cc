@@ -169,6 +169,9 @@ sparseforge::ConstMatrixView<uint8_t> u8_matrix_in(py::handle obj, const char* n
 }
 
 sparseforge::prune::HessianView hessian_in(py::handle obj, const char* name) {
+  if (py::isinstance<sparseforge::calib::LayerStats>(obj)) {  // read in place, no copy
+    return sparseforge::prune::hessian_view(obj.cast<const sparseforge::calib::LayerStats&>());
+  }
   const py::array a = as_ndarray(obj, name);
   const py::dtype dt = a.dtype();
   const bool f64 = dt.equal(py::dtype::of<double>());

@@ -37,7 +37,7 @@ sparseforge::ConstMaskView mask_in(py::handle obj, const char* name, size_t rows
 sparseforge::ConstMatrixView<uint8_t> u8_matrix_in(py::handle obj, const char* name);
 
 // A Hessian: 2-D float32 or float64 with unit-stride rows (squareness and the rest are
-// checked by the core, which knows W).
+// checked by the core, which knows W), or a LayerStats (core object) read in place.
 sparseforge::prune::HessianView hessian_in(py::handle obj, const char* name);
 
 // A 1-D float32 vector of length n with unit stride.

@@ -64,6 +64,7 @@ class LayerStats:
     def col_norms(self) -> npt.NDArray[np.float32]: ...
     def sum_squares(self) -> npt.NDArray[np.float64]: ...
     def hessian(self) -> npt.NDArray[np.float64]: ...
+    def hessian_diag(self) -> npt.NDArray[np.float64]: ...
     def xtx_lower(self) -> npt.NDArray[np.float64]: ...
     @staticmethod
     def from_state(
@@ -87,9 +88,46 @@ def wanda_mask(
 def wanda_variant_mask(
     W: npt.NDArray[Any], col_norms: npt.NDArray[np.float32], sparsity: float, num_threads: int = 0
 ) -> tuple[npt.NDArray[np.bool_], float, int, float]: ...
+
+class HessianFactor:
+    @property
+    def n(self) -> int: ...
+    @property
+    def percdamp(self) -> float: ...
+    @property
+    def max_percdamp(self) -> float: ...
+    @property
+    def percdamp_used(self) -> float: ...
+    @property
+    def damp(self) -> float: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def float64(self) -> bool: ...
+    @property
+    def factor_float32(self) -> bool: ...
+    @property
+    def dead_columns(self) -> list[int]: ...
+    @property
+    def nbytes(self) -> int: ...
+
+def factor_hessian(
+    H: npt.NDArray[Any] | LayerStats,
+    percdamp: float,
+    max_percdamp: float,
+    factor_float32: bool,
+    float64: bool,
+    num_threads: int = 0,
+) -> HessianFactor: ...
+def reconstruction_error(
+    W: npt.NDArray[Any],
+    W_hat: npt.NDArray[Any],
+    H: npt.NDArray[Any] | LayerStats,
+    num_threads: int = 0,
+) -> float: ...
 def sparsegpt(
     W: npt.NDArray[Any],
-    H: npt.NDArray[Any],
+    H: npt.NDArray[Any] | LayerStats | HessianFactor,
     sparsity: float,
     n: int,
     m: int,
@@ -104,7 +142,7 @@ def sparsegpt(
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], dict[str, Any]]: ...
 def obs(
     W: npt.NDArray[Any],
-    H: npt.NDArray[Any],
+    H: npt.NDArray[Any] | LayerStats,
     sparsity: float,
     n: int,
     m: int,
@@ -113,11 +151,16 @@ def obs(
     num_threads: int = 0,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], dict[str, Any]]: ...
 def obd_mask(
-    W: npt.NDArray[Any], H: npt.NDArray[Any], sparsity: float, n: int, m: int, num_threads: int = 0
+    W: npt.NDArray[Any],
+    H: npt.NDArray[Any] | LayerStats,
+    sparsity: float,
+    n: int,
+    m: int,
+    num_threads: int = 0,
 ) -> npt.NDArray[np.bool_]: ...
 def reconstruct_exact(
     W: npt.NDArray[Any],
-    H: npt.NDArray[Any],
+    H: npt.NDArray[Any] | LayerStats,
     mask: npt.NDArray[np.bool_],
     percdamp: float,
     num_threads: int = 0,

@@ -31,12 +31,14 @@ from . import _core
 from ._base import threads_arg
 
 __all__ = [
+    "HessianFactor",
     "NMPattern",
     "PatternReport",
     "PruneResult",
     "apply_mask_",
     "block_magnitude",
     "check_pattern",
+    "factor_hessian",
     "magnitude",
     "magnitude_global",
     "obd",
@@ -113,6 +115,29 @@ class PruneResult:
     mask: np.ndarray
     sparsity: float
     info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Arrays as dtype[shape], never their values (a notebook cell stays one line).
+        from ._display import short
+
+        info = {k: v for k, v in self.info.items() if k != "method"}
+        kept = int(np.count_nonzero(self.mask))
+        return (
+            f"PruneResult(method={self.info.get('method', '?')!r}, weight={short(self.weight)}, "
+            f"sparsity={self.sparsity:.4f}, kept={kept}/{self.mask.size}, info={short(info)})"
+        )
+
+    def _repr_html_(self) -> str:
+        from ._display import html_table
+
+        rows: list[tuple[str, Any]] = [
+            ("method", str(self.info.get("method", "?"))),
+            ("weight", self.weight),
+            ("sparsity", round(float(self.sparsity), 6)),
+            ("kept", f"{int(np.count_nonzero(self.mask))} of {self.mask.size}"),
+        ]
+        rows += [(str(k), v) for k, v in self.info.items() if k != "method"]
+        return "<b>PruneResult</b>" + html_table(("", ""), rows)
 
 
 def _check_sparsity(value: Any, name: str = "sparsity") -> float:
@@ -413,11 +438,18 @@ def _core_takes(W: np.ndarray) -> bool:
 # --- one-shot methods with calibration statistics ------------------------------------------
 
 
-def _hessian_arg(H: Any) -> np.ndarray:
+def _hessian_arg(H: Any) -> Any:
+    """An ndarray, or a LayerStats' core object (the core reads its X^T X in place)."""
     from .calib import LayerStats
 
     if isinstance(H, LayerStats):
-        return H.hessian
+        if not H.has_hessian:
+            raise ValueError("H: the LayerStats was created with hessian=False")
+        return H._impl
+    if isinstance(H, HessianFactor):
+        raise TypeError(
+            "H: a HessianFactor serves sparsegpt only; pass the Hessian or its LayerStats"
+        )
     if not isinstance(H, np.ndarray):
         raise TypeError(f"H: expected a numpy.ndarray or a LayerStats, got {type(H).__name__}")
     return H
@@ -435,8 +467,10 @@ def _norms_arg(col_norms: Any) -> np.ndarray:
     return col_norms
 
 
-def _dead_columns(H: np.ndarray) -> list[int]:
+def _dead_columns(H: Any) -> list[int]:
     """Inputs that never fired (H_jj == 0): SparseGPT zeroes those columns of W."""
+    if isinstance(H, _core.LayerStats):
+        return [int(j) for j in np.flatnonzero(H.hessian_diag() == 0)]
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
         return []  # the core reports the shape error
     return [int(j) for j in np.flatnonzero(np.diagonal(H) == 0)]
@@ -455,6 +489,111 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
     return str(value)
+
+
+class HessianFactor:
+    """SparseGPT's factorised Hessian ``U`` (``(H' + damp I)^-1 = U^T U``), made once by
+    :func:`factor_hessian` and passed as ``H`` to :func:`sparsegpt` for every weight that
+    reads the same input (q/k/v, gate/up): the factorisation (~2/3 in_features^3 flops)
+    depends only on ``H``, the damping and the precisions, so each of those calls gives
+    bitwise the result of ``sparsegpt(W, H, ...)`` with the same settings.
+
+    Attributes (read-only): ``in_features``, ``percdamp``, ``max_percdamp`` (as asked),
+    ``percdamp_used``, ``damp``, ``attempts``, ``precision``, ``factor_precision``,
+    ``dead_columns`` (list of inputs with ``H_jj == 0``) and ``nbytes`` (memory held:
+    ``in_features**2`` float32 values for a float32 sweep, float64 otherwise).
+    """
+
+    _impl: _core.HessianFactor
+
+    def __init__(self) -> None:
+        raise TypeError("HessianFactor: make one with sparseforge.prune.factor_hessian(H)")
+
+    @classmethod
+    def _wrap(cls, core: _core.HessianFactor) -> HessianFactor:
+        obj = cls.__new__(cls)
+        obj._impl = core
+        return obj
+
+    @property
+    def in_features(self) -> int:
+        return int(self._impl.n)
+
+    @property
+    def percdamp(self) -> float:
+        return float(self._impl.percdamp)
+
+    @property
+    def max_percdamp(self) -> float:
+        return float(self._impl.max_percdamp)
+
+    @property
+    def percdamp_used(self) -> float:
+        return float(self._impl.percdamp_used)
+
+    @property
+    def damp(self) -> float:
+        return float(self._impl.damp)
+
+    @property
+    def attempts(self) -> int:
+        return int(self._impl.attempts)
+
+    @property
+    def precision(self) -> str:
+        return "float64" if self._impl.float64 else "float32"
+
+    @property
+    def factor_precision(self) -> str:
+        return "float32" if self._impl.factor_float32 else "float64"
+
+    @property
+    def dead_columns(self) -> list[int]:
+        return [int(j) for j in self._impl.dead_columns]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._impl.nbytes)
+
+    def __repr__(self) -> str:
+        return (
+            f"HessianFactor(in_features={self.in_features}, percdamp_used={self.percdamp_used:g}, "
+            f"precision={self.precision!r}, factor_precision={self.factor_precision!r})"
+        )
+
+
+def factor_hessian(
+    H: Any,
+    *,
+    percdamp: float = 0.01,
+    max_percdamp: float = 1.0,
+    precision: str = "float32",
+    factor_precision: str = "float64",
+    num_threads: int | None = None,
+) -> HessianFactor:
+    """Factorise ``H`` once for several :func:`sparsegpt` calls (see :class:`HessianFactor`).
+
+    Parameters
+    ----------
+    H : ndarray (in_features, in_features) float64 | float32, or LayerStats
+        As in :func:`sparsegpt`; a LayerStats is read in place (no copy of its Hessian).
+    percdamp, max_percdamp, precision, factor_precision
+        As in :func:`sparsegpt` (``precision`` is the sweep's, in which ``U`` is stored).
+
+    Raises
+    ------
+    sparseforge.NumericalError
+        If ``H`` stays indefinite up to ``max_percdamp``.
+    """
+    Hm = _hessian_arg(H)
+    pd = _check_percdamp(percdamp, "percdamp")
+    mpd = _check_percdamp(max_percdamp, "max_percdamp")
+    prec = _choice(precision, "precision", ("float32", "float64"))
+    fprec = _choice(factor_precision, "factor_precision", ("float64", "float32"))
+    core = _core.factor_hessian(
+        Hm, pd, mpd, fprec == "float32", prec == "float64", threads_arg(num_threads)
+    )
+    return HessianFactor._wrap(core)
 
 
 def wanda(
@@ -519,10 +658,10 @@ def sparsegpt(
     *,
     pattern: str | NMPattern | tuple[int, int] | None = None,
     block_size: int = 128,
-    percdamp: float = 0.01,
-    max_percdamp: float = 1.0,
-    precision: str = "float32",
-    factor_precision: str = "float64",
+    percdamp: float | None = None,
+    max_percdamp: float | None = None,
+    precision: str | None = None,
+    factor_precision: str | None = None,
     block_count: str = "reference",
     num_threads: int | None = None,
 ) -> PruneResult:
@@ -531,22 +670,26 @@ def sparsegpt(
     Parameters
     ----------
     W : ndarray, shape (out_features, in_features), float32 | float16 | bfloat16
-    H : ndarray, shape (in_features, in_features), float64 | float32, symmetric; or LayerStats
-        ``X^T X`` up to scale (``LayerStats.hessian``).
+    H : ndarray, LayerStats or HessianFactor
+        ``X^T X`` up to scale: an ndarray ``(in_features, in_features)``, float64 |
+        float32, symmetric; a :class:`~sparseforge.calib.LayerStats` (its Hessian is read in
+        place, no copy); or a :class:`HessianFactor` from :func:`factor_hessian`, shared by
+        the weights that read the same input (its damping and precisions are used; passing
+        different values here raises ``ValueError``).
     sparsity, pattern
         As in :func:`magnitude`. Unstructured masks are chosen per block of columns, jointly
         over all rows, so per-row sparsity varies.
     block_size : int
         Columns per block (the reference's 128); a multiple of m with a pattern.
-    percdamp : float
+    percdamp : float, default 0.01
         Damping ``percdamp * mean(diag H)`` added to the diagonal.
-    max_percdamp : float
+    max_percdamp : float, default 1.0
         If H + damping is not positive definite, the damping is retried 10x larger (from
         1e-4 when percdamp is 0) up to this; past it :class:`sparseforge.NumericalError` is
         raised. Never an identity fallback.
-    precision : {"float32", "float64"}
+    precision : {"float32", "float64"}, default "float32"
         Arithmetic of the column sweep. "float32" is the reference's precision.
-    factor_precision : {"float64", "float32"}
+    factor_precision : {"float64", "float32"}, default "float64"
         Arithmetic of U, the inverse Cholesky factor (~2/3 in_features^3 flops, most of the
         time on wide layers). "float64" (default) is robust on ill-conditioned Hessians;
         "float32" is the reference's precision, about half the time and half the scratch
@@ -570,16 +713,41 @@ def sparsegpt(
     ties go to the lower index. Results are identical for any ``num_threads``.
     """
     threads = threads_arg(num_threads)
-    Hm = _hessian_arg(H)
     s, p = _sparsity_and_pattern(sparsity, pattern)
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
         raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}")
     if block_size < 1:
         raise ValueError(f"block_size: expected >= 1, got {block_size}")
-    pd = _check_percdamp(percdamp, "percdamp")
-    mpd = _check_percdamp(max_percdamp, "max_percdamp")
-    prec = _choice(precision, "precision", ("float32", "float64"))
-    fprec = _choice(factor_precision, "factor_precision", ("float64", "float32"))
+    given = {
+        "percdamp": percdamp,
+        "max_percdamp": max_percdamp,
+        "precision": precision,
+        "factor_precision": factor_precision,
+    }
+    if isinstance(H, HessianFactor):
+        for name, value in given.items():
+            have = getattr(H, name)
+            if value is not None and value != have:
+                raise ValueError(
+                    f"{name}: {value!r} differs from the HessianFactor's {have!r}; leave it "
+                    "unset or factor H again"
+                )
+        pd, mpd, prec, fprec = H.percdamp, H.max_percdamp, H.precision, H.factor_precision
+        Hm: Any = H._impl
+        dead = H.dead_columns
+    else:
+        pd = _check_percdamp(0.01 if percdamp is None else percdamp, "percdamp")
+        mpd = _check_percdamp(1.0 if max_percdamp is None else max_percdamp, "max_percdamp")
+        prec = _choice(
+            "float32" if precision is None else precision, "precision", ("float32", "float64")
+        )
+        fprec = _choice(
+            "float64" if factor_precision is None else factor_precision,
+            "factor_precision",
+            ("float64", "float32"),
+        )
+        Hm = _hessian_arg(H)
+        dead = None
     count = _choice(block_count, "block_count", ("reference", "exact"))
     weight, mask, core_info = _core.sparsegpt(
         W,
@@ -597,7 +765,7 @@ def sparsegpt(
         threads,
     )
     info: dict[str, Any] = {"method": "sparsegpt", "target_sparsity": s, **core_info}
-    info["dead_columns"] = _dead_columns(Hm)
+    info["dead_columns"] = _dead_columns(Hm) if dead is None else dead
     info.update(
         block_size=int(block_size), precision=prec, factor_precision=fprec, block_count=count
     )
@@ -713,22 +881,29 @@ def reconstruct(
     return _finish(weight, keep, info, threads)
 
 
-def reconstruction_error(W: np.ndarray, W_hat: np.ndarray, H: Any) -> float:
+def reconstruction_error(
+    W: np.ndarray, W_hat: np.ndarray, H: Any, *, num_threads: int | None = None
+) -> float:
     """Relative layer error ``||(W - W_hat) X||**2 / ||W X||**2`` with ``H = X^T X``.
 
-    Computed in float64 as ``trace(D H D^T) / trace(W H W^T)``, ``D = W - W_hat``.
+    Computed in the core in float64 as ``trace(D H D^T) / trace(W H W^T)``, ``D = W -
+    W_hat``, reading ``H`` (an ndarray or a LayerStats, read in place) through its lower
+    triangle: no copy of ``H``, about ``2 * out * in**2`` flops, the same value for any
+    ``num_threads``.
+
+    Parameters
+    ----------
+    W, W_hat : ndarray (out_features, in_features), float32 | float16 | bfloat16
+    H : ndarray (in_features, in_features) float64 | float32, or LayerStats
     """
-    Hm = np.asarray(_hessian_arg(H), dtype=np.float64)
     for name, a in (("W", W), ("W_hat", W_hat)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if W.ndim != 2 or W_hat.shape != W.shape:
         raise ValueError(f"W_hat: expected shape {W.shape}, got {W_hat.shape}")
-    if Hm.shape != (W.shape[1], W.shape[1]):
-        raise ValueError(f"H: expected shape ({W.shape[1]}, {W.shape[1]}), got {Hm.shape}")
-    Wd = W.astype(np.float64)
-    D = Wd - W_hat.astype(np.float64)
-    den = float(np.einsum("ij,ij->", Wd @ Hm, Wd))
-    if not den > 0:
-        raise ValueError("H: W H W^T has no positive energy (all-zero W or H?)")
-    return float(np.einsum("ij,ij->", D @ Hm, D)) / den
+    Hm = _hessian_arg(H)
+    n = int(W.shape[1])
+    shape = (Hm.in_features,) * 2 if isinstance(Hm, _core.LayerStats) else Hm.shape
+    if tuple(shape) != (n, n):
+        raise ValueError(f"H: expected shape ({n}, {n}), got {tuple(shape)}")
+    return float(_core.reconstruction_error(W, W_hat, Hm, threads_arg(num_threads)))

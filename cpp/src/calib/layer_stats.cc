@@ -186,6 +186,13 @@ void LayerStats::hessian(double* out) const {
   }
 }
 
+void LayerStats::hessian_diag(double* out) const {
+  SF_CHECK_ARG(has_hessian_, "LayerStats: created with hessian=False");
+  SF_CHECK_ARG(tokens_ > 0, "LayerStats: no data yet (call update() first)");
+  const double t = static_cast<double>(tokens_);
+  for (size_t j = 0; j < in_features_; ++j) out[j] = xtx_[j * in_features_ + j] / t;
+}
+
 LayerStats LayerStats::from_state(size_t in_features, bool hessian, bool float64, uint64_t tokens,
                                   std::vector<double> sum_squares, std::vector<double> xtx) {
   LayerStats s(in_features, hessian, float64);

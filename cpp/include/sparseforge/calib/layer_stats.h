@@ -53,6 +53,8 @@ class LayerStats {
   // X^T X / tokens, the full symmetric matrix, into out[in_features^2]. Needs the Hessian
   // and tokens > 0.
   void hessian(double* out) const;
+  // diag(X^T X / tokens) into out[in_features]: the values hessian() puts on its diagonal.
+  void hessian_diag(double* out) const;
 
   // Rebuilds statistics saved from the accessors above (checks sizes and values).
   static LayerStats from_state(size_t in_features, bool hessian, bool float64, uint64_t tokens,
