@@ -3,6 +3,7 @@ eval, demo), Hooks.linear and the DecodeCache protocol."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -250,12 +251,32 @@ def test_cli_prune_eval_round_trip(tmp_path: Path) -> None:
     ev = tmp_path / "eval.txt"
     ev.write_text(text[-15000:])
     out = tmp_path / "pruned.sfm"
+    report_json = tmp_path / "run.json"
     res = run(
         "prune", str(STORIES), "--method", "sparsegpt", "--sparsity", "0.5", "--calib",
         str(calib), "--nsamples", "4", "--seqlen", "128", "--out", str(out), "--quiet",
         "--eval", "--eval-text", str(ev), "--eval-seqlen", "256", "--max-windows", "3",
+        "--report-json", str(report_json),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # --quiet
+    # the dense baseline beside the pruned result, and both in the JSON report
+    dense_line = next(x for x in res.stdout.splitlines() if x.startswith("dense model:"))
+    dense_ppl = float(dense_line.split("perplexity ")[1].split()[0])
+    m = sm.load(STORIES)
+    ref = sm.perplexity(m, ev.read_text(), seqlen=256, max_windows=3)
+    assert dense_ppl == pytest.approx(ref.ppl, rel=1e-4)
+    data = json.loads(report_json.read_text())
+    assert data["perplexity"]["dense"]["ppl"] == pytest.approx(ref.ppl, rel=1e-6)
+    assert data["perplexity"]["dense"]["tokens_scored"] == 765
+    summary = next(x for x in res.stdout.splitlines() if x.startswith("perplexity: dense"))
+    assert f"dense {data['perplexity']['dense']['ppl']:.4f}" in summary
+    assert f"pruned {data['perplexity']['pruned']['ppl']:.4f}" in summary
+    assert data["prune"]["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert len(data["prune"]["layers"]) == 35
+    assert data["saved"]["path"] == str(out)
+    assert data["saved"]["file_bytes"] == out.stat().st_size
+    assert sm.PruneReport.from_dict(data["prune"]).to_dict() == data["prune"]
     overall = float(res.stdout.split("overall sparsity of the linears ")[1].split()[0])
     assert overall == pytest.approx(0.5, abs=1e-3)  # SparseGPT's masks are per 128-column block
     assert f"saved {out}" in res.stdout
@@ -266,6 +287,7 @@ def test_cli_prune_eval_round_trip(tmp_path: Path) -> None:
     ppl1 = float(pruned_line.split("perplexity ")[1].split()[0])
     ppl2 = float(res2.stdout.split("perplexity ")[1].split()[0])
     assert ppl1 == pytest.approx(ppl2, rel=1e-4)
+    assert data["perplexity"]["pruned"]["ppl"] == pytest.approx(ppl2, rel=1e-4)
     assert "765 tokens scored" in res2.stdout  # 3 windows x 255
 
 
@@ -275,7 +297,7 @@ def test_cli_demo_on_stories260k(tmp_path: Path) -> None:
     res = run(
         "demo", "--model", "stories260k", "--text", str(TINY_TEXT), "--methods",
         "magnitude,wanda", "--patterns", "50%,4:8", "--max-windows", "2", "--nsamples", "2",
-        "--calib-seqlen", "64", "--quiet", "--save-dir", str(tmp_path),
+        "--calib-seqlen", "64", "--quiet", "--save-dir", str(tmp_path / "new" / "dir"),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
@@ -288,7 +310,8 @@ def test_cli_demo_on_stories260k(tmp_path: Path) -> None:
     assert float(rows[("dense", "-")][2]) < float(rows[("wanda", "50%")][2])
     assert float(rows[("wanda", "50%")][2]) < float(rows[("magnitude", "50%")][2])
     assert rows[("4:8", "n/a")]  # stories260K's down_proj has 172 inputs
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["magnitude-50pct.sfm", "wanda-50pct.sfm"]
+    saved = sorted(p.name for p in (tmp_path / "new" / "dir").iterdir())  # --save-dir created it
+    assert saved == ["magnitude-50pct.sfm", "wanda-50pct.sfm"]
 
 
 @pytest.mark.parametrize(

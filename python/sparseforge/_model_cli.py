@@ -11,8 +11,10 @@ ships with Python (the language reference in ``pydoc_data``), saying which.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,6 +164,82 @@ def _say(out: TextIO, msg: str) -> None:
     out.flush()
 
 
+def check_out_file(value: str, flag: str) -> Path:
+    """Fail before any work when ``value`` cannot be written as a file: it is a directory,
+    its folder is missing or not a folder, or the folder refuses a new file (checked by
+    creating and removing a probe file there)."""
+    p = Path(value).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{flag}: {p} is a directory; give a file path, e.g. {p / 'pruned.sfm'}")
+    parent = p.parent
+    if not parent.exists():
+        raise ValueError(f"{flag}: the folder {parent} does not exist (create it first)")
+    if not parent.is_dir():
+        raise ValueError(f"{flag}: {parent} is not a folder")
+    _probe(parent, flag)
+    return p
+
+
+def make_out_dir(value: str, flag: str) -> Path:
+    """Create the folder ``value`` (and its parents) and check a file can be written there."""
+    p = Path(value).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag}: {p} exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot create the folder {p} ({e.strerror or e})") from e
+    _probe(p, flag)
+    return p
+
+
+def _probe(folder: Path, flag: str) -> None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sparseforge-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write in {folder} ({e.strerror or e})") from e
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON, atomically (temporary sibling + rename)."""
+    text = json.dumps(data, indent=1)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _ppl_dict(r: sm.PerplexityResult) -> dict[str, Any]:
+    return {
+        "ppl": r.ppl,
+        "nll_mean": r.nll_mean,
+        "windows": r.windows,
+        "seqlen": r.seqlen,
+        "tokens_scored": r.tokens_scored,
+    }
+
+
+def _windows_arg(value: str) -> int | None:
+    """--max-windows: a positive int, or ``all`` (None)."""
+    if value.strip().lower() in ("all", "0"):
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive int or 'all', got {value!r}"
+        ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'all', got {value!r}")
+    return n
+
+
 def _show(args: argparse.Namespace) -> bool | None:
     """The library's ``progress=``: None (on a terminal, or SPARSEFORGE_PROGRESS=1) or
     False with --quiet."""
@@ -190,10 +268,10 @@ def _ppl(
 def eval_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     model = load_model(args.model, args.threads)
     texts = choose_texts(args.text, None)
-    t0 = time.perf_counter()
-    r = _ppl(model, texts.eval_text, args.seqlen, args.max_windows, _show(args))
     _say(out, f"model: {model.source} ({model})")
     _say(out, f"text: {texts.eval_name}")
+    t0 = time.perf_counter()
+    r = _ppl(model, texts.eval_text, args.seqlen, args.max_windows, _show(args))
     _say(out, f"{r} [{time.perf_counter() - t0:.1f} s]")
     return 0
 
@@ -204,10 +282,22 @@ def eval_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.sparsity is None and args.pattern is None:
         raise ValueError("--sparsity or --pattern: give at least one")
+    # Every output is checked before the (long) work starts.
+    out_path = check_out_file(args.out, "--out") if args.out else None
+    json_path = check_out_file(args.report_json, "--report-json") if args.report_json else None
+    if out_path is not None and json_path is not None and out_path.resolve() == json_path.resolve():
+        raise ValueError("--report-json: the same file as --out")
     model = load_model(args.model, args.threads)
     texts = choose_texts(args.eval_text, args.calib)
+    seqlen = min(args.seqlen, model.config.max_seq_len)
+    eval_seqlen = min(args.eval_seqlen, model.config.max_seq_len)
     _say(out, f"model: {model.source} ({model})")
-    _say(out, f"calibration: {texts.calib_name}, {args.nsamples} x {args.seqlen} tokens")
+    _say(out, f"calibration: {texts.calib_name}, {args.nsamples} x {seqlen} tokens")
+    dense = None
+    if args.eval:
+        _say(out, f"evaluation: {texts.eval_name}")
+        dense = _ppl(model, texts.eval_text, eval_seqlen, args.max_windows, _show(args))
+        _say(out, f"dense model: {dense}")
     t0 = time.perf_counter()
     report = sm.prune(
         model,
@@ -216,7 +306,7 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         sparsity=args.sparsity,
         pattern=args.pattern,
         nsamples=args.nsamples,
-        seqlen=min(args.seqlen, model.config.max_seq_len),
+        seqlen=seqlen,
         progress=_show(args),
     )
     elapsed = time.perf_counter() - t0
@@ -227,12 +317,49 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         f"pruned with {args.method} in {elapsed:.1f} s: overall sparsity of the linears "
         f"{report.overall_sparsity:.4f}",
     )
+    pruned = None
     if args.eval:
-        r = _ppl(model, texts.eval_text, args.eval_seqlen, args.max_windows, _show(args))
-        _say(out, f"pruned model on {texts.eval_name}: {r}")
-    if args.out:
-        saved = sm.save(model, args.out, dtype=args.dtype)
+        assert dense is not None
+        pruned = _ppl(model, texts.eval_text, eval_seqlen, args.max_windows, _show(args))
+        _say(out, f"pruned model on {texts.eval_name}: {pruned}")
+        _say(
+            out,
+            f"perplexity: dense {dense.ppl:.4f} -> pruned {pruned.ppl:.4f} "
+            f"({pruned.ppl / dense.ppl:.3f} x dense, {pruned.windows} windows of "
+            f"{pruned.seqlen} tokens)",
+        )
+    saved = None
+    if out_path is not None:
+        saved = sm.save(model, out_path, dtype=args.dtype)
         _say(out, f"saved {saved}")
+    if json_path is not None:
+        from . import __version__
+
+        data: dict[str, Any] = {
+            "kind": "sparseforge prune report",
+            "version": 1,
+            "sparseforge": __version__,
+            "model": {"path": str(resolve_model(args.model)), "source": model.source},
+            "calibration": {"text": texts.calib_name},
+            "prune": report.to_dict(),
+            "perplexity": None,
+            "saved": None,
+        }
+        if dense is not None and pruned is not None:
+            data["perplexity"] = {
+                "text": texts.eval_name,
+                "dense": _ppl_dict(dense),
+                "pruned": _ppl_dict(pruned),
+            }
+        if saved is not None:
+            data["saved"] = {
+                "path": saved.path,
+                "file_bytes": saved.file_bytes,
+                "dense_bytes": saved.dense_bytes,
+                "formats": saved.formats,
+            }
+        write_json(json_path, data)
+        _say(out, f"report written to {json_path}")
     return 0
 
 
@@ -256,6 +383,7 @@ def pattern_fits(model: LlamaModel, pattern: str | None) -> bool:
 
 def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     t_start = time.perf_counter()
+    save_dir = make_out_dir(args.save_dir, "--save-dir") if args.save_dir else None
     base = load_model(args.model, args.threads)
     texts = choose_texts(args.text, args.calib)
     seqlen = min(args.seqlen, base.config.max_seq_len)
@@ -304,11 +432,10 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             took = time.perf_counter() - t0
             r = _ppl(model, eval_ids, seqlen, args.max_windows, _show(args))
             size = "-"
-            if args.save_dir:
+            if save_dir is not None:
                 saved = sm.save(
                     model,
-                    Path(args.save_dir)
-                    / f"{method}-{label.replace(':', 'of').replace('%', 'pct')}.sfm",
+                    save_dir / f"{method}-{label.replace(':', 'of').replace('%', 'pct')}.sfm",
                 )
                 size = f"{saved.file_bytes / 1e6:.1f}"
             rows.append(
@@ -359,6 +486,30 @@ def _csv(choices: Sequence[str]) -> Any:
     return parse
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with each option's default (when it has one) and the examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if not action.option_strings or d is None or d is False or d == argparse.SUPPRESS:
+            return text
+        shown = ",".join(map(str, d)) if isinstance(d, list) else str(d)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+# What the long defaults cost, measured on SmolLM2-135M (bench/results/model-quality.md:
+# 32 x 512 calibration tokens took 65-100 s with Wanda/SparseGPT on 2 shared cores).
+_COST_CALIB = (
+    "the papers' protocol; each block runs twice over every calibration token (about 4-6 "
+    "minutes for SmolLM2-135M on 2 cores; --nsamples 32 takes 1-2 minutes)"
+)
+_COST_EVAL = (
+    "windows evaluated: a bounded quick estimate; 'all' runs the whole text (WikiText-2's "
+    "test split is about 290k SmolLM2 tokens, 560 windows of 512: tens of minutes on 2 cores)"
+)
+
+
 def add_model_commands(sub: Any) -> None:
     model_help = (
         "a llama2.c .bin, a .gguf file, a Hugging Face directory, a file written by "
@@ -368,60 +519,128 @@ def add_model_commands(sub: Any) -> None:
         "demo",
         help="prune a real model (SmolLM2-135M) with magnitude/Wanda/SparseGPT and print "
         "perplexities",
+        description="Prune a real model with magnitude, Wanda and SparseGPT at 50%, 4:8 and\n"
+        "2:4 and print each one's perplexity against the dense model's.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  sparseforge demo\n"
+        "  sparseforge demo --methods wanda,sparsegpt --patterns 2:4 --save-dir pruned/\n"
+        "  sparseforge demo --model stories260k --max-windows 4 --quiet",
     )
     d.add_argument(
-        "--model", default=None, help=f"default: SmolLM2-135M when installed; {model_help}"
+        "--model", default=None, help=f"SmolLM2-135M when installed, else stories260K; {model_help}"
     )
     d.add_argument(
-        "--text", default=None, help="evaluation text file (default: WikiText-2 when found)"
+        "--text",
+        default=None,
+        help="evaluation text file (default: WikiText-2's test split when found, else a shipped "
+        "English text)",
     )
-    d.add_argument("--calib", default=None, help="calibration text file")
+    d.add_argument(
+        "--calib", default=None, help="calibration text file (default: a shipped English text)"
+    )
     d.add_argument("--seqlen", type=int, default=256, help="evaluation window (tokens)")
-    d.add_argument("--max-windows", type=int, default=8, help="evaluation windows (default 8)")
-    d.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16)")
+    d.add_argument(
+        "--max-windows", type=_windows_arg, default=8, help="evaluation windows, or 'all'"
+    )
+    d.add_argument("--nsamples", type=int, default=16, help="calibration windows")
     d.add_argument("--calib-seqlen", type=int, default=256, help="calibration window length")
     d.add_argument(
         "--methods",
         type=_csv(DEMO_METHODS),
         default=list(DEMO_METHODS),
-        help="e.g. wanda,sparsegpt",
+        help="comma-separated subset, e.g. wanda,sparsegpt",
     )
     d.add_argument(
         "--patterns",
         type=_csv([p[0] for p in DEMO_PATTERNS]),
         default=[p[0] for p in DEMO_PATTERNS],
-        help="subset of 50%%,4:8,2:4",
+        help="comma-separated subset of 50%%,4:8,2:4",
     )
-    d.add_argument("--save-dir", default=None, help="also save each pruned model here")
-    d.add_argument("--threads", type=int, default=None)
+    d.add_argument(
+        "--save-dir", default=None, help="also save each pruned model here (created if missing)"
+    )
+    d.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     d.add_argument("--quiet", action="store_true", help="no progress on stderr")
     d.set_defaults(func=demo_cmd)
 
-    p = sub.add_parser("prune", help="prune a model block by block and save it compressed")
+    p = sub.add_parser(
+        "prune",
+        help="prune a model block by block and save it compressed",
+        description="Prune every block's linears of a model, block by block, and save it in\n"
+        "sparseforge's compressed file. Outputs (--out, --report-json) are checked before\n"
+        "any work starts.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  sparseforge prune smollm2 --method wanda --sparsity 0.5 --out smollm2-wanda50.sfm\n"
+        "  sparseforge prune smollm2 --method sparsegpt --pattern 2:4 --nsamples 32 --eval \\\n"
+        "      --report-json run.json && sparseforge report run.json --out report.html\n"
+        "  sparseforge prune model.gguf --pattern 4:8 --calib my_text.txt --out m.sfm --quiet",
+    )
     p.add_argument("model", help=model_help)
-    p.add_argument("--method", choices=sorted(sm.METHODS), default="wanda")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction pruned, in [0, 1)")
+    p.add_argument("--method", choices=sorted(sm.METHODS), default="wanda", help="pruning method")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="fraction pruned, in [0, 1) (default: 0.5, or 1 - N/M with --pattern)",
+    )
     p.add_argument("--pattern", default=None, help="N:M (N kept of every M), e.g. 2:4")
     p.add_argument(
-        "--calib", default=None, help="calibration text file (default: shipped English text)"
+        "--calib", default=None, help="calibration text file (default: a shipped English text)"
     )
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
-    p.add_argument("--out", default=None, help="write the pruned model here (sparseforge file)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    p.add_argument("--eval", action="store_true", help="also report the pruned perplexity")
-    p.add_argument("--eval-text", default=None, help="evaluation text for --eval")
-    p.add_argument("--eval-seqlen", type=int, default=512)
-    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--nsamples", type=int, default=128, help=f"calibration windows: {_COST_CALIB}")
+    p.add_argument("--seqlen", type=int, default=512, help="calibration window length (tokens)")
+    p.add_argument("--out", default=None, help="write the pruned model to this file")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="dtype of the saved weights (default: the model's own)",
+    )
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="report the perplexity of the dense and the pruned model (same windows)",
+    )
+    p.add_argument(
+        "--eval-text",
+        default=None,
+        help="evaluation text for --eval (default: WikiText-2's test split when found, else a "
+        "shipped English text)",
+    )
+    p.add_argument("--eval-seqlen", type=int, default=512, help="evaluation window (tokens)")
+    p.add_argument("--max-windows", type=_windows_arg, default=16, help=_COST_EVAL)
     p.add_argument("--report", action="store_true", help="print the per-layer report")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--report-json",
+        default=None,
+        metavar="FILE",
+        help="write the run (settings, per-layer report, perplexities, saved file) as JSON; "
+        "`sparseforge report FILE` turns it into an HTML page",
+    )
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=prune_cmd)
 
-    e = sub.add_parser("eval", help="perplexity of a model on a text")
+    e = sub.add_parser(
+        "eval",
+        help="perplexity of a model on a text",
+        description="Perplexity of a model on a text (the SparseGPT/Wanda protocol:\n"
+        "back-to-back windows, each from position 0).",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  sparseforge eval smollm2\n"
+        "  sparseforge eval pruned.sfm --text my_text.txt --seqlen 1024 --max-windows all",
+    )
     e.add_argument("model", help=model_help)
-    e.add_argument("--text", default=None, help="text file (default: WikiText-2 when found)")
-    e.add_argument("--seqlen", type=int, default=512)
-    e.add_argument("--max-windows", type=int, default=None)
-    e.add_argument("--threads", type=int, default=None)
+    e.add_argument(
+        "--text",
+        default=None,
+        help="text file (default: WikiText-2's test split when found, else a shipped English text)",
+    )
+    e.add_argument("--seqlen", type=int, default=512, help="window (tokens)")
+    e.add_argument("--max-windows", type=_windows_arg, default=16, help=_COST_EVAL)
+    e.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    e.add_argument("--quiet", action="store_true", help="no progress on stderr")
     e.set_defaults(func=eval_cmd)

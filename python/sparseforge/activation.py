@@ -1278,7 +1278,13 @@ class SparseForward:
     def wrap(self) -> SparseModel:
         """A :class:`SparseModel` view of the model whose ``forward`` / ``nll`` / ``step`` /
         ``generate`` use :attr:`hooks` by default, so :func:`sparseforge.models.perplexity`
-        runs sparse too. It shares the model's weights (no copy)."""
+        runs sparse too. It shares the model's weights (no copy).
+
+        In mode ``"teal"`` its ``step`` (on a :class:`~sparseforge.models.KVCache`),
+        ``generate`` and ``nll`` run on the compiled runtime (:mod:`sparseforge.runtime`)
+        with these thresholds and transposed weights (TEAL's fused sparse SwiGLU at decode);
+        :meth:`achieved` then counts only what ran through :attr:`hooks` (``forward``, or
+        calls given ``hooks=fwd.hooks``)."""
         return SparseModel(self)
 
     def __repr__(self) -> str:
@@ -1293,20 +1299,19 @@ class SparseModel(LlamaModel):
     def __init__(self, sparse: SparseForward) -> None:
         self.__dict__.update(sparse.model.__dict__)
         self.sparse = sparse
+        # Calls without hooks run these where the runtime does not serve them.
+        self._default_hooks = sparse.hooks
+        self._rt = None
+
+    def _runtime_model(self) -> Any:
+        if self.sparse.mode != "teal":
+            return None
+        return self._compiled({"thresholds": self.sparse.thresholds, "transposed": self.sparse._wt})
 
     def forward(
         self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]], *, hooks: Hooks | None = None
     ) -> F32Array:
         return super().forward(tokens, hooks=self.sparse.hooks if hooks is None else hooks)
-
-    def step(
-        self,
-        tokens: Sequence[int] | npt.NDArray[np.integer[Any]],
-        cache: Any,
-        *,
-        hooks: Hooks | None = None,
-    ) -> F32Array:
-        return super().step(tokens, cache, hooks=self.sparse.hooks if hooks is None else hooks)
 
     def __repr__(self) -> str:
         return f"SparseModel(mode={self.sparse.mode!r}, {super().__repr__()})"

@@ -116,6 +116,29 @@ class PruneResult:
     sparsity: float
     info: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # Arrays as dtype[shape], never their values (a notebook cell stays one line).
+        from ._display import short
+
+        info = {k: v for k, v in self.info.items() if k != "method"}
+        kept = int(np.count_nonzero(self.mask))
+        return (
+            f"PruneResult(method={self.info.get('method', '?')!r}, weight={short(self.weight)}, "
+            f"sparsity={self.sparsity:.4f}, kept={kept}/{self.mask.size}, info={short(info)})"
+        )
+
+    def _repr_html_(self) -> str:
+        from ._display import html_table
+
+        rows: list[tuple[str, Any]] = [
+            ("method", str(self.info.get("method", "?"))),
+            ("weight", self.weight),
+            ("sparsity", round(float(self.sparsity), 6)),
+            ("kept", f"{int(np.count_nonzero(self.mask))} of {self.mask.size}"),
+        ]
+        rows += [(str(k), v) for k, v in self.info.items() if k != "method"]
+        return "<b>PruneResult</b>" + html_table(("", ""), rows)
+
 
 def _check_sparsity(value: Any, name: str = "sparsity") -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -198,13 +198,193 @@ class PruneReport:
         return "\n".join(lines)
 
     def __str__(self) -> str:
+        return self._headline() + "\n" + self.table()
+
+    def _headline(self) -> str:
         target = self.pattern if self.pattern is not None else f"{self.sparsity or 0.5:g}"
-        head = (
+        errors = [r.error for r in self.layers if r.error is not None]
+        err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""
+        return (
             f"{self.method} {target}, {'sequential' if self.sequential else 'dense inputs'}, "
             f"{self.nsamples} x {self.seqlen} calibration tokens, {len(self.layers)} linears, "
-            f"sparsity {self.overall_sparsity:.4f}, {self.seconds:.2f} s"
+            f"sparsity {self.overall_sparsity:.4f}{err}, {self.seconds:.2f} s"
         )
-        return head + "\n" + self.table()
+
+    def __repr__(self) -> str:
+        return f"PruneReport({self._headline()})"
+
+    def by_projection(self) -> list[tuple[str, int, float, float | None, float]]:
+        """Per projection kind (``q_proj``, ..., ``down_proj``, in block order): the
+        number of linears, their mean sparsity, mean reconstruction error (None when not
+        measured) and total seconds."""
+        groups: dict[str, list[LayerReport]] = {}
+        for r in self.layers:
+            groups.setdefault(_projection(r.name), []).append(r)
+        out = []
+        for kind, rs in groups.items():
+            errs = [r.error for r in rs if r.error is not None]
+            out.append(
+                (
+                    kind,
+                    len(rs),
+                    sum(r.sparsity for r in rs) / len(rs),
+                    sum(errs) / len(errs) if errs else None,
+                    sum(r.seconds for r in rs),
+                )
+            )
+        return out
+
+    def _repr_html_(self) -> str:
+        import html as _html
+
+        from .._display import html_table
+
+        summary = html_table(
+            ("projection", "linears", "mean sparsity", "mean rel. error", "seconds"),
+            [
+                (k, n, round(sp, 4), "-" if e is None else f"{e:.3e}", round(t, 3))
+                for k, n, sp, e, t in self.by_projection()
+            ],
+        )
+        layers = html_table(
+            ("name", "shape", "sparsity", "rel. error", "seconds"),
+            [
+                (
+                    r.name,
+                    f"{r.shape[0]}x{r.shape[1]}",
+                    round(r.sparsity, 4),
+                    "-" if r.error is None else f"{r.error:.3e}",
+                    round(r.seconds, 4),
+                )
+                for r in self.layers
+            ],
+        )
+        return (
+            f"<b>PruneReport</b>: {_html.escape(self._headline())}{summary}"
+            f"<details><summary>{len(self.layers)} linears</summary>{layers}</details>"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (:meth:`from_dict` reads it back): the settings,
+        ``overall_sparsity``, ``calib_tokens`` and one entry per linear (``name``,
+        ``shape``, ``sparsity``, ``error``, ``seconds`` and the JSON-representable part of
+        ``info``)."""
+        from .._display import jsonable
+
+        return {
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "pattern": self.pattern,
+            "sequential": self.sequential,
+            "nsamples": self.nsamples,
+            "seqlen": self.seqlen,
+            "seconds": self.seconds,
+            "calib_tokens": self.calib_tokens,
+            "overall_sparsity": self.overall_sparsity,
+            "layers": [
+                {
+                    "name": r.name,
+                    "shape": [int(r.shape[0]), int(r.shape[1])],
+                    "sparsity": r.sparsity,
+                    "error": r.error,
+                    "seconds": r.seconds,
+                    "info": jsonable(r.info),
+                }
+                for r in self.layers
+            ],
+        }
+
+    def to_json(self, **json_kwargs: Any) -> str:
+        """``json.dumps(self.to_dict(), **json_kwargs)``."""
+        import json
+
+        return json.dumps(self.to_dict(), **json_kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PruneReport:
+        """A report from :meth:`to_dict`'s data (``ValueError`` naming what is missing)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"data: expected a dict, got {type(data).__name__}")
+        try:
+            layers = [
+                LayerReport(
+                    name=str(d["name"]),
+                    shape=(int(d["shape"][0]), int(d["shape"][1])),
+                    sparsity=float(d["sparsity"]),
+                    error=None if d.get("error") is None else float(d["error"]),
+                    seconds=float(d.get("seconds", 0.0)),
+                    info=dict(d.get("info") or {}),
+                )
+                for d in data["layers"]
+            ]
+            return cls(
+                method=str(data["method"]),
+                sparsity=None if data.get("sparsity") is None else float(data["sparsity"]),
+                pattern=data.get("pattern"),
+                sequential=bool(data.get("sequential", True)),
+                nsamples=int(data["nsamples"]),
+                seqlen=int(data["seqlen"]),
+                layers=layers,
+                seconds=float(data.get("seconds", 0.0)),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise ValueError(f"data: not a PruneReport dict ({type(e).__name__}: {e})") from e
+
+    def plot(self, *, ax: Any = None, path: Any = None) -> Any:
+        """Per-linear sparsity (bars) and reconstruction error (points, log scale) in block
+        order, one colour per projection kind; needs matplotlib (the ``plot`` extra).
+
+        ``ax``: draw into this Axes (default: a new figure); ``path``: also save the figure
+        there. Returns the matplotlib Figure.
+        """
+        try:
+            import matplotlib
+
+            if ax is None and path is not None:
+                matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ImportError(
+                "PruneReport.plot needs matplotlib: pip install matplotlib (or install "
+                "sparseforge from a checkout with the 'plot' extra)"
+            ) from e
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
+        else:
+            fig = ax.figure
+        kinds = list(dict.fromkeys(_projection(r.name) for r in self.layers))
+        colours = {k: f"C{i}" for i, k in enumerate(kinds)}
+        x = np.arange(len(self.layers))
+        ax.bar(
+            x,
+            [r.sparsity for r in self.layers],
+            color=[colours[_projection(r.name)] for r in self.layers],
+            alpha=0.35,
+            width=1.0,
+        )
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("sparsity (bars)")
+        ax.set_xlabel("linear, in block order")
+        ax.set_title(self._headline(), fontsize=9)
+        if any(r.error is not None for r in self.layers):
+            ax2 = ax.twinx()
+            for k in kinds:
+                pts = [(i, r.error) for i, r in enumerate(self.layers) if _projection(r.name) == k]
+                pts = [(i, e) for i, e in pts if e is not None and e > 0]
+                if pts:
+                    ax2.plot(*zip(*pts, strict=True), "o", ms=3, color=colours[k], label=k)
+            ax2.set_yscale("log")
+            ax2.set_ylabel("rel. reconstruction error (points)")
+            ax2.legend(fontsize=7, ncol=len(kinds), loc="upper left")
+        if path is not None:
+            fig.savefig(path)
+        return fig
+
+
+def _projection(name: str) -> str:
+    """``q_proj`` ... ``down_proj`` from a weight name (the name itself otherwise)."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) >= 2 and parts[-1] == "weight" else name
 
 
 def calibration_windows(
