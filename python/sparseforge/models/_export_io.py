@@ -22,6 +22,7 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
+from .._io import atomic_path
 from .llama import LINEAR_SUFFIXES, LlamaModel, _is_compressed
 
 __all__ = [
@@ -43,6 +44,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 ST_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 ST_NAMES[np.dtype(ml_dtypes.bfloat16)] = "BF16"
+# compressed-tensors components also store int64 shapes/offsets and uint8 bitmasks
+_HEADER_NAMES = {**ST_NAMES, np.dtype("<i8"): "I64", np.dtype(np.uint8): "U8"}
 
 
 def check_model(model: Any) -> LlamaModel:
@@ -153,18 +156,10 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is fsynced and renamed onto
-    ``target``, on failure removed."""
-    tmp = _sibling(target, "tmp")
-    try:
+    ``target``, on failure removed (the library's one atomic writer, ``_io.atomic_path``:
+    temporaries of a killed earlier export are removed by the next)."""
+    with atomic_path(target) as tmp:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.absolute().parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _fsync_dir(d: Path) -> None:
@@ -229,7 +224,7 @@ def safetensors_header(entries: list[tuple[str, np.dtype[Any], tuple[int, ...]]]
     for name, dtype, shape in entries:
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         header[name] = {
-            "dtype": ST_NAMES[dtype],
+            "dtype": _HEADER_NAMES[dtype],
             "shape": list(shape),
             "data_offsets": [offset, offset + n],
         }
