@@ -389,7 +389,8 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     seqlen = min(args.seqlen, base.config.max_seq_len)
     # Tokenize once; every configuration reads the same ids.
     calib_ids = token_stream(base, texts.calib_text, name="--calib")
-    eval_ids = token_stream(base, texts.eval_text, name="--text")
+    eval_tokens = None if args.max_windows is None else args.max_windows * seqlen
+    eval_ids = token_stream(base, texts.eval_text, name="--text", max_tokens=eval_tokens)
     _say(out, f"sparseforge demo: {base.source}")
     _say(out, f"  {base}")
     _say(out, f"evaluation: {texts.eval_name}")
@@ -596,7 +597,8 @@ def add_model_commands(sub: Any) -> None:
         "--dtype",
         choices=["float32", "float16", "bfloat16"],
         default=None,
-        help="dtype of the saved weights (default: the model's own)",
+        help="dtype of the saved weights (default: the source checkpoint's: fp16/bf16 stay "
+        "so, quantised GGUF weights become float16)",
     )
     p.add_argument(
         "--eval",
