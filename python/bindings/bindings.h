@@ -18,6 +18,7 @@ void register_models(pybind11::module_& m);      // forward ops: RMSNorm, RoPE, 
 void register_kvcache(pybind11::module_& m);     // PagedKVCache, decode attention, Quest
 void register_moe(pybind11::module_& m);         // MoE routing, capacity, dispatch/combine, losses
 void register_activation(pybind11::module_& m);  // Deja Vu predictor statistics and fit
+void register_runtime(pybind11::module_& m);     // RuntimeModel, RuntimeSession: the decode loop
 
 // num_threads from Python: 0 means the default; negative is an error.
 int threads_arg(int num_threads);

@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
   sfpy::register_models(m);
   sfpy::register_moe(m);
   sfpy::register_activation(m);
+  sfpy::register_runtime(m);
 }

@@ -13,7 +13,8 @@ KV cache with eviction/selection policies, decode attention, MLA), :mod:`sparsef
 pruned models), :mod:`sparseforge.moe` (MoE routers, capacity/dropping, load-balancing and
 z losses, dispatch/combine, MoE FFN, expert pruning) and :func:`save` / :func:`load` (a
 safetensors-compatible container). :mod:`sparseforge.torch` (optional, needs PyTorch)
-prunes transformers models in place.
+prunes transformers models in place. :mod:`sparseforge.runtime` runs a model's prefill,
+decode steps and generation in the core (one call per step, any weight format, TEAL).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         "directly."
     ) from err
 
-from . import activation, calib, format, kernels, kv, models, moe, prune, structured
+from . import activation, calib, format, kernels, kv, models, moe, prune, runtime, structured
 from ._base import (
     DTypeError,
     NumericalError,
@@ -60,6 +61,7 @@ __all__ = [
     "models",
     "moe",
     "prune",
+    "runtime",
     "save",
     "set_simd_level",
     "simd_level",

@@ -1272,6 +1272,9 @@ class SparseModel(LlamaModel):
     def __init__(self, sparse: SparseForward) -> None:
         self.__dict__.update(sparse.model.__dict__)
         self.sparse = sparse
+        # Calls without hooks run these (never the dense compiled runtime of the model).
+        self._default_hooks = sparse.hooks
+        self._rt = None
 
     def forward(
         self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]], *, hooks: Hooks | None = None

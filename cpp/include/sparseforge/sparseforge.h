@@ -6,6 +6,9 @@
 //   prune/  masks, N:M patterns, magnitude pruning
 //   kernels/ dense GEMV/GEMM, row skip, column skip (TEAL), sparse SwiGLU
 //   format/ + kernels/unstructured.h: bitmap and CSR weights, their GEMV/GEMM
+//   models/ the per-token ops of a Llama-family forward (RMSNorm, RoPE, attention)
+//   runtime/ a model in its stored formats (with TEAL thresholds) and a session that runs
+//           prefill, decode steps and generation over its KV cache in one call
 #pragma once
 
 #include "sparseforge/core/build_info.h"
@@ -18,6 +21,9 @@
 #include "sparseforge/kernels/activation.h"
 #include "sparseforge/kernels/dense.h"
 #include "sparseforge/kernels/unstructured.h"
+#include "sparseforge/models/ops.h"
 #include "sparseforge/prune/magnitude.h"
 #include "sparseforge/prune/mask.h"
 #include "sparseforge/prune/select.h"
+#include "sparseforge/runtime/model.h"
+#include "sparseforge/runtime/session.h"

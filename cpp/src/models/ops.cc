@@ -211,33 +211,28 @@ void rope(MatrixView<float> x, size_t heads, size_t head_dim, const int64_t* pos
 // ---------------------------------------------------------------------------------------
 // Attention
 
-void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
-                      const AttentionShape& shape, float scale, MatrixView<float> out,
-                      int num_threads) {
+void attention_transposed_keys(ConstMatrixView<float> q, const float* kt, size_t ldk,
+                               ConstMatrixView<float> v, size_t past, const AttentionShape& shape,
+                               float scale, MatrixView<float> out, int num_threads) {
   check_shape(shape);
   check_scale(scale);
   check_matrix(q, "q");
-  check_matrix(k, "k");
   check_matrix(v, "v");
   check_matrix(out, "out");
   const size_t Hq = shape.n_heads, Hkv = shape.n_kv_heads, D = shape.head_dim;
-  const size_t T = q.rows, S = k.rows;
+  const size_t T = q.rows, S = past + T;
   SF_CHECK_ARG(q.cols == Hq * D, "q: expected n_heads * head_dim = %zu columns, got %zu", Hq * D,
                q.cols);
-  SF_CHECK_ARG(k.cols == Hkv * D, "k: expected n_kv_heads * head_dim = %zu columns, got %zu",
-               Hkv * D, k.cols);
-  check_same_shape(k, "k", v, "v");
   SF_CHECK_ARG(T > 0, "q: expected at least one query row, got 0");
-  SF_CHECK_ARG(S >= T, "k: expected at least as many rows as q (%zu), got %zu", T, S);
+  SF_CHECK_ARG(v.cols == Hkv * D, "v: expected n_kv_heads * head_dim = %zu columns, got %zu",
+               Hkv * D, v.cols);
+  SF_CHECK_ARG(v.rows >= S, "v: expected at least past + T = %zu rows, got %zu", S, v.rows);
+  SF_CHECK_ARG(kt != nullptr, "kt: expected non-null transposed keys");
+  SF_CHECK_ARG(ldk % 16 == 0 && ldk >= round_up16(S),
+               "ldk: expected a multiple of 16 >= round_up(past + T, 16) = %zu, got %zu",
+               round_up16(S), ldk);
   check_same_shape(q, "q", out, "out");
-  const size_t past = S - T;
   const size_t group = Hq / Hkv;
-
-  // Keys transposed per kv head, padded to whole 16-key chunks (see simd/attention.h).
-  const size_t ldk = round_up16(S);
-  std::vector<float> kt(Hkv * D * ldk);
-  transpose_heads(k, S, Hkv, D, ldk, kt.data(), num_threads);
-
   constexpr size_t kBlock = 32;
   const size_t blocks = (T + kBlock - 1) / kBlock;
   const size_t work = Hq * D * (T * S - T * T / 2);
@@ -246,18 +241,37 @@ void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstM
   parallel_for_dynamic(Hq * blocks, threads_for(work, num_threads), [&](size_t task) {
     const size_t b = blocks - 1 - task / Hq, h = task % Hq, g = h / group;
     const size_t t0 = b * kBlock, nq = std::min(T, t0 + kBlock) - t0;
-    AlignedScratch s(4 * ldk);
-    kernel.attend(q.row(t0) + h * D, q.stride, nq, kt.data() + g * D * ldk, ldk, v.data + g * D,
-                  v.stride, past + t0 + 1, D, scale, s.data(), ldk, out.row(t0) + h * D,
-                  out.stride);
+    const size_t lds = round_up16(past + t0 + nq);
+    AlignedScratch s(std::min<size_t>(nq, 4) * lds);
+    kernel.attend(q.row(t0) + h * D, q.stride, nq, kt + g * D * ldk, ldk, v.data + g * D, v.stride,
+                  past + t0 + 1, D, scale, s.data(), lds, out.row(t0) + h * D, out.stride);
   });
+}
+
+void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
+                      const AttentionShape& shape, float scale, MatrixView<float> out,
+                      int num_threads) {
+  check_shape(shape);
+  check_matrix(k, "k");
+  check_matrix(v, "v");
+  const size_t Hkv = shape.n_kv_heads, D = shape.head_dim;
+  const size_t T = q.rows, S = k.rows;
+  SF_CHECK_ARG(k.cols == Hkv * D, "k: expected n_kv_heads * head_dim = %zu columns, got %zu",
+               Hkv * D, k.cols);
+  check_same_shape(k, "k", v, "v");
+  SF_CHECK_ARG(T > 0, "q: expected at least one query row, got 0");
+  SF_CHECK_ARG(S >= T, "k: expected at least as many rows as q (%zu), got %zu", T, S);
+  // Keys transposed per kv head, padded to whole 16-key chunks (see simd/attention.h).
+  const size_t ldk = round_up16(S);
+  std::vector<float> kt(Hkv * D * ldk);
+  transpose_heads(k, S, Hkv, D, ldk, kt.data(), num_threads);
+  attention_transposed_keys(q, kt.data(), ldk, v, S - T, shape, scale, out, num_threads);
 }
 
 void decode_attention(const float* q, ConstMatrixView<float> k_cache,
                       ConstMatrixView<float> v_cache, size_t length, const AttentionShape& shape,
                       float scale, float* out, int num_threads) {
   check_shape(shape);
-  check_scale(scale);
   check_matrix(k_cache, "k_cache");
   check_matrix(v_cache, "v_cache");
   const size_t Hq = shape.n_heads, Hkv = shape.n_kv_heads, D = shape.head_dim;
@@ -269,17 +283,26 @@ void decode_attention(const float* q, ConstMatrixView<float> k_cache,
   check_same_shape(k_cache, "k_cache", v_cache, "v_cache");
   SF_CHECK_ARG(length >= 1 && length <= k_cache.rows,
                "length: expected 1 <= length <= cache capacity %zu, got %zu", k_cache.rows, length);
-  const size_t group = Hq / Hkv;
   const size_t ldk = round_up16(length);
   std::vector<float> kt(Hkv * D * ldk);
   transpose_heads(k_cache, length, Hkv, D, ldk, kt.data(), num_threads);
-  const AttentionTable& kernel = attention_table();
-  parallel_for_each(Hq, threads_for(Hq * D * length, num_threads), [&](size_t h) {
-    const size_t g = h / group;
-    AlignedScratch s(ldk);
-    kernel.attend(q + h * D, 0, 1, kt.data() + g * D * ldk, ldk, v_cache.data + g * D,
-                  v_cache.stride, length, D, scale, s.data(), 0, out + h * D, 0);
-  });
+  attention_transposed_keys(ConstMatrixView<float>(q, 1, Hq * D), kt.data(), ldk, v_cache,
+                            length - 1, shape, scale, MatrixView<float>(out, 1, Hq * D),
+                            num_threads);
+}
+
+void store_transposed_keys(ConstMatrixView<float> k, size_t n_kv_heads, size_t head_dim,
+                           size_t first, float* kt, size_t ldk) {
+  check_matrix(k, "k");
+  SF_CHECK_ARG(k.cols == n_kv_heads * head_dim,
+               "k: expected n_kv_heads * head_dim = %zu columns, got %zu", n_kv_heads * head_dim,
+               k.cols);
+  SF_CHECK_ARG(first + k.rows <= ldk, "k: rows %zu .. %zu do not fit ldk=%zu", first,
+               first + k.rows, ldk);
+  for (size_t t = 0; t < k.rows; ++t) {
+    const float* r = k.row(t);
+    for (size_t c = 0; c < k.cols; ++c) kt[c * ldk + first + t] = r[c];
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -126,10 +126,16 @@ class DecodeCache(Protocol):
 class KVCache:
     """A contiguous key/value cache for generation (a :class:`DecodeCache`).
 
-    ``k`` and ``v`` are float32 ``(n_layers, capacity, n_kv_heads, head_dim)``, zeroed;
-    rows ``0 .. length-1`` of each layer hold the post-RoPE keys and the values of the
-    tokens seen so far. A forward step over T new tokens writes rows ``length ..
-    length+T-1`` of every layer, then advances ``length``.
+    ``k`` and ``v`` are float32 ``(n_layers, capacity, n_kv_heads, head_dim)``; rows ``0 ..
+    length-1`` of each layer hold the post-RoPE keys and the values of the tokens seen so
+    far. A forward step over T new tokens writes rows ``length .. length+T-1`` of every
+    layer, then advances ``length``.
+
+    Two backings, chosen by the first step: :meth:`LlamaModel.step` without hooks keeps the
+    tokens in a compiled session (:mod:`sparseforge.runtime`, whose cache stores keys
+    transposed); a step with hooks keeps them in the numpy arrays. Reading ``k`` / ``v`` or
+    stepping with hooks later moves a session's tokens into the arrays (a copy), and the
+    cache stays on the arrays from then on.
     """
 
     def __init__(self, config: LlamaConfig, capacity: int) -> None:
@@ -140,25 +146,86 @@ class KVCache:
                 f"capacity: expected 1 <= capacity <= max_seq_len={config.max_seq_len}, "
                 f"got {capacity}"
             )
-        shape = (config.n_layers, int(capacity), config.n_kv_heads, config.head_dim)
-        self.k: F32Array = np.zeros(shape, dtype=np.float32)
-        self.v: F32Array = np.zeros(shape, dtype=np.float32)
-        self.length: int = 0
+        self._shape: tuple[int, int, int, int] = (
+            config.n_layers,
+            int(capacity),
+            config.n_kv_heads,
+            config.head_dim,
+        )
+        self._k: F32Array | None = None
+        self._v: F32Array | None = None
+        self._length: int = 0
+        self._session: Any = None  # a _core.RuntimeSession while the session backs the cache
+
+    @property
+    def length(self) -> int:
+        return int(self._session.length) if self._session is not None else self._length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self._to_arrays()
+        self._length = int(value)
+
+    @property
+    def k(self) -> F32Array:
+        self._to_arrays()
+        assert self._k is not None
+        return self._k
+
+    @property
+    def v(self) -> F32Array:
+        self._to_arrays()
+        assert self._v is not None
+        return self._v
 
     @property
     def capacity(self) -> int:
-        return int(self.k.shape[1])
+        return int(self._shape[1])
 
     @property
     def nbytes(self) -> int:
-        return int(self.k.nbytes + self.v.nbytes)
+        if self._session is not None:
+            return int(self._session.kv_bytes)
+        return 2 * int(np.prod(self._shape)) * 4
 
     def reset(self) -> None:
         """Forget every token (the memory is reused)."""
-        self.length = 0
+        if self._session is not None:
+            self._session.reset()
+        self._length = 0
+
+    def _to_arrays(self) -> None:
+        """Allocate the numpy arrays and move a session's tokens into them."""
+        if self._k is None:
+            self._k = np.zeros(self._shape, dtype=np.float32)
+            self._v = np.zeros(self._shape, dtype=np.float32)
+        s, self._session = self._session, None
+        if s is not None:
+            n = int(s.length)
+            for layer in range(self._shape[0]):
+                k, v = s.read_kv(layer)
+                self._k[layer, :n] = k
+                self._v[layer, :n] = v  # type: ignore[index]
+            self._length = n
+
+    def _runtime_session(self, rt: Any, num_threads: int) -> Any:
+        """The session backing this cache for the runtime model ``rt``, or None when the
+        tokens already live in the numpy arrays."""
+        if self._session is None:
+            if self._k is not None and self._length:
+                return None
+            from .. import _core
+
+            self._session = _core.RuntimeSession(rt, self.capacity, num_threads)
+            self._length = 0
+        elif self._session.model is not rt:
+            self._session.set_model(rt)
+        if self._session.num_threads != num_threads:
+            self._session.num_threads = num_threads
+        return self._session
 
     def check_model(self, config: LlamaConfig) -> None:
-        if self.k.shape[0] != config.n_layers or self.k.shape[2:] != (
+        if self._shape[0] != config.n_layers or self._shape[2:] != (
             config.n_kv_heads,
             config.head_dim,
         ):
@@ -174,21 +241,24 @@ class KVCache:
     def attend(
         self, block: int, q: F32Array, k: F32Array, v: F32Array, scale: float, num_threads: int
     ) -> F32Array:
-        start, T = self.length, q.shape[0]
-        self.k[block, start : start + T] = k
-        self.v[block, start : start + T] = v
+        self._to_arrays()
+        K, V = self.k, self.v
+        start, T = self._length, q.shape[0]
+        K[block, start : start + T] = k
+        V[block, start : start + T] = v
         if T == 1:
             a: F32Array = _core.decode_attention(
-                q[0], self.k[block], self.v[block], start + 1, scale, None, num_threads
+                q[0], K[block], V[block], start + 1, scale, None, num_threads
             )
             return a.reshape(1, -1)
         out: F32Array = _core.attention(
-            q, self.k[block, : start + T], self.v[block, : start + T], scale, None, num_threads
+            q, K[block, : start + T], V[block, : start + T], scale, None, num_threads
         )
         return out
 
     def advance(self, T: int) -> None:
-        self.length += int(T)
+        self._to_arrays()
+        self._length += int(T)
 
     def __repr__(self) -> str:
         return f"KVCache(length={self.length}, capacity={self.capacity}, nbytes={self.nbytes})"
@@ -268,6 +338,12 @@ class LlamaModel:
             )
         self.linear_backend = linear_backend
         self._scale = 1.0 / math.sqrt(config.head_dim)
+        # Weight version, shared with views of this model (SparseModel copies __dict__):
+        # set_weight bumps it, which invalidates the compiled runtime model.
+        self._version = [0]
+        self._rt: tuple[int, Any] | None = None
+        # Hooks a view runs by default when the runtime does not serve it (SparseModel).
+        self._default_hooks: Hooks | None = None
 
     def _where(self) -> str:
         return f"{self.source}: " if self.source else ""
@@ -336,6 +412,37 @@ class LlamaModel:
         if shape != expected:
             raise ValueError(f"value: {name} has shape {expected}, got {shape}")
         self._overrides[name] = value
+        self._version[0] += 1
+
+    # -- the compiled runtime ----------------------------------------------------------
+    def _runtime_model(self) -> Any:
+        """The current weights compiled for :mod:`sparseforge.runtime` (cached until
+        :meth:`set_weight`), or None when the runtime cannot run this model (then the
+        Python forward serves every call)."""
+        if self._default_hooks is not None:
+            return None
+        return self._compiled({})
+
+    def _compiled(self, kwargs: dict[str, Any]) -> Any:
+        key = self._version[0]
+        if self._rt is not None and self._rt[0] == key:
+            return self._rt[1]
+        from .. import runtime as _runtime
+
+        rt = None
+        if _runtime.unsupported_reason(self) is None:
+            rt = _runtime.compile_model(self, **kwargs)
+        self._rt = (key, rt)
+        return rt
+
+    def _session_for(self, cache: Any) -> Any:
+        """The runtime session behind ``cache`` when the runtime serves this call."""
+        if not isinstance(cache, KVCache):
+            return None
+        rt = self._runtime_model()
+        if rt is None:
+            return None
+        return cache._runtime_session(rt, _threads(self.num_threads))
 
     def linear_names(self, block: int) -> list[str]:
         """The 7 prunable linear weight names of ``block``: q, k, v, o, gate, up, down."""
@@ -537,6 +644,12 @@ class LlamaModel:
                 f"max_seq_len={self.config.max_seq_len}"
             )
         cache.reserve(int(ids.size))
+        if hooks is None:
+            session = self._session_for(cache)
+            if session is not None:
+                logits: F32Array = session.prefill(ids.tolist(), False)
+                return logits
+            hooks = self._default_hooks
         h = self.embed(ids)
         for i in range(self.config.n_layers):
             h = self.block(i, h, hooks=hooks, cache=cache)
@@ -555,15 +668,26 @@ class LlamaModel:
         ids = self._tokens(tokens)
         if ids.size < 2:
             raise ValueError(f"tokens: expected at least 2 tokens to score, got {ids.size}")
-        logits = (self.forward(ids) if hooks is None else self.forward(ids, hooks=hooks))[:-1]
+        if ids.size > self.config.max_seq_len:
+            raise ValueError(
+                f"tokens: {ids.size} tokens exceed the model's max_seq_len="
+                f"{self.config.max_seq_len}; evaluate in windows"
+            )
         target = ids[1:]
         out = np.empty(target.size, dtype=np.float64)
-        for r0 in range(0, target.size, 64):  # bounded temporaries for large vocabularies
-            lg = logits[r0 : r0 + 64]
-            m = lg.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(lg - m).sum(axis=1, dtype=np.float64)) + m[:, 0]
-            picked = lg[np.arange(lg.shape[0]), target[r0 : r0 + 64]]
-            out[r0 : r0 + 64] = lse - picked
+        rt = self._runtime_model() if hooks is None else None
+        if rt is None:
+            if hooks is None:
+                hooks = self._default_hooks
+            logits = (self.forward(ids) if hooks is None else self.forward(ids, hooks=hooks))[:-1]
+            _nll_rows(logits, target, out)
+            return out
+        # The runtime in chunks of prefill: logits of _NLL_CHUNK tokens at a time.
+        session = _core.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
+        for r0 in range(0, target.size, _NLL_CHUNK):
+            r1 = min(target.size, r0 + _NLL_CHUNK)
+            lg = session.prefill(ids[r0:r1].tolist(), False)
+            _nll_rows(lg, target[r0:r1], out[r0:r1])
         return out
 
     def generate(
@@ -576,14 +700,20 @@ class LlamaModel:
         stop_at_eos: bool = True,
         hooks: Hooks | None = None,
         cache: DecodeCache | None = None,
+        top_k: int = 0,
+        top_p: float = 1.0,
     ) -> list[int]:
         """Continue ``prompt`` by up to ``max_new_tokens`` tokens; returns the new tokens only.
 
         The prompt runs as one chunk into a :class:`KVCache`, then one token per step.
         ``temperature == 0`` is greedy (argmax, ties to the lowest id as run.c);
-        otherwise tokens are sampled from ``softmax(logits / temperature)`` with
-        ``numpy.random.default_rng(seed)``. With ``stop_at_eos`` generation ends after the
-        tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
+        otherwise tokens are sampled from ``softmax(logits / temperature)`` restricted to
+        the ``top_k`` most likely ids (0: all) and then to the smallest most-likely set of
+        mass ``>= top_p``. Without hooks on a :class:`KVCache` generation runs in the core
+        (:mod:`sparseforge.runtime`; its sampler is a ``mt19937_64`` seeded with ``seed``);
+        the Python loop samples with ``numpy.random.default_rng(seed)``: the two draw
+        different streams, greedy tokens are the same. With ``stop_at_eos`` generation ends
+        after the tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
         there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
         must not exceed ``max_seq_len``. ``cache``: an empty :class:`DecodeCache` to decode
         into (e.g. a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`.
@@ -612,7 +742,6 @@ class LlamaModel:
         stop: set[int] = set()
         if stop_at_eos and self.tokenizer is not None:
             stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
-        rng = np.random.default_rng(seed)
         if cache is None:
             cache = KVCache(self.config, capacity)
         elif not isinstance(cache, DecodeCache):
@@ -621,21 +750,39 @@ class LlamaModel:
             )
         elif cache.length:
             raise ValueError(f"cache: expected an empty cache, it holds {cache.length} tokens")
+        from .. import runtime as _runtime
+
+        session = self._session_for(cache) if hooks is None else None
+        if session is not None:
+            return _runtime.sample(
+                session, ids.tolist(), max_new_tokens, temperature, top_k, top_p, seed, sorted(stop)
+            )
+        _runtime.check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+        rng = np.random.default_rng(seed)
         logits = self.step(ids, cache, hooks=hooks)[-1]
         out: list[int] = []
         while True:
-            nxt = self._pick(logits, float(temperature), rng)
+            nxt = self._pick(logits, float(temperature), rng, int(top_k), float(top_p))
             out.append(nxt)
             if len(out) == max_new_tokens or nxt in stop:
                 return out
             logits = self.step([nxt], cache, hooks=hooks)[-1]
 
     @staticmethod
-    def _pick(logits: F32Array, temperature: float, rng: np.random.Generator) -> int:
+    def _pick(
+        logits: F32Array, temperature: float, rng: np.random.Generator, top_k: int, top_p: float
+    ) -> int:
         if temperature == 0.0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / temperature
         p = np.exp(z - z.max())
+        if (0 < top_k < p.size) or top_p < 1.0:
+            order = np.lexsort((np.arange(p.size), -p))  # most likely first, ties to lower id
+            keep = top_k if 0 < top_k < p.size else p.size
+            if top_p < 1.0:
+                cum = np.cumsum(p[order[:keep]])
+                keep = min(keep, int(np.searchsorted(cum, top_p * cum[-1])) + 1)
+            p[order[keep:]] = 0.0
         return int(rng.choice(p.size, p=p / p.sum()))
 
     def __repr__(self) -> str:
@@ -644,6 +791,21 @@ class LlamaModel:
             f"LlamaModel({c.arch}: dim={c.dim}, layers={c.n_layers}, heads={c.n_heads}/"
             f"{c.n_kv_heads}, vocab={c.vocab_size}, source={self.source!r})"
         )
+
+
+_NLL_CHUNK = 512  # tokens per runtime prefill in nll (bounds the logits held at once)
+
+
+def _nll_rows(
+    logits: F32Array, target: npt.NDArray[np.int64], out: npt.NDArray[np.float64]
+) -> None:
+    """out[r] = logsumexp(logits[r]) - logits[r, target[r]] (float64)."""
+    for r0 in range(0, target.size, 64):  # bounded temporaries for large vocabularies
+        lg = logits[r0 : r0 + 64]
+        m = lg.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(lg - m).sum(axis=1, dtype=np.float64)) + m[:, 0]
+        picked = lg[np.arange(lg.shape[0]), target[r0 : r0 + 64]]
+        out[r0 : r0 + 64] = lse - picked
 
 
 def _describe(a: Any) -> str:

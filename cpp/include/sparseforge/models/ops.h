@@ -90,6 +90,24 @@ void decode_attention(const float* q, ConstMatrixView<float> k_cache,
                       ConstMatrixView<float> v_cache, size_t length, const AttentionShape& shape,
                       float scale, float* out, int num_threads);
 
+// Attention over keys stored transposed per kv head: the layout a decode cache keeps so
+// that no step copies or transposes it (sparseforge::runtime::Session's cache). Key j of
+// kv head g, dimension d, lives at kt[(g * D + d) * ldk + j]; ldk is a multiple of 16 and
+// >= round_up(past + T, 16) (scores run in whole 16-key chunks: entries past the attended
+// keys are read and ignored). v (>= past + T rows, Hkv*D) holds the values in place. The T
+// queries q (T, Hq*D) sit at positions past .. past + T - 1 and attend causally; out (T,
+// Hq*D). causal_attention and decode_attention transpose their keys into scratch and call
+// this, so all three give bitwise the same outputs for the same keys.
+// Cost: as causal_attention with S = past + T, without the transposed copy.
+void attention_transposed_keys(ConstMatrixView<float> q, const float* kt, size_t ldk,
+                               ConstMatrixView<float> v, size_t past, const AttentionShape& shape,
+                               float scale, MatrixView<float> out, int num_threads);
+
+// Writes the rows of k (T, Hkv*D) into the transposed layout above as keys first ..
+// first + T - 1 (first + T <= ldk). Cost: T Hkv D strided stores.
+void store_transposed_keys(ConstMatrixView<float> k, size_t n_kv_heads, size_t head_dim,
+                           size_t first, float* kt, size_t ldk);
+
 // The SwiGLU gate, elementwise: out = silu(g) * u, silu(g) = g / (1 + exp(-g)). g, u, out:
 // (T, hidden); out may alias g or u exactly.
 void swiglu_gate(ConstMatrixView<float> g, ConstMatrixView<float> u, MatrixView<float> out,
