@@ -83,6 +83,10 @@ def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
     """
     p = Path(path)
     if p.is_dir():
+        from .compressed_tensors import is_compressed_tensors_dir, load_compressed_tensors
+
+        if is_compressed_tensors_dir(p):
+            return load_compressed_tensors(p, **kwargs)
         if (p / "config.json").is_file():
             from .hf import load_hf  # type: ignore[import-not-found,unused-ignore]
 

@@ -43,6 +43,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 ST_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 ST_NAMES[np.dtype(ml_dtypes.bfloat16)] = "BF16"
+# compressed-tensors components also store int64 shapes/offsets and uint8 bitmasks
+_HEADER_NAMES = {**ST_NAMES, np.dtype("<i8"): "I64", np.dtype(np.uint8): "U8"}
 
 
 def check_model(model: Any) -> LlamaModel:
@@ -229,7 +231,7 @@ def safetensors_header(entries: list[tuple[str, np.dtype[Any], tuple[int, ...]]]
     for name, dtype, shape in entries:
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         header[name] = {
-            "dtype": ST_NAMES[dtype],
+            "dtype": _HEADER_NAMES[dtype],
             "shape": list(shape),
             "data_offsets": [offset, offset + n],
         }

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import _export_io as io
+from . import compressed_tensors as ct
 from .llama import LlamaModel
 from .tokenizer import Llama2cTokenizer
 
@@ -291,6 +292,7 @@ def export_hf(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     tokenizer: bool = True,
+    compression: str | None = None,
 ) -> ExportReport:
     """Write ``model`` as a Hugging Face model directory that
     ``transformers.AutoModelForCausalLM.from_pretrained(out)`` loads.
@@ -312,6 +314,14 @@ def export_hf(
     overwrite : bool
     tokenizer : bool
         Write the tokenizer files when the model has a tokenizer (default).
+    compression : {None, "sparse-24-bitmask", "sparse-bitmask"}
+        Write the block linears in a compressed-tensors sparse layout (llm-compressor's;
+        ``config.json`` gets its ``quantization_config``): 2:4 values + bitmask for every
+        linear whose groups of 4 hold at most 2 non-zeros (the others stay dense and are
+        listed in ``ignore``), or bitmask + non-zeros for every linear. ``lm_head`` stays
+        dense. transformers reads these only through the compressed-tensors package
+        (docs/export.md says which versions); :func:`sparseforge.models.load` reads them
+        into compressed tensors.
 
     Returns
     -------
@@ -332,6 +342,11 @@ def export_hf(
     limit = parse_size(max_shard_size)
     if not isinstance(tokenizer, bool):
         raise TypeError(f"tokenizer: expected a bool, got {type(tokenizer).__name__}")
+    if compression is not None and compression not in ("sparse-24-bitmask", "sparse-bitmask"):
+        raise ValueError(
+            "compression: expected None, 'sparse-24-bitmask' or 'sparse-bitmask', got "
+            f"{compression!r}"
+        )
     check_expressible(model)
     tok_files = _tokenizer_files(model) if tokenizer and model.tokenizer is not None else {}
 
@@ -360,9 +375,22 @@ def export_hf(
 
     shapes = c.weight_shapes()
     sizes = []
+    packed: set[str] = set()
+    ignore: list[str] = ["lm_head"]
+    kept = total = 0
     for n in names:
         shape = shapes.get(n) or ((c.q_dim,) if ".q_proj." in n else (c.kv_dim,))
-        sizes.append((n, int(np.prod(shape)) * stored_dtype(n).itemsize))
+        nbytes = int(np.prod(shape)) * stored_dtype(n).itemsize
+        if compression is not None and ct.is_target(n):
+            ok, nnz = ct.fits(model, n, compression)
+            if ok:
+                packed.add(n)
+                nbytes = ct.compressed_sizes(*shape, nnz, stored_dtype(n).itemsize, compression)
+                kept += nnz
+                total += int(np.prod(shape))
+            else:
+                ignore.append(n[: -len(".weight")])
+        sizes.append((n, nbytes))
     shards = _shards(sizes, limit)
     embed_dtype = stored_dtype("model.embed_tokens.weight")
     dtype_name = "bfloat16" if embed_dtype.name == "bfloat16" else embed_dtype.name
@@ -378,20 +406,28 @@ def export_hf(
                 if len(shards) == 1
                 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
             )
-            arrays = [(n, tensor(n)) for n in shard]
-            for n, a in arrays:
-                weight_map[n] = fname
+            arrays = []
+            for n in shard:
+                a = tensor(n)
                 if io.is_linear(n):
                     zeros += int(a.size - np.count_nonzero(a))
+                if n in packed:
+                    arrays += ct.compressed_entries(model, n, str(compression), a)
+                else:
+                    arrays.append((n, a))
+            for key, _ in arrays:
+                weight_map[key] = fname
             with open(tmp / fname, "wb") as f:
                 io.write_safetensors(f, arrays)
             del arrays
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": weight_map}
             _write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2))
-        _write_text(
-            tmp / "config.json", json.dumps(_config_json(model, dtype_name, bos, eos), indent=2)
-        )
+        cfg = _config_json(model, dtype_name, bos, eos)
+        if compression is not None:
+            sparsity = 1.0 - kept / total if total else 0.0
+            cfg["quantization_config"] = ct.compression_config(compression, ignore, sparsity)
+        _write_text(tmp / "config.json", json.dumps(cfg, indent=2))
         gen = {"_from_model_config": True, "bos_token_id": bos, "eos_token_id": eos}
         _write_text(tmp / "generation_config.json", json.dumps(gen, indent=2))
         for fname, text in tok_files.items():

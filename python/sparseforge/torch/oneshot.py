@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .calib import LayerStats
-from .models.pipeline import PruneReport, check_method, prune_linear
+from ..calib import LayerStats
+from ..models.pipeline import PruneReport, check_method, prune_linear
 
 __all__ = ["decoder_layers", "prune_model"]
 
