@@ -28,7 +28,7 @@ import numpy as np
 
 from . import prune as _prune
 
-__all__ = ["layer_visual", "load_runs", "render_html", "write_report"]
+__all__ = ["layer_visual", "load_runs", "masks_svg", "render_html", "sweep_svg", "write_report"]
 
 REPORT_KIND = "sparseforge prune report"
 
@@ -195,7 +195,7 @@ def _ppl(run: dict[str, Any], which: str) -> float | None:
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
 
-def _svg_sweep(runs: list[dict[str, Any]]) -> str:
+def sweep_svg(runs: list[dict[str, Any]]) -> str:
     """Sparsity (x) against perplexity (y, log scale): one series per method and pattern
     kind, the dense perplexity as a dashed line."""
     pts = [
@@ -276,7 +276,7 @@ def _svg_sweep(runs: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _svg_masks(v: dict[str, Any]) -> str:
+def masks_svg(v: dict[str, Any]) -> str:
     """Side by side, one grid per method: kept weights coloured by sign and size, pruned
     ones pale grey; above each grid the channel norms as bars, outliers in red."""
     weights = np.asarray(v["weights"], dtype=np.float64)
@@ -424,7 +424,7 @@ def render_html(runs: list[dict[str, Any]], visual: dict[str, Any] | None = None
                 f"{q.get('seqlen', '?')} tokens ({q.get('tokens_scored', '?')} tokens scored); "
                 f"dense {fmt_ppl(d.get('ppl'))} → pruned {fmt_ppl(q.get('ppl'))}.</p>"
             )
-    sweep = _svg_sweep(runs)
+    sweep = sweep_svg(runs)
     if sweep:
         out += ["<h2>Sparsity against perplexity</h2>", sweep]
     if visual is not None:
@@ -441,7 +441,7 @@ def render_html(runs: list[dict[str, Any]], visual: dict[str, Any] | None = None
             "|w|), pruned ones grey. Magnitude ranks |w| alone and drops small weights that "
             "meet large activations; Wanda ranks |w|·‖x‖ and keeps them. Percentages are "
             "over the whole layer.</p>",
-            _svg_masks(visual),
+            masks_svg(visual),
         ]
     out.append("<h2>Per layer</h2>")
     for i, r in enumerate(runs):
