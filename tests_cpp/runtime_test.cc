@@ -10,9 +10,11 @@
 #include <vector>
 
 #include "sparseforge/core/error.h"
+#include "sparseforge/format/container.h"
 #include "sparseforge/format/nm.h"
 #include "sparseforge/format/unstructured.h"
 #include "sparseforge/runtime/model.h"
+#include "sparseforge/runtime/saved_model.h"
 #include "sparseforge/runtime/session.h"
 #include "testing/random.h"
 
@@ -381,6 +383,20 @@ TEST(Sampler, SeededTopKAndTopP) {
   }
   c.top_p = 0.0f;
   EXPECT_THROW(Sampler{c}, InvalidArgument);
+}
+
+TEST(Container, Crc32IsZlibs) {
+  const char* s = "123456789";  // the CRC-32 check value (zlib.crc32(b"123456789"))
+  EXPECT_EQ(format::crc32(reinterpret_cast<const uint8_t*>(s), 9), 0xCBF43926u);
+  EXPECT_EQ(format::crc32(nullptr, 0), 0u);
+  // continuing a CRC over a split buffer equals one pass
+  const uint32_t a = format::crc32(reinterpret_cast<const uint8_t*>(s), 4);
+  EXPECT_EQ(format::crc32(reinterpret_cast<const uint8_t*>(s) + 4, 5, a), 0xCBF43926u);
+}
+
+TEST(Container, MissingFileThrows) {
+  EXPECT_THROW(format::ContainerFile::open("/nonexistent/model.sf"), InvalidArgument);
+  EXPECT_THROW(SavedModel::load("/nonexistent/model.sf"), InvalidArgument);
 }
 
 }  // namespace

@@ -186,9 +186,13 @@ def test_thresholds_json_round_trip_and_validation(stories, tmp_path: Path) -> N
 # The sparse forward: kernel path (T = 1) == masked path (T > 1)
 
 
-def _decode_logits(wrapped: sm.LlamaModel, ids: np.ndarray) -> np.ndarray:
+def _decode_logits(wrapped: A.SparseModel, ids: np.ndarray) -> np.ndarray:
+    # through the hooks (the Python kernel path that achieved() counts), not the runtime
     cache = sm.KVCache(wrapped.config, ids.size)
-    return np.concatenate([wrapped.step(ids[t : t + 1], cache) for t in range(ids.size)])
+    hooks = wrapped.sparse.hooks
+    return np.concatenate(
+        [wrapped.step(ids[t : t + 1], cache, hooks=hooks) for t in range(ids.size)]
+    )
 
 
 @pytest.mark.parametrize("mode", ["teal", "cats", "relu"])

@@ -186,6 +186,15 @@ def test_teal_runtime_equals_sparse_forward() -> None:
     steps = np.stack([s.step(int(t)) for t in ids[10:]])
     assert _rel(steps, ref_steps[10:]) < 1e-5  # the fused sparse SwiGLU: last bits differ
     assert np.abs(ref_full - model.forward(ids)).max() > 1e-3  # TEAL changed the result
+    # SparseForward.wrap() runs on the runtime when no hooks are given
+    cache = sm.KVCache(model.config, 24)
+    got = [wrapped.step(ids[:10], cache)] + [
+        wrapped.step(ids[t : t + 1], cache) for t in range(10, 24)
+    ]
+    assert cache._session is not None
+    assert _rel(np.concatenate(got)[10:], ref_steps[10:]) < 1e-5
+    np.testing.assert_allclose(wrapped.nll(ids), wrapped.nll(ids, hooks=fwd.hooks), rtol=1e-5)
+    assert wrapped.generate(ids[:5], 10) == wrapped.generate(ids[:5], 10, hooks=fwd.hooks)
     # without transposed weights the masked product runs at every step: the same values
     s2 = rt.Session(model, 32, thresholds=th, num_threads=1)
     full2 = np.concatenate([s2.prefill(ids[:10])] + [s2.step(int(t))[None] for t in ids[10:]])
@@ -358,3 +367,69 @@ def test_smollm2(smol: sm.LlamaModel, fmt: str) -> None:
         _compress(model, "nm")
     ids = np.random.default_rng(0).integers(0, c.vocab_size, 12)
     _real_parity(model, ids, prompt=6, new=6)
+
+
+# ---------------------------------------------------------------------------------------
+# The saved-model file: the core's reader against the Python one
+
+
+def _saved_mixed(tmp_path: Any, model: sm.LlamaModel) -> Any:
+    """model with block 0's linears 2:4 and block 1's 50 % unstructured, q/k/v biases kept,
+    saved by sm.save (NMTensor / BitmapTensor / dense chosen by size)."""
+    for n in model.linear_names(0):
+        W = np.asarray(model.weight(n), dtype=np.float32)
+        model.set_weight(n, sf.prune.magnitude(W, 0.5, pattern="2:4").weight)
+    for n in model.linear_names(1):
+        W = np.asarray(model.weight(n), dtype=np.float32)
+        model.set_weight(n, sf.prune.magnitude(W, 0.5).weight)
+    path = tmp_path / "m.sf"
+    report = sm.save(model, path)
+    assert report.formats.get("nm2:4", 0) > 0
+    assert report.formats.get("bitmap", 0) > 0
+    return path
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_cpp_reader_runs_the_saved_model_like_the_python_reader(tmp_path: Any, dtype: Any) -> None:
+    c = _config(tied_embeddings=False, n_kv_heads=1)
+    model = sm.LlamaModel(c, _weights(c, biases=True), linear_backend="sparseforge", num_threads=1)
+    path = _saved_mixed(tmp_path, model)
+    if dtype is not None:
+        sm.save(sm.load_saved(path), path, dtype=dtype)
+    py = sm.load_saved(path, linear_backend="sparseforge", num_threads=1)
+    cpp = rt.load(path)
+    ids = np.random.default_rng(6).integers(0, 50, 20)
+    a, b = rt.Session(py, 32, num_threads=1), rt.Session(cpp, 32, num_threads=1)
+    # the same tensors through the same kernels: bitwise
+    np.testing.assert_array_equal(a.prefill(ids[:12]), b.prefill(ids[:12]))
+    for t in ids[12:]:
+        np.testing.assert_array_equal(a.step(int(t)), b.step(int(t)))
+    assert _rel(b.prefill([1, 2, 3]), py.forward([*ids.tolist(), 1, 2, 3])[-3:]) < 1e-5
+
+
+def test_cpp_reader_refuses_bad_files(tmp_path: Any) -> None:
+    c = _config()
+    model = sm.LlamaModel(c, _weights(c))
+    path = tmp_path / "m.sf"
+    sm.save(model, path)
+    raw = bytearray(path.read_bytes())
+    bad = tmp_path / "bad.sf"
+    bad.write_bytes(raw[:-10])
+    with pytest.raises(ValueError, match=r"bad\.sf"):
+        rt.load(bad)
+    flipped = bytearray(raw)
+    flipped[-5] ^= 0x40  # a data byte: its CRC no longer matches
+    bad.write_bytes(flipped)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        rt.load(bad)
+    rt.load(bad, verify=False)  # the layout is intact
+    sf.save(str(bad), {"x": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="not a sparseforge model file"):
+        rt.load(bad)
+    with pytest.raises(ValueError, match="cannot open"):
+        rt.load(tmp_path / "missing.sf")
+    header = bytearray(raw)
+    header[20] ^= 0x01  # inside the JSON header
+    bad.write_bytes(header)
+    with pytest.raises(ValueError, match=r"bad\.sf"):
+        rt.load(bad)

@@ -18,6 +18,7 @@
 #include "sparseforge/format/nm.h"
 #include "sparseforge/format/unstructured.h"
 #include "sparseforge/runtime/model.h"
+#include "sparseforge/runtime/saved_model.h"
 #include "sparseforge/runtime/session.h"
 
 namespace py = pybind11;
@@ -29,6 +30,7 @@ namespace {
 
 struct PyModel {
   sr::Model model;
+  std::unique_ptr<sr::SavedModel> saved;   // owns what model views when read from a file
   std::map<std::string, py::object> refs;  // slot -> the Python object its views point into
   bool frozen = false;
 
@@ -141,6 +143,18 @@ void set_embed(PyModel& m, py::handle embed) {
   m.keep("model.embed_tokens.weight", embed);
 }
 
+std::unique_ptr<PyModel> load_model(const std::string& path, bool verify, int num_threads) {
+  const int threads = threads_arg(num_threads);
+  auto m = std::make_unique<PyModel>();
+  {
+    py::gil_scoped_release release;
+    m->saved = sr::SavedModel::load(path, verify, threads);
+  }
+  m->model = m->saved->model();
+  m->frozen = true;
+  return m;
+}
+
 struct PySession {
   std::unique_ptr<sr::Session> session;
   py::object model_ref;
@@ -183,7 +197,14 @@ void register_runtime(py::module_& m) {
            py::arg("bias"), py::arg("threshold"))
       .def("set_norms", &set_norms, py::arg("block"), py::arg("attn"), py::arg("mlp"))
       .def("set_embed", &set_embed, py::arg("embed"))
+      .def_static("load", &load_model, py::arg("path"), py::arg("verify") = true,
+                  py::arg("num_threads") = 0)
       .def("validate", [](const PyModel& p) { p.model.validate(); })
+      .def_property_readonly("vocab_size",
+                             [](const PyModel& p) { return p.model.config.vocab_size; })
+      .def_property_readonly(
+          "tokenizer_kind",
+          [](const PyModel& p) { return p.saved ? p.saved->tokenizer_kind() : std::string(); })
       .def_property_readonly("weight_bytes",
                              [](const PyModel& p) { return p.model.weight_bytes(); })
       .def_property_readonly("frozen", [](const PyModel& p) { return p.frozen; });

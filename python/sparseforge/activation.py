@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ import numpy.typing as npt
 from . import _core, _progress
 from . import kernels as _kernels
 from ._base import threads_arg
+from ._io import atomic_write, load_json
 from .models.llama import LINEAR_SUFFIXES, Hooks, LlamaModel
 
 __all__ = [
@@ -175,6 +176,8 @@ class Histogram:
     def __init__(self) -> None:
         self._counts = np.zeros(2 * self._BINS, dtype=np.int64)  # [positive | negative]
         self._n = 0
+        # update/merge from several threads: the bincount runs unlocked, the add under it.
+        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
@@ -185,7 +188,8 @@ class Histogram:
     def counts(self) -> npt.NDArray[np.int64]:
         """``(2, 32768)`` int64: counts of non-negative (row 0) and negative (row 1) values
         per magnitude bin (a copy)."""
-        out: npt.NDArray[np.int64] = self._counts.reshape(2, self._BINS).copy()
+        with self._lock:
+            out: npt.NDArray[np.int64] = self._counts.reshape(2, self._BINS).copy()
         return out
 
     def update(self, x: npt.ArrayLike) -> None:
@@ -203,15 +207,25 @@ class Histogram:
             raise ValueError("x: contains NaN or Inf")
         key = (mag >> np.uint32(self._SHIFT)).astype(np.int64)
         key += (bits >> np.uint32(31)).astype(np.int64) * self._BINS
-        self._counts += np.bincount(key, minlength=2 * self._BINS)
-        self._n += int(a.size)
+        add = np.bincount(key, minlength=2 * self._BINS)
+        with self._lock:
+            self._counts += add
+            self._n += int(a.size)
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts into this histogram."""
         if not isinstance(other, Histogram):
             raise TypeError(f"other: expected a Histogram, got {type(other).__name__}")
-        self._counts += other._counts
-        self._n += other._n
+        if other is self:
+            with self._lock:
+                self._counts *= 2
+                self._n *= 2
+            return
+        with other._lock:
+            add, n = other._counts.copy(), other._n
+        with self._lock:
+            self._counts += add
+            self._n += n
 
     @classmethod
     def _edges(cls) -> npt.NDArray[np.float64]:
@@ -221,15 +235,19 @@ class Histogram:
         e[-1] = float(np.finfo(np.float32).max)
         return e
 
-    def _check(self) -> None:
-        if self._n == 0:
+    def _snapshot(self) -> tuple[npt.NDArray[np.int64], int]:
+        """Counts and total taken together (another thread may be updating)."""
+        with self._lock:
+            counts, n = self._counts.copy(), self._n
+        if n == 0:
             raise ValueError("histogram: no data (update() was never called with values)")
+        return counts, n
 
     def sparsity_at(self, threshold: float) -> float:
         """Fraction of values with ``|x| <= threshold`` (interpolated inside a bin)."""
-        self._check()
+        counts, n = self._snapshot()
         t = float(threshold)
-        folded = self._counts[: self._BINS] + self._counts[self._BINS :]
+        folded = counts[: self._BINS] + counts[self._BINS :]
         edges = self._edges()
         cum = np.concatenate([[0], np.cumsum(folded)]).astype(np.float64)
         if t < 0:
@@ -240,19 +258,19 @@ class Histogram:
         lo, hi = edges[k], edges[k + 1]
         # the zero bin holds zeros and denormals: all of it counts as <= 0
         frac = 1.0 if k == 0 else min((t - lo) / (hi - lo), 1.0)
-        return float((cum[k] + frac * folded[k]) / self._n)
+        return float((cum[k] + frac * folded[k]) / n)
 
     def threshold(self, sparsity: float, method: str = "empirical") -> float:
         """The threshold ``t`` that zeroes a fraction ``sparsity`` of the values under
         ``|x| > t`` (see the class notes for the two methods)."""
-        self._check()
+        counts, n = self._snapshot()
         s = _sparsity_arg(sparsity)
         if s == 0.0:
             return 0.0
         edges = self._edges()
         if method == "empirical":
-            folded = (self._counts[: self._BINS] + self._counts[self._BINS :]).astype(np.float64)
-            cum = np.concatenate([[0.0], np.cumsum(folded)]) / self._n
+            folded = (counts[: self._BINS] + counts[self._BINS :]).astype(np.float64)
+            cum = np.concatenate([[0.0], np.cumsum(folded)]) / n
             if cum[1] >= s:  # the zero bin (zeros and denormals) already reaches s
                 return 0.0
             k = int(np.searchsorted(cum, s, side="left")) - 1
@@ -261,13 +279,13 @@ class Histogram:
             frac = 0.0 if width <= 0 else (s - cum[k]) / width
             return float(edges[k] + frac * (edges[k + 1] - edges[k]))
         if method == "symmetric":
-            pos = self._counts[: self._BINS].astype(np.float64)
-            neg = self._counts[self._BINS :].astype(np.float64)
+            pos = counts[: self._BINS].astype(np.float64)
+            neg = counts[self._BINS :].astype(np.float64)
             q = 0.5 + s / 2.0
-            below0 = neg.sum() / self._n  # P(x < 0)
+            below0 = neg.sum() / n  # P(x < 0)
             if q <= below0:
                 return 0.0  # the quantile is negative: the shortcut gives no positive cut
-            cum = below0 + np.concatenate([[0.0], np.cumsum(pos)]) / self._n
+            cum = below0 + np.concatenate([[0.0], np.cumsum(pos)]) / n
             k = int(np.searchsorted(cum, q, side="left")) - 1
             k = min(max(k, 0), self._BINS - 1)
             width = cum[k + 1] - cum[k]
@@ -481,17 +499,8 @@ class Thresholds:
         """Write the table as JSON, atomically (temporary file + rename)."""
         path = Path(path)
         text = json.dumps(self.to_json(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "w") as f:
+            f.write(text)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: LlamaModel | None = None) -> Thresholds:
@@ -501,8 +510,8 @@ class Thresholds:
         table, or holds bad values."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = load_json(path, "thresholds table")
+        except ValueError as err:
             raise ValueError(f"{path}: not a JSON thresholds table ({err})") from None
         try:
             th = cls._from_json(data)
@@ -724,6 +733,9 @@ def _block_runner(
     return run
 
 
+_MAX_GREEDY_STEPS = 10_000
+
+
 def teal_greedy(
     model: LlamaModel,
     stats: ActivationStats,
@@ -775,6 +787,15 @@ def teal_greedy(
         p: float(np.prod(shapes[n])) / q_params for p, n in zip(PROJECTIONS, names0, strict=True)
     }
     wsum = sum(weights.values())
+    # each greedy step raises the effective sparsity by base_step / wsum: refuse a step so
+    # small that the walk would not finish (7 block forwards per step)
+    n_steps = smax * wsum / float(base_step)
+    if n_steps > _MAX_GREEDY_STEPS:
+        raise ValueError(
+            f"base_step: {base_step!r} needs about {n_steps:.3g} greedy steps per block "
+            f"(at most {_MAX_GREEDY_STEPS}); use base_step >= "
+            f"{smax * wsum / _MAX_GREEDY_STEPS:.2g}"
+        )
     windows = _windows(model, ids, seqlen, max_windows)
     # Dense block inputs for every block, windows stacked along tokens (block runs per window).
     states = [model.embed(w) for w in windows]
@@ -1257,7 +1278,13 @@ class SparseForward:
     def wrap(self) -> SparseModel:
         """A :class:`SparseModel` view of the model whose ``forward`` / ``nll`` / ``step`` /
         ``generate`` use :attr:`hooks` by default, so :func:`sparseforge.models.perplexity`
-        runs sparse too. It shares the model's weights (no copy)."""
+        runs sparse too. It shares the model's weights (no copy).
+
+        In mode ``"teal"`` its ``step`` (on a :class:`~sparseforge.models.KVCache`),
+        ``generate`` and ``nll`` run on the compiled runtime (:mod:`sparseforge.runtime`)
+        with these thresholds and transposed weights (TEAL's fused sparse SwiGLU at decode);
+        :meth:`achieved` then counts only what ran through :attr:`hooks` (``forward``, or
+        calls given ``hooks=fwd.hooks``)."""
         return SparseModel(self)
 
     def __repr__(self) -> str:
@@ -1272,23 +1299,19 @@ class SparseModel(LlamaModel):
     def __init__(self, sparse: SparseForward) -> None:
         self.__dict__.update(sparse.model.__dict__)
         self.sparse = sparse
-        # Calls without hooks run these (never the dense compiled runtime of the model).
+        # Calls without hooks run these where the runtime does not serve them.
         self._default_hooks = sparse.hooks
         self._rt = None
+
+    def _runtime_model(self) -> Any:
+        if self.sparse.mode != "teal":
+            return None
+        return self._compiled({"thresholds": self.sparse.thresholds, "transposed": self.sparse._wt})
 
     def forward(
         self, tokens: Sequence[int] | npt.NDArray[np.integer[Any]], *, hooks: Hooks | None = None
     ) -> F32Array:
         return super().forward(tokens, hooks=self.sparse.hooks if hooks is None else hooks)
-
-    def step(
-        self,
-        tokens: Sequence[int] | npt.NDArray[np.integer[Any]],
-        cache: Any,
-        *,
-        hooks: Hooks | None = None,
-    ) -> F32Array:
-        return super().step(tokens, cache, hooks=self.sparse.hooks if hooks is None else hooks)
 
     def __repr__(self) -> str:
         return f"SparseModel(mode={self.sparse.mode!r}, {super().__repr__()})"

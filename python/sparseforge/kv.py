@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -232,6 +233,7 @@ class PagedKVCache:
         )
         self._dtype: np.dtype[Any] = np.dtype(dtype)
         self._page_bounds = page_bounds
+        self._append_lock = threading.Lock()
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -396,8 +398,11 @@ class PagedKVCache:
             v2 = _tokens_2d(v, "v", self._num_kv_heads, self.value_dim)
             if v2.shape[0] != k2.shape[0]:
                 raise ValueError(f"v: expected {k2.shape[0]} tokens (k's), got {v2.shape[0]}")
-        pos = _positions_arg(positions, k2.shape[0], self.last_position(layer) + 1)
-        self._impl.append(layer, k2, v2, pos)
+        # default positions and the append as one step: two threads appending to a layer
+        # each get the next positions instead of one failing as out of order
+        with self._append_lock:
+            pos = _positions_arg(positions, k2.shape[0], self.last_position(layer) + 1)
+            self._impl.append(layer, k2, v2, pos)
 
     def evict(self, layer: int, head: int, slots: Any, *, keep_order: bool = True) -> None:
         """Remove the given slots (indices into the head's slot order) for real.

@@ -22,6 +22,7 @@ weights, KV policies (:mod:`sparseforge.kv`), CATS / ReLU / Deja Vu activation s
 from __future__ import annotations
 
 import numbers
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,10 +35,9 @@ from .kernels import _threads
 
 if TYPE_CHECKING:
     from .activation import Thresholds
-    from .models.config import LlamaConfig
     from .models.llama import LlamaModel
 
-__all__ = ["Session", "compile_model", "unsupported_reason"]
+__all__ = ["Session", "compile_model", "load", "unsupported_reason"]
 
 _SUFFIXES = (
     "self_attn.q_proj",
@@ -170,6 +170,23 @@ def compile_model(
     return rt
 
 
+def load(
+    path: str | os.PathLike[str], *, verify: bool = True, num_threads: int | None = None
+) -> Any:
+    """Read a file written by :func:`sparseforge.models.save` with the core's own reader
+    (``sparseforge::runtime::SavedModel``, no Python in the loop): a ``_core.RuntimeModel``
+    for :class:`Session`. Dense weights are views of the memory-mapped file; N:M and bitmap
+    tensors are built in their execution layouts. ``verify`` checks every tensor's CRC-32.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: not a sparseforge model file, corrupt, weights that disagree with
+        the config, formats the runtime does not read (CSR, sliced models).
+    """
+    return _core.RuntimeModel.load(os.fspath(path), bool(verify), _threads(num_threads))
+
+
 def _ids(tokens: Any, vocab: int, name: str) -> list[int]:
     from .models.tokenizer import check_token_ids
 
@@ -184,7 +201,8 @@ class Session:
 
     Parameters
     ----------
-    model : LlamaModel
+    model : LlamaModel or _core.RuntimeModel
+        A model (compiled here, its weights viewed), or one read by :func:`load`.
     capacity : int
         Tokens the cache holds, ``1 <= capacity <= max_seq_len``.
     thresholds, transposed
@@ -199,7 +217,7 @@ class Session:
 
     def __init__(
         self,
-        model: LlamaModel,
+        model: LlamaModel | _core.RuntimeModel,
         capacity: int,
         *,
         thresholds: Thresholds | None = None,
@@ -208,10 +226,13 @@ class Session:
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
             raise TypeError(f"capacity: expected an int, got {type(capacity).__name__}")
-        self.config: LlamaConfig = model.config
-        self._rt: _core.RuntimeModel = compile_model(
-            model, thresholds=thresholds, transposed=transposed
-        )
+        if isinstance(model, _core.RuntimeModel):
+            if thresholds is not None or transposed is not None:
+                raise ValueError("thresholds: a loaded RuntimeModel takes no TEAL arguments")
+            self._rt: _core.RuntimeModel = model
+        else:
+            self._rt = compile_model(model, thresholds=thresholds, transposed=transposed)
+        self._vocab: int = int(self._rt.vocab_size)
         self._s: _core.RuntimeSession = _core.RuntimeSession(
             self._rt, int(capacity), _threads(num_threads)
         )
@@ -236,12 +257,12 @@ class Session:
     def prefill(self, tokens: Sequence[int] | npt.NDArray[Any], *, last_only: bool = False) -> Any:
         """Feed ``tokens`` after the cached ones; float32 logits ``(T, vocab_size)``, or
         ``(1, vocab_size)`` of the last token with ``last_only``."""
-        ids = _ids(tokens, self.config.vocab_size, "tokens")
+        ids = _ids(tokens, self._vocab, "tokens")
         return self._s.prefill(ids, bool(last_only))
 
     def step(self, token: int) -> Any:
         """Feed one token; float32 logits ``(vocab_size,)``."""
-        (t,) = _ids([token], self.config.vocab_size, "token")
+        (t,) = _ids([token], self._vocab, "token")
         return self._s.step(t)
 
     def generate(
@@ -258,7 +279,7 @@ class Session:
         """Continue from the cache + ``prompt`` by up to ``max_new_tokens`` tokens (see
         ``sparseforge::runtime::SamplingConfig``: greedy at temperature 0, else top-k /
         top-p sampling with a seeded ``mt19937_64``); stops after a token in ``stop``."""
-        ids = _ids(prompt, self.config.vocab_size, "prompt")
+        ids = _ids(prompt, self._vocab, "prompt")
         return sample(self._s, ids, max_new_tokens, temperature, top_k, top_p, seed, stop)
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@
 //   kernels/ dense GEMV/GEMM, row skip, column skip (TEAL), sparse SwiGLU
 //   format/ + kernels/unstructured.h: bitmap and CSR weights, their GEMV/GEMM
 //   models/ the per-token ops of a Llama-family forward (RMSNorm, RoPE, attention)
+//   format/container.h: the on-disk container (safetensors-compatible, CRC-checked) reader
 //   runtime/ a model in its stored formats (with TEAL thresholds) and a session that runs
 //           prefill, decode steps and generation over its KV cache in one call
 #pragma once
@@ -17,6 +18,8 @@
 #include "sparseforge/core/error.h"
 #include "sparseforge/core/parallel.h"
 #include "sparseforge/core/view.h"
+#include "sparseforge/format/container.h"
+#include "sparseforge/format/nm.h"
 #include "sparseforge/format/unstructured.h"
 #include "sparseforge/kernels/activation.h"
 #include "sparseforge/kernels/dense.h"
@@ -26,4 +29,5 @@
 #include "sparseforge/prune/mask.h"
 #include "sparseforge/prune/select.h"
 #include "sparseforge/runtime/model.h"
+#include "sparseforge/runtime/saved_model.h"
 #include "sparseforge/runtime/session.h"

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import _container
 from .. import format as _format
+from .._io import parse_json
 from .config import LlamaConfig
 from .llama import LINEAR_SUFFIXES, LlamaModel, _is_compressed
 from .tokenizer import Llama2cTokenizer, Tokenizer
@@ -229,11 +230,16 @@ def _load_tokenizer(info: dict[str, Any], blob: np.ndarray, path: str, vocab: in
 
 
 def load_saved(
-    path: str | os.PathLike[str], *, tokenizer: bool = True, **model_kwargs: Any
+    path: str | os.PathLike[str],
+    *,
+    tokenizer: bool = True,
+    allow_nonfinite: bool = False,
+    **model_kwargs: Any,
 ) -> LlamaModel:
     """Load a model written by :func:`save` (memory-mapped; compressed linears stay
     compressed). ``model_kwargs`` go to :class:`LlamaModel` (``num_threads``,
-    ``linear_backend``).
+    ``linear_backend``). A NaN or Inf in any stored float array (compressed values
+    included) is a ValueError naming the tensor unless ``allow_nonfinite=True``.
 
     Raises
     ------
@@ -249,15 +255,26 @@ def load_saved(
             "expected a file written by sparseforge.models.save)"
         )
     try:
-        fields = json.loads(meta[_KEY_CONFIG])
+        fields = parse_json(meta[_KEY_CONFIG], "config")
+        if not isinstance(fields, dict):
+            raise TypeError(f"expected an object, got {type(fields).__name__}")
         config = LlamaConfig(**fields)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{spath}: the stored model config is invalid ({e})") from e
-    tensors = _container.load(spath, mmap=True)
+    tensors = _container.load(spath, mmap=True, allow_nonfinite=allow_nonfinite)
     tok = None
     blob = tensors.pop(_TOKENIZER_BLOB, None)
     if tokenizer and _KEY_TOKENIZER in meta and blob is not None:
-        tok = _load_tokenizer(json.loads(meta[_KEY_TOKENIZER]), blob, spath, config.vocab_size)
+        info = parse_json(meta[_KEY_TOKENIZER], f"{spath}: tokenizer metadata")
+        if not isinstance(info, dict):
+            raise ValueError(f"{spath}: tokenizer metadata: expected an object")
+        tok = _load_tokenizer(info, blob, spath, config.vocab_size)
+    layers = {n.split(".", 3)[2] for n in tensors if n.startswith("model.layers.")}
+    if config.n_layers > len(layers):
+        raise ValueError(
+            f"{spath}: the stored config claims {config.n_layers} layers, the file holds "
+            f"{len(layers)} blocks"
+        )
     shapes = config.weight_shapes()
     for name, expected in shapes.items():
         if name not in tensors:
