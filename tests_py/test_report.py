@@ -168,8 +168,7 @@ def test_report_page_in_a_headless_browser(
     assert "Sparsity against perplexity" in dom
     assert "What each method keeps" in dom
     # the screenshot is a page, not a blank: many colours, mostly white background
-    from PIL import Image
-
+    Image = pytest.importorskip("PIL.Image")  # Pillow: matplotlib's dependency
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
     assert img.shape[:2] == (1800, 1400)
     non_white = (img.sum(axis=2) < 740).mean()
