@@ -163,9 +163,21 @@ def smol(a: argparse.Namespace) -> None:
             py = sys.executable if tool == "ours" else a.python
             res_dir = WORK / f"out-{tool}-{method}-{pattern.replace(':', '_')}"
             cmd = [
-                py, __file__, "smol-child", "--tool", tool, "--method", method,
-                "--pattern", pattern or "none", "--ids", str(ids_path), "--result-dir",
-                str(res_dir), "--threads", str(a.threads),
+                py,
+                __file__,
+                "smol-child",
+                "--tool",
+                tool,
+                "--method",
+                method,
+                "--pattern",
+                pattern or "none",
+                "--ids",
+                str(ids_path),
+                "--result-dir",
+                str(res_dir),
+                "--threads",
+                str(a.threads),
             ]
             load0 = os.getloadavg()[0]
             p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -204,11 +216,23 @@ def smol(a: argparse.Namespace) -> None:
 
 SHAPES = {
     # TinyLlama-1.1B: dim 2048, hidden 5632, 22 layers, 32 heads, 4 kv heads, vocab 32000
-    "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                      num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+    "tinyllama": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+    ),
     # Llama-2-7B: dim 4096, hidden 11008, 32 layers, 32 heads (MHA), vocab 32000
-    "llama7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "llama7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
 }
 
 
@@ -256,24 +280,30 @@ def _write_random(shape: str) -> Path:
             weight_map[n] = fname
             total += a.nbytes
 
-    shard("model-embed.safetensors", [
-        ("model.embed_tokens.weight", rnd(V, dim)),
-        ("model.norm.weight", np.ones(dim, ml_dtypes.bfloat16)),
-        ("lm_head.weight", rnd(V, dim)),
-    ])
+    shard(
+        "model-embed.safetensors",
+        [
+            ("model.embed_tokens.weight", rnd(V, dim)),
+            ("model.norm.weight", np.ones(dim, ml_dtypes.bfloat16)),
+            ("lm_head.weight", rnd(V, dim)),
+        ],
+    )
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        shard(f"model-layer-{i:03d}.safetensors", [
-            (p + "input_layernorm.weight", np.ones(dim, ml_dtypes.bfloat16)),
-            (p + "post_attention_layernorm.weight", np.ones(dim, ml_dtypes.bfloat16)),
-            (p + "self_attn.q_proj.weight", rnd(dim, dim)),
-            (p + "self_attn.k_proj.weight", rnd(kv, dim)),
-            (p + "self_attn.v_proj.weight", rnd(kv, dim)),
-            (p + "self_attn.o_proj.weight", rnd(dim, dim)),
-            (p + "mlp.gate_proj.weight", rnd(hid, dim)),
-            (p + "mlp.up_proj.weight", rnd(hid, dim)),
-            (p + "mlp.down_proj.weight", rnd(dim, hid)),
-        ])
+        shard(
+            f"model-layer-{i:03d}.safetensors",
+            [
+                (p + "input_layernorm.weight", np.ones(dim, ml_dtypes.bfloat16)),
+                (p + "post_attention_layernorm.weight", np.ones(dim, ml_dtypes.bfloat16)),
+                (p + "self_attn.q_proj.weight", rnd(dim, dim)),
+                (p + "self_attn.k_proj.weight", rnd(kv, dim)),
+                (p + "self_attn.v_proj.weight", rnd(kv, dim)),
+                (p + "self_attn.o_proj.weight", rnd(dim, dim)),
+                (p + "mlp.gate_proj.weight", rnd(hid, dim)),
+                (p + "mlp.up_proj.weight", rnd(hid, dim)),
+                (p + "mlp.down_proj.weight", rnd(dim, hid)),
+            ],
+        )
     (tmp / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
     )
@@ -315,8 +345,15 @@ def shape_run(a: argparse.Namespace) -> None:
     for k in range(1, a.blocks + 1):
         t0 = time.perf_counter()
         rep = prune_streaming(
-            src, out, ids, method="sparsegpt", stop_after=k, batch_tokens=a.batch_tokens,
-            error=False, num_threads=a.threads, progress=False,
+            src,
+            out,
+            ids,
+            method="sparsegpt",
+            stop_after=k,
+            batch_tokens=a.batch_tokens,
+            error=False,
+            num_threads=a.threads,
+            progress=False,
         )
         times.append(time.perf_counter() - t0)
         print(f"block {k}: {times[-1]:.1f} s, peak RSS {_rss_gib():.2f} GiB", flush=True)
