@@ -308,6 +308,9 @@ def read_npz(f: IO[bytes], what: str, *, max_members: int = MAX_NPZ_MEMBERS) -> 
                         )
                 with z.open(info) as m:
                     out[key] = npf.read_array(m, allow_pickle=False)
+                    # read to the end: zipfile checks a member's CRC-32 only at its end
+                    if m.read():
+                        raise ValueError(f"{what}: member {key!r} has trailing bytes")
     except ValueError as e:
         if str(e).startswith(what):
             raise
