@@ -1361,3 +1361,8 @@ class SparseModel(LlamaModel):
 
     def __repr__(self) -> str:
         return f"SparseModel(mode={self.sparse.mode!r}, {super().__repr__()})"
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

@@ -1987,3 +1987,8 @@ def decode_nll(
         if i + 1 < ids.size:
             logits = model.step(ids[i : i + 1], cache)[-1]
     return out
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

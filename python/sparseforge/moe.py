@@ -1077,3 +1077,8 @@ def prune_experts(
     rw = None if router_weight is None else np.ascontiguousarray(router_weight[keep])
     bias = None if rt.bias is None else np.ascontiguousarray(rt.bias[keep])
     return ExpertPruneResult(keep, imp, method, pruned, rw, bias)
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)
