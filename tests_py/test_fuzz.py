@@ -62,3 +62,55 @@ def test_harness_classifies_crash_hang_and_wrong_type() -> None:
     assert fuzzlib._classify_exc(KeyError("x")) == "wrong-type"
     assert fuzzlib._classify_exc(ValueError("x")) == "refused"
     assert fuzzlib._classify_exc(MemoryError()) == "memory"
+
+
+_HYPOTHESIS_CHILD = r"""
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
+import sparseforge as sf
+from sparseforge import kernels, kv, moe, prune
+
+DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_,
+                          np.complex64, np.uint8])
+ARRAYS = DTYPES.flatmap(lambda dt: arrays(dt, array_shapes(min_dims=0, max_dims=3,
+                                                           min_side=0, max_side=9)))
+W = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+CALLS = [
+    lambda a: kernels.gemv(W, a),
+    lambda a: kernels.gemv(a, np.ones(8, np.float32)),
+    lambda a: prune.magnitude(a, 0.5),
+    lambda a: prune.wanda(W, a, 0.5),
+    lambda a: sf.calib.LayerStats(8).update(a),
+    lambda a: kv.apply_rope(a, np.arange(len(a)) if a.ndim else [0]),
+    lambda a: moe.route(a, top_k=1),
+    lambda a: sf.activation.Histogram().update(a),
+    lambda a: sf.format.NMTensor.from_dense(a, n=2, m=4),
+]
+bad = []
+
+@settings(max_examples={n}, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(range(len(CALLS))), ARRAYS)
+def check(i, a):
+    try:
+        CALLS[i](a)
+    except (TypeError, ValueError):
+        pass
+    except Exception as e:
+        bad.append(f"call {i} dtype {a.dtype} shape {a.shape}: {type(e).__name__}: {e}")
+
+check()
+print("BAD", bad[:10])
+assert not bad
+"""
+
+
+def test_hypothesis_arrays_reach_only_type_and_value_errors() -> None:
+    """Hypothesis-drawn arrays (any dtype, 0-3 dims, empty sides) into array-taking entry
+    points, in a child process: each call returns or raises TypeError/ValueError."""
+    from childproc import run_child
+
+    n = int(os.environ.get("SPARSEFORGE_FUZZ_HYPOTHESIS", "300"))
+    out = run_child(_HYPOTHESIS_CHILD.replace("{n}", str(n)), timeout=300)
+    assert out.kind == "ok", str(out)
