@@ -162,3 +162,21 @@ def test_tab_completion_shows_the_api_only(module: str) -> None:
     names = dir(mod)
     assert names == sorted(mod.__all__)
     assert not {"np", "Any", "cast", "annotations", "numbers"} & set(names)
+
+
+def test_llama2c_tokenizer_piece_out_of_range(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import struct
+
+    from sparseforge.models import Llama2cTokenizer
+
+    raw = struct.pack("<i", 8)
+    for i, piece in enumerate([b"<unk>", b"<s>", b"</s>", b"a"]):
+        raw += struct.pack("<fi", float(i), len(piece)) + piece
+    (tmp_path / "tok.bin").write_bytes(raw)
+    tok = Llama2cTokenizer(tmp_path / "tok.bin", 4)
+    assert tok.piece(3) == b"a"
+    for bad in (4, -1, 2**63):
+        with pytest.raises(ValueError, match=r"token: expected an id in \[0, 4\)"):
+            tok.piece(bad)
+    with pytest.raises(TypeError, match="token: expected an int"):
+        tok.score("a")  # type: ignore[arg-type]
