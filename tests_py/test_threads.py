@@ -79,11 +79,9 @@ HEAVY_CALLS: dict[str, Callable[[np.ndarray], Any]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(HEAVY_CALLS))
-def test_heavy_calls_release_the_gil(name: str, heavy_W: np.ndarray) -> None:
-    W = heavy_W
-    call = HEAVY_CALLS[name]
-    call(W)  # warm up (first-touch allocations, lazy imports)
+def _progress_inside_call(call: Callable[[], Any]) -> tuple[int, float, float]:
+    """(stamps the counter thread made in the middle 60% of one call, the stamps expected at
+    its idle rate, the window in seconds)."""
     with Counter() as counter:
         # the counter's rate with the main thread idle, as a yardstick
         s0 = time.perf_counter()
@@ -92,16 +90,28 @@ def test_heavy_calls_release_the_gil(name: str, heavy_W: np.ndarray) -> None:
         idle_rate = counter.count_between(s0, s1) / (s1 - s0)
         # the counter's progress while the main thread is inside one heavy call
         t0 = time.perf_counter()
-        call(W)
+        call()
         t1 = time.perf_counter()
     i0, i1 = _inner(t0, t1)
-    during = counter.count_between(i0, i1)
-    expected = idle_rate * (i1 - i0)
-    # With the GIL held `during` is 0: the counter cannot run inside the call. Released,
-    # the counter runs on the other core; allow a loaded machine a 20x slow-down.
-    assert during >= max(3.0, 0.05 * expected), (
+    return counter.count_between(i0, i1), idle_rate * (i1 - i0), i1 - i0
+
+
+@pytest.mark.parametrize("name", list(HEAVY_CALLS))
+def test_heavy_calls_release_the_gil(name: str, heavy_W: np.ndarray) -> None:
+    W = heavy_W
+    call = HEAVY_CALLS[name]
+    call(W)  # warm up (first-touch allocations, lazy imports)
+    # With the GIL held the counter cannot run inside the call, in any attempt. Released, it
+    # runs on the other core; allow a loaded machine a 20x slow-down, and since a short call
+    # (cast: ~3 ms) can fall wholly inside a slice the scheduler gives another process, up to
+    # five attempts.
+    for _ in range(5):
+        during, expected, window = _progress_inside_call(lambda: call(W))
+        if during >= max(3.0, 0.05 * expected):
+            return
+    pytest.fail(
         f"{name}: counter advanced {during * STAMP_EVERY} iterations in the middle "
-        f"{(i1 - i0) * 1e3:.0f} ms of the call (idle rate {idle_rate * STAMP_EVERY:.0f}/s)"
+        f"{window * 1e3:.0f} ms of the call (expected about {expected * STAMP_EVERY:.0f})"
     )
 
 

@@ -23,14 +23,16 @@ void register_activation(py::module_& m) {
             const sf::ConstMatrixView<float> X = matrix_in(X_obj, "X", kF32).as<float>();
             const sf::ConstMatrixView<float> Y = matrix_in(Y_obj, "Y", kF32).as<float>();
             const int threads = threads_arg(num_threads);
+            ObjectLock lock(self.mutex());
             py::gil_scoped_release release;
             self.update(X, Y, threads);
           },
           py::arg("X"), py::arg("Y"), py::arg("num_threads") = 0)
       .def_property_readonly("in_features", &PredictorStats::in_features)
       .def_property_readonly("out_features", &PredictorStats::out_features)
-      .def_property_readonly("tokens", &PredictorStats::tokens)
+      .def_property_readonly("tokens", locked(&PredictorStats::tokens))
       .def("sums", [](const PredictorStats& self) {
+        ObjectLock lock(self.mutex());
         const auto r = static_cast<py::ssize_t>(self.in_features() + 1);
         const auto c = static_cast<py::ssize_t>(self.in_features() + 1 + self.out_features());
         py::array_t<double> out({r, c});
@@ -42,6 +44,7 @@ void register_activation(py::module_& m) {
       [](const PredictorStats& stats, size_t rank, double ridge) {
         sf::activation::LowRankPredictor p;
         {
+          ObjectLock lock(stats.mutex());
           py::gil_scoped_release release;
           p = sf::activation::fit_low_rank_predictor(stats, rank, ridge);
         }

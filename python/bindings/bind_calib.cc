@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <vector>
 
 #include "bindings.h"
@@ -24,6 +25,7 @@ void register_calib(py::module_& m) {
           [](LayerStats& self, py::handle X_obj, int num_threads) {
             const sf::AnyConstMatrix X = matrix_in(X_obj, "X");
             const int threads = threads_arg(num_threads);
+            ObjectLock lock(self.mutex());
             py::gil_scoped_release release;
             self.update(X, threads);
           },
@@ -31,6 +33,12 @@ void register_calib(py::module_& m) {
       .def(
           "merged",
           [](const LayerStats& self, const LayerStats& other) {
+            // Both locks in address order (no deadlock against other.merged(self)).
+            const LayerStats* first = &self < &other ? &self : &other;
+            const LayerStats* second = &self < &other ? &other : &self;
+            ObjectLock lock1(first->mutex());
+            std::unique_ptr<ObjectLock> lock2;
+            if (second != first) lock2 = std::make_unique<ObjectLock>(second->mutex());
             py::gil_scoped_release release;
             return self.merged(other);
           },
@@ -38,15 +46,17 @@ void register_calib(py::module_& m) {
       .def_property_readonly("in_features", &LayerStats::in_features)
       .def_property_readonly("has_hessian", &LayerStats::has_hessian)
       .def_property_readonly("float64", &LayerStats::float64)
-      .def_property_readonly("tokens", &LayerStats::tokens)
+      .def_property_readonly("tokens", locked(&LayerStats::tokens))
       .def("col_norms",
            [](const LayerStats& self) {
+             ObjectLock lock(self.mutex());
              py::array_t<float> out(static_cast<py::ssize_t>(self.in_features()));
              self.col_norms(out.mutable_data());
              return out;
            })
       .def("sum_squares",
            [](const LayerStats& self) {
+             ObjectLock lock(self.mutex());
              py::array_t<double> out(static_cast<py::ssize_t>(self.in_features()));
              std::copy(self.sum_squares().begin(), self.sum_squares().end(), out.mutable_data());
              return out;
@@ -56,6 +66,7 @@ void register_calib(py::module_& m) {
              const auto c = static_cast<py::ssize_t>(self.in_features());
              py::array_t<double> out({c, c});
              double* dst = out.mutable_data();
+             ObjectLock lock(self.mutex());
              py::gil_scoped_release release;
              self.hessian(dst);
              return out;
@@ -69,6 +80,7 @@ void register_calib(py::module_& m) {
       .def("xtx_lower",
            [](const LayerStats& self) {
              const auto c = static_cast<py::ssize_t>(self.in_features());
+             ObjectLock lock(self.mutex());
              py::array_t<double> out(self.has_hessian() ? std::vector<py::ssize_t>{c, c}
                                                         : std::vector<py::ssize_t>{0, c});
              std::copy(self.xtx_lower().begin(), self.xtx_lower().end(), out.mutable_data());

@@ -78,6 +78,7 @@ py::tuple decode_attention(skv::PagedKVCache& cache, size_t layer, py::handle q_
                            py::handle pages_obj, const std::string& reduce, bool accumulate,
                            float scale, int64_t query_position, bool want_mass, int num_threads) {
   const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();
+  ObjectLock lock(cache.mutex());
   skv::DecodeOptions opt;
   opt.reduce = parse_reduce(reduce);
   opt.accumulate_scores = accumulate;
@@ -120,6 +121,7 @@ py::array decode_upkeep(skv::PagedKVCache& cache, size_t layer, py::handle q_obj
                         size_t budget, size_t recent, const std::string& reduce, float scale,
                         int num_threads) {
   const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();
+  ObjectLock lock(cache.mutex());
   skv::DecodeOptions opt;
   opt.reduce = parse_reduce(reduce);
   opt.scale = scale;
@@ -139,6 +141,7 @@ py::array decode_upkeep(skv::PagedKVCache& cache, size_t layer, py::handle q_obj
 py::array quest_select(const skv::PagedKVCache& cache, size_t layer, py::handle q_obj,
                        size_t page_budget, const std::string& reduce, int num_threads) {
   const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();
+  ObjectLock lock(cache.mutex());
   const skv::GroupReduce r = parse_reduce(reduce);
   const int threads = threads_arg(num_threads);
   py::array_t<int32_t> out({static_cast<py::ssize_t>(cache.config().num_kv_heads),
@@ -152,6 +155,7 @@ py::array quest_select(const skv::PagedKVCache& cache, size_t layer, py::handle 
 py::array quest_page_scores(const skv::PagedKVCache& cache, size_t layer, py::handle q_obj,
                             const std::string& reduce, int num_threads) {
   const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();
+  ObjectLock lock(cache.mutex());
   const skv::GroupReduce r = parse_reduce(reduce);
   const int threads = threads_arg(num_threads);
   size_t maxp = 0;
@@ -213,6 +217,7 @@ void register_kvcache(py::module_& m) {
             const sf::AnyConstMatrix v =
                 c.config().latent ? sf::AnyConstMatrix() : matrix_in(v_obj, "v");
             const std::vector<int64_t> pos = i64_in(positions, "positions");
+            ObjectLock lock(c.mutex());
             py::gil_scoped_release release;
             c.append(layer, k, v, pos.data(), pos.size());
           },
@@ -221,29 +226,32 @@ void register_kvcache(py::module_& m) {
           "evict",
           [](C& c, size_t layer, size_t head, const I64Array& slots, bool keep_order) {
             const std::vector<int64_t> s = i64_in(slots, "slots");
+            ObjectLock lock(c.mutex());
             c.evict(layer, head, s.data(), s.size(), keep_order);
           },
           py::arg("layer"), py::arg("head"), py::arg("slots"), py::arg("keep_order"))
-      .def("evict_lowest", &C::evict_lowest, py::arg("layer"), py::arg("head"), py::arg("count"),
-           py::arg("protect_below"), py::arg("protect_recent"))
-      .def("evict_lowest_layer", &C::evict_lowest_layer, py::arg("layer"), py::arg("keep"),
+      .def("evict_lowest", locked(&C::evict_lowest), py::arg("layer"), py::arg("head"),
+           py::arg("count"), py::arg("protect_below"), py::arg("protect_recent"))
+      .def("evict_lowest_layer", locked(&C::evict_lowest_layer), py::arg("layer"), py::arg("keep"),
            py::arg("protect_below"), py::arg("protect_recent"))
       .def(
           "evict_lowest_mean",
           [](C& c, size_t layer, py::handle mass_obj, size_t count) {
             const sf::ConstMatrixView<float> mv = matrix_in(mass_obj, "mass", kF32).as<float>();
+            ObjectLock lock(c.mutex());
             return c.evict_lowest_mean(layer, mv, count);
           },
           py::arg("layer"), py::arg("mass"), py::arg("count"))
-      .def("clear", &C::clear)
-      .def("trim", &C::trim)
-      .def("reset_peak", &C::reset_peak)
-      .def("length", &C::length, py::arg("layer"), py::arg("head"))
-      .def("num_pages", &C::num_pages, py::arg("layer"), py::arg("head"))
-      .def("last_position", &C::last_position, py::arg("layer"))
+      .def("clear", locked(&C::clear))
+      .def("trim", locked(&C::trim))
+      .def("reset_peak", locked(&C::reset_peak))
+      .def("length", locked(&C::length), py::arg("layer"), py::arg("head"))
+      .def("num_pages", locked(&C::num_pages), py::arg("layer"), py::arg("head"))
+      .def("last_position", locked(&C::last_position), py::arg("layer"))
       .def(
           "positions",
           [](const C& c, size_t layer, size_t head) {
+            ObjectLock lock(c.mutex());
             const size_t n = c.length(layer, head);
             py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
             std::copy(c.positions(layer, head), c.positions(layer, head) + n, out.mutable_data());
@@ -253,6 +261,7 @@ void register_kvcache(py::module_& m) {
       .def(
           "scores",
           [](const C& c, size_t layer, size_t head) {
+            ObjectLock lock(c.mutex());
             const size_t n = c.length(layer, head);
             py::array_t<float> out(static_cast<py::ssize_t>(n));
             std::copy(c.scores(layer, head), c.scores(layer, head) + n, out.mutable_data());
@@ -262,6 +271,7 @@ void register_kvcache(py::module_& m) {
       .def(
           "set_scores",
           [](C& c, size_t layer, size_t head, py::handle s_obj) {
+            ObjectLock lock(c.mutex());
             const float* s = vector_f32_in(s_obj, "scores", c.length(layer, head));
             std::copy(s, s + c.length(layer, head), c.scores(layer, head));
           },
@@ -269,6 +279,7 @@ void register_kvcache(py::module_& m) {
       .def(
           "page_bounds",
           [](const C& c, size_t layer, size_t head) {
+            ObjectLock lock(c.mutex());
             const size_t np = c.num_pages(layer, head), D = c.key_dim();
             py::array_t<float> out(
                 {static_cast<py::ssize_t>(np), py::ssize_t{2}, static_cast<py::ssize_t>(D)});
@@ -281,6 +292,7 @@ void register_kvcache(py::module_& m) {
       .def(
           "gather",
           [](const C& c, size_t layer, size_t head) {
+            ObjectLock lock(c.mutex());
             const auto n = static_cast<py::ssize_t>(c.length(layer, head));
             py::array K = new_array(sf::DType::kF32, {n, static_cast<py::ssize_t>(c.key_dim())});
             py::array V = new_array(sf::DType::kF32, {n, static_cast<py::ssize_t>(c.value_dim())});
@@ -291,14 +303,14 @@ void register_kvcache(py::module_& m) {
             return py::make_tuple(K, V);
           },
           py::arg("layer"), py::arg("head"))
-      .def_property_readonly("bytes_in_use", &C::bytes_in_use)
-      .def_property_readonly("peak_bytes", &C::peak_bytes)
-      .def_property_readonly("reserved_bytes", &C::reserved_bytes)
-      .def_property_readonly("metadata_bytes", &C::metadata_bytes)
-      .def_property_readonly("page_bytes", &C::page_bytes)
-      .def_property_readonly("pages_in_use", &C::pages_in_use)
-      .def_property_readonly("tokens_in_use", &C::tokens_in_use)
-      .def_property_readonly("value_dim", &C::value_dim);
+      .def_property_readonly("bytes_in_use", locked(&C::bytes_in_use))
+      .def_property_readonly("peak_bytes", locked(&C::peak_bytes))
+      .def_property_readonly("reserved_bytes", locked(&C::reserved_bytes))
+      .def_property_readonly("metadata_bytes", locked(&C::metadata_bytes))
+      .def_property_readonly("page_bytes", locked(&C::page_bytes))
+      .def_property_readonly("pages_in_use", locked(&C::pages_in_use))
+      .def_property_readonly("tokens_in_use", locked(&C::tokens_in_use))
+      .def_property_readonly("value_dim", locked(&C::value_dim));
   m.def("kv_decode_attention", &decode_attention, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("pages"), py::arg("group_reduce"), py::arg("accumulate"), py::arg("scale"),
         py::arg("query_position"), py::arg("want_mass"), py::arg("num_threads"));

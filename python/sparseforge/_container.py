@@ -16,14 +16,12 @@ Compressed tensors follow a small protocol (implemented by ``sparseforge.format`
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import mmap as _mmap
 import os
 import re
-import secrets
 import struct
 import zlib
 from collections.abc import Mapping
@@ -34,6 +32,7 @@ import ml_dtypes
 import numpy as np
 
 from ._base import DTypeError
+from ._io import atomic_write, open_regular, parse_json
 
 __all__ = ["FORMAT_VERSION", "load", "load_metadata", "save"]
 
@@ -282,47 +281,16 @@ def _header_crc_field(value: str) -> bytes:
 
 
 def _atomic_write(path: str, header: bytes, arrays: list[np.ndarray]) -> None:
-    directory, base = os.path.split(os.path.abspath(path))
-    while True:
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(header)))
-            f.write(header)
-            for arr in arrays:
-                _write_array(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for arr in arrays:
+            _write_array(f, arr)
 
 
 def _write_array(f: IO[bytes], arr: np.ndarray) -> None:
     if arr.nbytes:
         f.write(_byte_view(arr).data)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable (POSIX); best effort where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------ load
@@ -363,8 +331,8 @@ class _Header:
         if not text.startswith("{"):
             raise self.error("header does not start with '{': not a safetensors file")
         try:
-            header = json.loads(text)
-        except (ValueError, RecursionError) as err:
+            header = parse_json(text, "header", max_bytes=_MAX_HEADER)
+        except ValueError as err:
             raise self.error(f"header is not valid JSON ({err})") from None
         if not isinstance(header, dict):
             raise self.error("header is not a JSON object")
@@ -447,8 +415,8 @@ class _Header:
             raise self.error("header checksum mismatch: the header is corrupt")
         self.sparseforge = True
         try:
-            self.checksums = json.loads(ours[_KEY_CHECKSUMS])
-            self.described = json.loads(ours[_KEY_TENSORS])
+            self.checksums = parse_json(ours[_KEY_CHECKSUMS], _KEY_CHECKSUMS)
+            self.described = parse_json(ours[_KEY_TENSORS], _KEY_TENSORS)
         except ValueError as err:  # pragma: no cover - covered by the header CRC
             raise self.error(f"sparseforge metadata is not valid JSON ({err})") from None
         keys = {e.key for e in self.entries}
@@ -508,12 +476,16 @@ def load_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     (``"sparseforge.*"``); a plain safetensors file returns its ``__metadata__`` as is.
     """
     spath = os.fspath(path)
-    with open(spath, "rb") as f:
+    with open_regular(spath, "tensor file") as f:
         return dict(_read_header(spath, f).metadata)
 
 
 def load(
-    path: str | os.PathLike[str], *, mmap: bool = False, verify: bool = True
+    path: str | os.PathLike[str],
+    *,
+    mmap: bool = False,
+    verify: bool = True,
+    allow_nonfinite: bool = True,
 ) -> dict[str, Any]:
     """Read a file written by :func:`save` (or any safetensors file).
 
@@ -529,6 +501,10 @@ def load(
         Check each stored array's CRC-32 (default). Costs one read pass over the data at
         about 1 GB/s (see ``docs/formats.md``); with ``mmap=True`` it touches every page.
         ``verify=False`` skips it (the header, which has its own CRC, is always checked).
+    allow_nonfinite : bool
+        ``False`` refuses (ValueError naming the tensor) any NaN or Inf in a stored
+        floating-point array, compressed tensors' value components included (one more
+        pass over the float data). The default ``True`` returns them as stored.
 
     Returns
     -------
@@ -548,7 +524,7 @@ def load(
         From the file system.
     """
     spath = os.fspath(path)
-    with open(spath, "rb") as f:
+    with open_regular(spath, "tensor file") as f:
         header = _read_header(spath, f)
         buf: _mmap.mmap | None = None
         if mmap and header.entries:
@@ -556,6 +532,14 @@ def load(
         arrays: dict[str, np.ndarray] = {}
         for e in header.entries:
             arrays[e.key] = _read_entry(f, buf, header, e, verify)
+            if not allow_nonfinite and arrays[e.key].dtype.kind in "fV":
+                a = arrays[e.key]
+                ok = np.isfinite(a.astype(np.float32) if a.dtype.kind == "V" else a).all()
+                if a.size and not ok:
+                    raise header.error(
+                        f"tensor {_display(e.key)}: holds NaN or Inf "
+                        "(allow_nonfinite=True reads it as stored)"
+                    )
     return _assemble(header, arrays)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,14 @@ import numpy.typing as npt
 from . import _core, _progress
 from . import kernels as _kernels
 from ._base import threads_arg
+from ._io import atomic_write, load_json
+from ._validate import (
+    check_array,
+    check_choice,
+    check_instance,
+    check_int,
+    check_number,
+)
 from .models.llama import LINEAR_SUFFIXES, Hooks, LlamaModel
 
 __all__ = [
@@ -175,6 +183,8 @@ class Histogram:
     def __init__(self) -> None:
         self._counts = np.zeros(2 * self._BINS, dtype=np.int64)  # [positive | negative]
         self._n = 0
+        # update/merge from several threads: the bincount runs unlocked, the add under it.
+        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
@@ -185,7 +195,8 @@ class Histogram:
     def counts(self) -> npt.NDArray[np.int64]:
         """``(2, 32768)`` int64: counts of non-negative (row 0) and negative (row 1) values
         per magnitude bin (a copy)."""
-        out: npt.NDArray[np.int64] = self._counts.reshape(2, self._BINS).copy()
+        with self._lock:
+            out: npt.NDArray[np.int64] = self._counts.reshape(2, self._BINS).copy()
         return out
 
     def update(self, x: npt.ArrayLike) -> None:
@@ -203,15 +214,25 @@ class Histogram:
             raise ValueError("x: contains NaN or Inf")
         key = (mag >> np.uint32(self._SHIFT)).astype(np.int64)
         key += (bits >> np.uint32(31)).astype(np.int64) * self._BINS
-        self._counts += np.bincount(key, minlength=2 * self._BINS)
-        self._n += int(a.size)
+        add = np.bincount(key, minlength=2 * self._BINS)
+        with self._lock:
+            self._counts += add
+            self._n += int(a.size)
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts into this histogram."""
         if not isinstance(other, Histogram):
             raise TypeError(f"other: expected a Histogram, got {type(other).__name__}")
-        self._counts += other._counts
-        self._n += other._n
+        if other is self:
+            with self._lock:
+                self._counts *= 2
+                self._n *= 2
+            return
+        with other._lock:
+            add, n = other._counts.copy(), other._n
+        with self._lock:
+            self._counts += add
+            self._n += n
 
     @classmethod
     def _edges(cls) -> npt.NDArray[np.float64]:
@@ -221,15 +242,19 @@ class Histogram:
         e[-1] = float(np.finfo(np.float32).max)
         return e
 
-    def _check(self) -> None:
-        if self._n == 0:
+    def _snapshot(self) -> tuple[npt.NDArray[np.int64], int]:
+        """Counts and total taken together (another thread may be updating)."""
+        with self._lock:
+            counts, n = self._counts.copy(), self._n
+        if n == 0:
             raise ValueError("histogram: no data (update() was never called with values)")
+        return counts, n
 
     def sparsity_at(self, threshold: float) -> float:
         """Fraction of values with ``|x| <= threshold`` (interpolated inside a bin)."""
-        self._check()
-        t = float(threshold)
-        folded = self._counts[: self._BINS] + self._counts[self._BINS :]
+        counts, n = self._snapshot()
+        t = check_number(threshold, "threshold", finite=False)
+        folded = counts[: self._BINS] + counts[self._BINS :]
         edges = self._edges()
         cum = np.concatenate([[0], np.cumsum(folded)]).astype(np.float64)
         if t < 0:
@@ -240,19 +265,19 @@ class Histogram:
         lo, hi = edges[k], edges[k + 1]
         # the zero bin holds zeros and denormals: all of it counts as <= 0
         frac = 1.0 if k == 0 else min((t - lo) / (hi - lo), 1.0)
-        return float((cum[k] + frac * folded[k]) / self._n)
+        return float((cum[k] + frac * folded[k]) / n)
 
     def threshold(self, sparsity: float, method: str = "empirical") -> float:
         """The threshold ``t`` that zeroes a fraction ``sparsity`` of the values under
         ``|x| > t`` (see the class notes for the two methods)."""
-        self._check()
+        counts, n = self._snapshot()
         s = _sparsity_arg(sparsity)
         if s == 0.0:
             return 0.0
         edges = self._edges()
         if method == "empirical":
-            folded = (self._counts[: self._BINS] + self._counts[self._BINS :]).astype(np.float64)
-            cum = np.concatenate([[0.0], np.cumsum(folded)]) / self._n
+            folded = (counts[: self._BINS] + counts[self._BINS :]).astype(np.float64)
+            cum = np.concatenate([[0.0], np.cumsum(folded)]) / n
             if cum[1] >= s:  # the zero bin (zeros and denormals) already reaches s
                 return 0.0
             k = int(np.searchsorted(cum, s, side="left")) - 1
@@ -261,13 +286,13 @@ class Histogram:
             frac = 0.0 if width <= 0 else (s - cum[k]) / width
             return float(edges[k] + frac * (edges[k + 1] - edges[k]))
         if method == "symmetric":
-            pos = self._counts[: self._BINS].astype(np.float64)
-            neg = self._counts[self._BINS :].astype(np.float64)
+            pos = counts[: self._BINS].astype(np.float64)
+            neg = counts[self._BINS :].astype(np.float64)
             q = 0.5 + s / 2.0
-            below0 = neg.sum() / self._n  # P(x < 0)
+            below0 = neg.sum() / n  # P(x < 0)
             if q <= below0:
                 return 0.0  # the quantile is negative: the shortcut gives no positive cut
-            cum = below0 + np.concatenate([[0.0], np.cumsum(pos)]) / self._n
+            cum = below0 + np.concatenate([[0.0], np.cumsum(pos)]) / n
             k = int(np.searchsorted(cum, q, side="left")) - 1
             k = min(max(k, 0), self._BINS - 1)
             width = cum[k + 1] - cum[k]
@@ -437,6 +462,21 @@ class Thresholds:
     method: str
     signature: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "kind", ("teal", "cats"))
+        for field_name in ("values", "sparsities"):
+            table = getattr(self, field_name)
+            check_instance(table, field_name, dict)
+            for n, v in table.items():
+                check_instance(n, f"{field_name} key", str)
+                if field_name == "values":
+                    check_number(v, f"values[{n!r}]", 0.0, finite=False)
+                else:
+                    check_number(v, f"sparsities[{n!r}]", 0.0, 1.0)
+        check_number(self.target, "target", 0.0, 1.0)
+        check_instance(self.method, "method", str)
+        check_instance(self.signature, "signature", dict)
+
     def effective_sparsity(self, model: LlamaModel) -> float:
         """The parameter-weighted calibrated sparsity over the model's linears."""
         params = _param_counts(model)
@@ -481,17 +521,8 @@ class Thresholds:
         """Write the table as JSON, atomically (temporary file + rename)."""
         path = Path(path)
         text = json.dumps(self.to_json(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "w") as f:
+            f.write(text)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: LlamaModel | None = None) -> Thresholds:
@@ -501,8 +532,8 @@ class Thresholds:
         table, or holds bad values."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = load_json(path, "thresholds table")
+        except ValueError as err:
             raise ValueError(f"{path}: not a JSON thresholds table ({err})") from None
         try:
             th = cls._from_json(data)
@@ -724,6 +755,9 @@ def _block_runner(
     return run
 
 
+_MAX_GREEDY_STEPS = 10_000
+
+
 def teal_greedy(
     model: LlamaModel,
     stats: ActivationStats,
@@ -775,6 +809,15 @@ def teal_greedy(
         p: float(np.prod(shapes[n])) / q_params for p, n in zip(PROJECTIONS, names0, strict=True)
     }
     wsum = sum(weights.values())
+    # each greedy step raises the effective sparsity by base_step / wsum: refuse a step so
+    # small that the walk would not finish (7 block forwards per step)
+    n_steps = smax * wsum / float(base_step)
+    if n_steps > _MAX_GREEDY_STEPS:
+        raise ValueError(
+            f"base_step: {base_step!r} needs about {n_steps:.3g} greedy steps per block "
+            f"(at most {_MAX_GREEDY_STEPS}); use base_step >= "
+            f"{smax * wsum / _MAX_GREEDY_STEPS:.2g}"
+        )
     windows = _windows(model, ids, seqlen, max_windows)
     # Dense block inputs for every block, windows stacked along tokens (block runs per window).
     states = [model.embed(w) for w in windows]
@@ -831,6 +874,18 @@ class LayerPredictor:
     B: F32Array
     keep: int
 
+    def __post_init__(self) -> None:
+        self.A = check_array(self.A, "A", ndim=2, kinds="f", finite=True, dtype=np.float32)
+        self.a = check_array(self.a, "a", ndim=1, kinds="f", finite=True, dtype=np.float32)
+        self.B = check_array(self.B, "B", ndim=2, kinds="f", finite=True, dtype=np.float32)
+        r = self.A.shape[1]
+        if self.a.shape != (r,) or self.B.shape[0] != r:
+            raise ValueError(
+                f"a, B: expected shapes ({r},) and ({r}, out) for rank {r}, got "
+                f"{self.a.shape} and {self.B.shape}"
+            )
+        self.keep = check_int(self.keep, "keep", 1, max(int(self.B.shape[1]), 1))
+
     def scores(self, x: F32Array) -> F32Array:
         """``(T, out)`` float32 scores of ``x`` ``(T, in_features)``."""
         s: F32Array = ((x @ self.A + self.a) @ self.B).astype(np.float32, copy=False)
@@ -857,10 +912,22 @@ def fit_predictor(
     """Fit a :class:`LayerPredictor` to inputs ``X`` ``(T, d)`` and targets ``Y`` ``(T, H)``
     (float32) by closed-form reduced-rank ridge regression in the core
     (``sparseforge::activation::fit_low_rank_predictor``, docs/activation.md)."""
-    st = _core.PredictorStats(int(X.shape[1]), int(Y.shape[1]))
-    st.update(X, Y, threads_arg(num_threads))
-    A, a, B = _core.fit_low_rank_predictor(st, int(rank), float(ridge))
-    return LayerPredictor(A, a, B, int(Y.shape[1]) if keep is None else int(keep))
+    X = check_array(X, "X", ndim=2, kinds="f", finite=True)
+    Y = check_array(Y, "Y", ndim=2, kinds="f", finite=True)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"Y: expected {X.shape[0]} rows (X's tokens), got shape {Y.shape}")
+    out = int(Y.shape[1])
+    r = check_int(rank, "rank", 1, max(min(int(X.shape[1]) + 1, out), 1))
+    ridge = check_number(ridge, "ridge", 0.0)
+    k = out if keep is None else check_int(keep, "keep", 1, out)
+    st = _core.PredictorStats(int(X.shape[1]), out)
+    st.update(
+        np.ascontiguousarray(X, np.float32),
+        np.ascontiguousarray(Y, np.float32),
+        threads_arg(num_threads),
+    )
+    A, a, B = _core.fit_low_rank_predictor(st, r, ridge)
+    return LayerPredictor(A, a, B, k)
 
 
 @dataclass
@@ -1294,3 +1361,8 @@ class SparseModel(LlamaModel):
 
     def __repr__(self) -> str:
         return f"SparseModel(mode={self.sparse.mode!r}, {super().__repr__()})"
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from . import _core
 from ._base import threads_arg
+from ._io import atomic_write, open_regular, read_npz
 
 __all__ = ["LayerStats"]
 
@@ -144,17 +143,8 @@ class LayerStats:
             "sum_squares": self._impl.sum_squares(),
             "xtx_lower": self._impl.xtx_lower(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LayerStats:
@@ -168,16 +158,23 @@ class LayerStats:
         """
         path = Path(path)
         # Our own file object: np.load(path) leaks its handle when the zip is corrupt.
-        with open(path, "rb") as f:
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    data: dict[str, Any] = {k: z[k] for k in z.files}
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
-                raise ValueError(f"{path}: not a readable LayerStats file ({err})") from err
+        with open_regular(path, "LayerStats file") as f:
+            data = read_npz(f, str(path))
         if str(data.get("format", "")) != _FORMAT:
             raise ValueError(f"{path}: not a sparseforge LayerStats file")
         if int(data.get("version", -1)) != _VERSION:
             raise ValueError(f"{path}: unsupported LayerStats version {data.get('version')}")
+        tokens = data.get("tokens")
+        if tokens is None or tokens.ndim != 0 or tokens.dtype.kind not in "iu":
+            raise ValueError(f"{path}: tokens: expected an integer scalar")
+        if not 0 <= int(tokens) <= 2**62:
+            raise ValueError(f"{path}: tokens: expected in [0, 2^62], got {int(tokens)}")
+        for key in ("sum_squares", "xtx_lower"):
+            arr = data.get(key)
+            if arr is None or arr.dtype.kind != "f":
+                raise ValueError(f"{path}: {key}: expected a float array")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{path}: {key}: contains NaN or Inf")
         try:
             core = _core.LayerStats.from_state(
                 int(data["in_features"]),
@@ -190,3 +187,8 @@ class LayerStats:
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: inconsistent LayerStats ({err})") from err
         return cls._wrap(core)
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

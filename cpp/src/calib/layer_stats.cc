@@ -46,11 +46,20 @@ void validate(const AnyConstMatrix& X, int num_threads) {
 
 }  // namespace
 
+namespace {
+// Checked before any member allocates (sum_squares_ is sized in the initialiser list).
+size_t checked_features(size_t in_features) {
+  SF_CHECK_ARG(in_features >= 1 && in_features <= (size_t{1} << 28),
+               "in_features: expected in [1, 2^28], got %zu", in_features);
+  return in_features;
+}
+}  // namespace
+
 LayerStats::LayerStats(size_t in_features, bool hessian, bool float64)
-    : in_features_(in_features),
+    : in_features_(checked_features(in_features)),
       has_hessian_(hessian),
       float64_(float64),
-      sum_squares_(in_features, 0.0) {
+      sum_squares_(in_features_, 0.0) {
   SF_CHECK_ARG(in_features >= 1, "in_features: expected >= 1, got %zu", in_features);
   SF_CHECK_ARG(!hessian || in_features <= (size_t{1} << 16),
                "in_features: %zu is too large for a dense Hessian (at most 65536)", in_features);

@@ -97,6 +97,12 @@ PagedKVCache::PagedKVCache(const CacheConfig& config) : cfg_(config) {
                  cfg_.head_dim);
     SF_CHECK_ARG(!cfg_.latent, "latent: rope_mode='rerotate' is not supported by a latent cache");
   }
+  // Each factor bounded first: the product of two unchecked size_t values can wrap to a
+  // small number and pass.
+  SF_CHECK_ARG(cfg_.num_layers <= (size_t{1} << 24), "num_layers: expected <= 2^24, got %zu",
+               cfg_.num_layers);
+  SF_CHECK_ARG(cfg_.num_kv_heads <= (size_t{1} << 24), "num_kv_heads: expected <= 2^24, got %zu",
+               cfg_.num_kv_heads);
   SF_CHECK_ARG(cfg_.num_layers * cfg_.num_kv_heads <= (size_t{1} << 24),
                "num_kv_heads: num_layers * num_kv_heads = %zu is too large",
                cfg_.num_layers * cfg_.num_kv_heads);

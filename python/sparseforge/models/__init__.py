@@ -8,6 +8,8 @@
   written by :func:`save` (config, tokenizer and weights, pruned linears compressed).
 * :func:`export_hf` (a Hugging Face directory transformers loads) and :func:`export_gguf`
   (a GGUF file llama.cpp runs); docs/export.md.
+* :func:`prune` (in memory) and :func:`prune_streaming` (a Hugging Face directory pruned
+  block by block into an output directory, one block in memory, resumable).
 * :mod:`sparseforge.models.ops` — RMSNorm, RoPE, attention and the SwiGLU gate in the core.
 
 Weights use Hugging Face Llama names (``model.layers.{i}.self_attn.q_proj.weight``...), each
@@ -36,6 +38,7 @@ from .pipeline import (
     register_method,
 )
 from .save import SaveReport, load_saved, save
+from .streaming import prune_streaming
 from .tokenizer import Llama2cTokenizer, Tokenizer
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "ops",
     "perplexity",
     "prune",
+    "prune_streaming",
     "register_method",
     "save",
 ]
@@ -109,3 +113,8 @@ def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
     if is_saved_model(p):
         return load_saved(p, **kwargs)
     raise ValueError(f"path: {p} is not a recognised model; expected {_KINDS}")
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

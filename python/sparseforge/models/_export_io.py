@@ -22,6 +22,7 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
+from .._io import atomic_path
 from .llama import LINEAR_SUFFIXES, LlamaModel, _is_compressed
 
 __all__ = [
@@ -59,6 +60,7 @@ def parse_dtype(dtype: Any, what: str = "dtype") -> np.dtype[Any] | None:
         return None
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
+    dt: np.dtype[Any] | None
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -155,18 +157,10 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is fsynced and renamed onto
-    ``target``, on failure removed."""
-    tmp = _sibling(target, "tmp")
-    try:
+    ``target``, on failure removed (the library's one atomic writer, ``_io.atomic_path``:
+    temporaries of a killed earlier export are removed by the next)."""
+    with atomic_path(target) as tmp:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.absolute().parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _fsync_dir(d: Path) -> None:
@@ -253,4 +247,4 @@ def write_array(f: IO[bytes], a: np.ndarray) -> None:
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     if a.size:
-        f.write(memoryview(a.reshape(-1).view(np.uint8)))
+        f.write(a.reshape(-1).view(np.uint8).data)

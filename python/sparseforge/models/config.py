@@ -12,11 +12,28 @@ __all__ = ["ROPE_STYLES", "LlamaConfig"]
 ROPE_STYLES = ("interleaved", "half")
 
 
+# Upper bounds far above any published model (405B Llama: 126 layers, 16384 wide, 128k
+# vocabulary): a config claiming more is corrupt or hostile, and per-layer or per-row work
+# sized by it would hang or exhaust memory before the tensors could disprove it.
+LIMITS = {
+    "dim": 1 << 20,
+    "hidden_dim": 1 << 22,
+    "n_layers": 1 << 14,
+    "n_heads": 1 << 14,
+    "n_kv_heads": 1 << 14,
+    "vocab_size": 1 << 24,
+    "max_seq_len": 1 << 31,
+    "head_dim": 1 << 16,
+}
+
+
 def _positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value <= 0:
         raise ValueError(f"{name}: expected an int > 0, got {value}")
+    if name in LIMITS and int(value) > LIMITS[name]:
+        raise ValueError(f"{name}: expected an int <= {LIMITS[name]}, got {value}")
 
 
 def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> None:
@@ -106,9 +123,10 @@ class LlamaConfig:
                     "give head_dim explicitly"
                 )
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
-        if self.head_dim <= 0 or self.head_dim % 2 != 0:
+        if self.head_dim <= 0 or self.head_dim % 2 != 0 or self.head_dim > LIMITS["head_dim"]:
             raise ValueError(
-                f"head_dim: expected an even int > 0 (RoPE pairs), got {self.head_dim}"
+                f"head_dim: expected an even int in (0, {LIMITS['head_dim']}] (RoPE pairs), "
+                f"got {self.head_dim}"
             )
         _positive_float(self.norm_eps, "norm_eps", allow_zero=True)
         _positive_float(self.rope_theta, "rope_theta")

@@ -31,6 +31,7 @@ with NEOX rope), so nothing is undone there.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._io import open_regular
 from .hf import build_config, check_weight_shapes
 
 if TYPE_CHECKING:
@@ -150,10 +152,8 @@ class _GGUFFile:
         p = self.path
         if not p.exists():
             raise ValueError(f"{p}: no such file (expected a .gguf model file)")
-        if not p.is_file():
-            raise ValueError(f"{p}: not a file (expected a .gguf model file)")
-        size = p.stat().st_size
-        with open(p, "rb") as f:
+        with open_regular(p, ".gguf model file") as f:
+            size = os.fstat(f.fileno()).st_size
             magic = f.read(4)
         if magic != _GGUF_MAGIC:
             raise ValueError(
@@ -172,14 +172,45 @@ class _GGUFFile:
             except Exception as e:
                 raise ValueError(f"{p}: corrupt metadata field {key!r} ({e})") from e
         self.tensors: dict[str, Any] = {}
+        # The reader adds offsets and multiplies dims in uint64 (they wrap); redo both in
+        # Python ints and check every tensor lies in the data section, inside the file,
+        # without overlapping another.
+        gguf_sizes = gguf.GGML_QUANT_SIZES
+        start = int(self.reader.data_offset)
+        spans = []
         for t in self.reader.tensors:
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size or t.data.nbytes != int(t.n_bytes):
+            try:
+                rel = int(t.field.parts[5][0])
+                dims = [int(d) for d in t.field.parts[3]]
+                block, type_size = gguf_sizes[t.tensor_type]
+            except (IndexError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{p}: corrupt tensor info {t.name!r:.200} ({e})") from None
+            count = 1
+            for d in dims:
+                count *= d
+            if count % block:
                 raise ValueError(
-                    f"{p}: truncated GGUF file: tensor {t.name!r} needs bytes up to {end}, "
-                    f"the file has {size}"
+                    f"{p}: tensor {t.name!r:.200}: {count} elements are not whole blocks of {block}"
                 )
+            n_bytes = count // block * type_size
+            begin = start + rel
+            end = begin + n_bytes
+            if end > size or n_bytes != int(t.n_bytes) or t.data.nbytes != n_bytes:
+                raise ValueError(
+                    f"{p}: truncated GGUF file: tensor {t.name!r:.200} needs bytes up to "
+                    f"{end}, the file has {size}"
+                )
+            if int(t.data_offset) != begin:
+                raise ValueError(
+                    f"{p}: tensor {t.name!r:.200}: offset {rel} wraps around (points at byte "
+                    f"{int(t.data_offset)}, before the data section at {start})"
+                )
+            spans.append((begin, end, t.name))
             self.tensors[t.name] = t
+        spans.sort()
+        for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
+            if b1 < e0:
+                raise ValueError(f"{p}: tensors {n0!r:.100} and {n1!r:.100} overlap")
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.meta.get(key, default)
@@ -190,7 +221,21 @@ class _GGUFFile:
         return self.meta[key]
 
 
+def _meta_int(f: _GGUFFile, key: str, default: Any = None) -> int:
+    v = f.get(key, default) if default is not None else f.require(key)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{f.path}: metadata {key!r}: expected an integer, got {v!r:.60}")
+    return int(v)
+
+
 def _config_from_file(f: _GGUFFile) -> tuple[LlamaConfig, str]:
+    try:
+        return _config_from_metadata(f)
+    except (TypeError, OverflowError, AttributeError) as e:  # metadata of the wrong kind
+        raise ValueError(f"{f.path}: invalid model metadata ({e})") from None
+
+
+def _config_from_metadata(f: _GGUFFile) -> tuple[LlamaConfig, str]:
     arch = f.get("general.architecture")
     if arch is None:
         raise ValueError(f"{f.path}: missing metadata 'general.architecture'")
@@ -203,8 +248,8 @@ def _config_from_file(f: _GGUFFile) -> tuple[LlamaConfig, str]:
         )
     if "token_embd.weight" not in f.tensors:
         raise ValueError(f"{f.path}: missing tensor 'token_embd.weight'")
-    dim = int(f.require(f"{arch}.embedding_length"))
-    n_heads = int(f.require(f"{arch}.attention.head_count"))
+    dim = _meta_int(f, f"{arch}.embedding_length")
+    n_heads = _meta_int(f, f"{arch}.attention.head_count")
     head_dim = int(f.get(f"{arch}.attention.key_length", dim // max(n_heads, 1)))
     value_dim = int(f.get(f"{arch}.attention.value_length", head_dim))
     if value_dim != head_dim:
@@ -230,8 +275,8 @@ def _config_from_file(f: _GGUFFile) -> tuple[LlamaConfig, str]:
     vocab_size = int(embd.shape[1]) if len(embd.shape) == 2 else -1
     fields: dict[str, Any] = {
         "dim": dim,
-        "hidden_dim": int(f.require(f"{arch}.feed_forward_length")),
-        "n_layers": int(f.require(f"{arch}.block_count")),
+        "hidden_dim": _meta_int(f, f"{arch}.feed_forward_length"),
+        "n_layers": _meta_int(f, f"{arch}.block_count"),
         "n_heads": n_heads,
         "n_kv_heads": int(f.get(f"{arch}.attention.head_count_kv", n_heads)),
         "vocab_size": vocab_size,

@@ -18,7 +18,6 @@ Q/K rows are in Hugging Face order, so ``rope_style="half"`` (``rotate_half``).
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
+
+from .._io import confined, load_json, open_regular, parse_json
 
 if TYPE_CHECKING:
     from .config import LlamaConfig
@@ -97,7 +98,21 @@ def check_weight_shapes(
     describe: Callable[[str], str] = repr,
     biases: bool = False,
 ) -> None:
-    """Raise ValueError naming ``source`` if a needed weight is missing or misshapen."""
+    """Raise ValueError naming ``source`` if a needed weight is missing or misshapen.
+
+    The layer count the configuration claims is checked against the blocks present first,
+    so a corrupt count (10^9 layers) fails at once instead of driving per-layer work."""
+    present = set()
+    for n in shapes:
+        if n.startswith("model.layers."):
+            idx = n.split(".", 3)[2]
+            if idx.isdigit():
+                present.add(int(idx))
+    if config.n_layers > len(present):
+        raise ValueError(
+            f"{source}: the configuration claims {config.n_layers} layers, the weights hold "
+            f"{len(present)} blocks"
+        )
     missing = []
     for name, shape in expected_weight_shapes(config, biases=biases).items():
         if name not in shapes:
@@ -124,14 +139,21 @@ def check_weight_shapes(
 # -- safetensors, memory-mapped ------------------------------------------------------------
 
 
+def _header_int(v: Any) -> int:
+    """A non-negative JSON integer of a header (no bools, floats or strings)."""
+    if type(v) is not int or v < 0 or v >= 2**62:
+        raise ValueError(f"expected a non-negative integer, got {v!r:.40}")
+    return v
+
+
 class _SafetensorsFile:
     """Header of one safetensors file plus a lazily created read-only memory map."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as f:
+            with open_regular(path, "safetensors file") as f:
+                size = os.fstat(f.fileno()).st_size
                 head = f.read(8)
                 if len(head) != 8:
                     raise ValueError(f"{path}: truncated safetensors file ({size} bytes)")
@@ -145,7 +167,7 @@ class _SafetensorsFile:
         except OSError as e:
             raise ValueError(f"{path}: cannot read ({e})") from e
         try:
-            header = json.loads(raw)
+            header = parse_json(raw, f"{path}: safetensors header")
         except ValueError as e:
             raise ValueError(f"{path}: corrupt safetensors header ({e})") from e
         if not isinstance(header, dict):
@@ -157,10 +179,12 @@ class _SafetensorsFile:
                 continue
             try:
                 dtype = str(entry["dtype"])
-                shape = tuple(int(s) for s in entry["shape"])
-                begin, end = (int(o) for o in entry["data_offsets"])
+                shape = tuple(_header_int(s) for s in entry["shape"])
+                begin, end = (_header_int(o) for o in entry["data_offsets"])
+                if len(shape) > 8:
+                    raise ValueError(f"{len(shape)} dimensions")
             except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}: corrupt header entry {name!r} ({err})") from err
+                raise ValueError(f"{path}: corrupt header entry {name!r:.200} ({err})") from err
             if not 0 <= begin <= end or self.data_start + end > size:
                 raise ValueError(
                     f"{path}: truncated safetensors file: tensor {name!r} ends at byte "
@@ -264,17 +288,22 @@ class _NamesView(Mapping[str, np.ndarray]):
 
 def _safetensors_files(d: Path) -> list[Path]:
     index = d / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            names = sorted({str(v) for v in weight_map.values()})
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{index}: not a safetensors index (expected 'weight_map')") from e
+    if index.exists():
+        data = load_json(index, "safetensors index")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise ValueError(
+                f"{index}: not a safetensors index (expected 'weight_map': an object of file names)"
+            )
+        names = sorted(set(weight_map.values()))
         files = []
         for n in names:
-            p = d / n
-            if not p.is_file():
+            # shards must stay inside the model directory (no '..', absolute paths or
+            # symlinks out): an index is data, not a licence to read any file
+            p = confined(d, n, f"{index}: shard")
+            if not p.exists():
                 raise ValueError(f"{index}: lists shard {n!r}, which is missing from {d}")
             files.append(p)
         return files
@@ -295,12 +324,11 @@ def _safetensors_files(d: Path) -> list[Path]:
 
 def _read_config_json(d: Path) -> dict[str, Any]:
     path = d / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{d}: no config.json (expected a Hugging Face model directory)")
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
+        cfg = load_json(path, "config.json", max_bytes=10_000_000)
+    except ValueError as e:
         raise ValueError(f"{path}: not readable JSON ({e})") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a JSON object")
@@ -308,56 +336,78 @@ def _read_config_json(d: Path) -> dict[str, Any]:
 
 
 def _config_fields(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Loader fields from ``config.json``, each checked for its JSON type first (a string
+    where a number or an object belongs is a ValueError naming the key)."""
     model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"{path}: model_type {model_type!r} is not supported "
+            f"{path}: model_type {model_type!r:.100} is not supported "
             f"(expected one of {', '.join(SUPPORTED_MODEL_TYPES)}: the Llama family)"
         )
 
-    def need(key: str) -> Any:
-        if key not in cfg or cfg[key] is None:
-            raise ValueError(f"{path}: missing {key!r}")
-        return cfg[key]
+    def get(
+        key: str, kinds: tuple[type, ...], default: Any = None, *, required: bool = False
+    ) -> Any:
+        v = cfg.get(key)
+        if v is None:
+            if required:
+                raise ValueError(f"{path}: missing {key!r}")
+            return default
+        ok = isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"{path}: {key}: expected {names}, got {type(v).__name__}")
+        return v
 
-    act = cfg.get("hidden_act", "silu")
+    def num(key: str, default: Any = None, *, required: bool = False) -> Any:
+        v = get(key, (int,), default, required=required)
+        return v if v is None else int(v)
+
+    def obj(key: str) -> dict[str, Any]:
+        v: dict[str, Any] = get(key, (dict,), {})
+        return v
+
+    act = get("hidden_act", (str,), "silu")
     if act != "silu":
-        raise ValueError(f"{path}: hidden_act={act!r} is not supported (expected 'silu')")
-    if cfg.get("mlp_bias"):
+        raise ValueError(f"{path}: hidden_act={act!r:.100} is not supported (expected 'silu')")
+    if get("mlp_bias", (bool,), False):
         raise ValueError(f"{path}: mlp_bias=true is not supported")
-    if model_type != "qwen2" and cfg.get("attention_bias"):
+    if model_type != "qwen2" and get("attention_bias", (bool,), False):
         raise ValueError(f"{path}: attention_bias=true is not supported for {model_type}")
-    rope = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or {}
+    rope = obj("rope_parameters")
+    scaling = obj("rope_scaling")
     rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
     if rope_type not in (None, "default"):
-        raise ValueError(f"{path}: rope scaling {rope_type!r} is not supported")
-    if cfg.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"{path}: rope scaling {rope_type!r:.100} is not supported")
+    if get("partial_rotary_factor", (int, float), 1.0) != 1.0:
         raise ValueError(f"{path}: partial_rotary_factor != 1 is not supported")
-    dim = int(need("hidden_size"))
-    n_heads = int(need("num_attention_heads"))
-    n_kv = cfg.get("num_key_value_heads")
-    max_seq = int(cfg.get("max_position_embeddings", 2048))
-    window = cfg.get("sliding_window")
-    use_window = cfg.get("use_sliding_window", model_type == "mistral")
-    if window and use_window and int(window) < max_seq:
+    dim = num("hidden_size", required=True)
+    n_heads = num("num_attention_heads", required=True)
+    n_kv = num("num_key_value_heads", n_heads)
+    max_seq = num("max_position_embeddings", 2048)
+    window = num("sliding_window")
+    use_window = get("use_sliding_window", (bool,), model_type == "mistral")
+    if window and use_window and window < max_seq:
         # the full causal forward equals sliding-window attention up to the window
-        max_seq = int(window)
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        max_seq = window
+    theta = rope.get("rope_theta", get("rope_theta", (int, float), 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"{path}: rope_theta: expected a number, got {type(theta).__name__}")
+    head_dim = num("head_dim")
     return {
         "dim": dim,
-        "hidden_dim": int(need("intermediate_size")),
-        "n_layers": int(need("num_hidden_layers")),
+        "hidden_dim": num("intermediate_size", required=True),
+        "n_layers": num("num_hidden_layers", required=True),
         "n_heads": n_heads,
-        "n_kv_heads": int(n_kv) if n_kv is not None else n_heads,
-        "vocab_size": int(need("vocab_size")),
+        "n_kv_heads": n_kv,
+        "vocab_size": num("vocab_size", required=True),
         "max_seq_len": max_seq,
-        "norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
+        "norm_eps": float(get("rms_norm_eps", (int, float), 1e-6)),
         "rope_theta": float(theta),
         "rope_style": "half",
-        "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "tied_embeddings": get("tie_word_embeddings", (bool,), False),
         "arch": str(model_type),
-        "head_dim": int(cfg["head_dim"]) if cfg.get("head_dim") else None,
+        "head_dim": head_dim if head_dim else None,
     }
 
 

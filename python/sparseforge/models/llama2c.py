@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import open_regular
 from .config import LlamaConfig
 from .llama import LlamaModel
 from .tokenizer import Llama2cTokenizer
@@ -55,15 +56,14 @@ def read_llama2c_header(path: str | os.PathLike[str]) -> LlamaConfig:
 
 def _header(path: Path) -> tuple[LlamaConfig, int]:
     """(config, expected file size in bytes)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: model file not found") from None
-    if size < _HEADER_BYTES:
-        raise ValueError(
-            f"{path}: truncated: {size} bytes, shorter than the 28-byte llama2.c header"
-        )
-    with open(path, "rb") as f:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model file not found")
+    with open_regular(path, "llama2.c model file") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _HEADER_BYTES:
+            raise ValueError(
+                f"{path}: truncated: {size} bytes, shorter than the 28-byte llama2.c header"
+            )
         head = f.read(_HEADER_BYTES)
     fields = struct.unpack("<7i", head)
     if fields[0] == _MAGIC_V1:

@@ -21,9 +21,10 @@ Methods come from :data:`METHODS`; :func:`register_method` adds one.
 from __future__ import annotations
 
 import numbers
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,8 @@ import numpy.typing as npt
 from .. import _progress
 from .. import prune as _prune
 from ..calib import LayerStats
-from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
+from . import _calibration
+from .llama import LlamaModel
 from .perplexity import _int_arg, default_seqlen, token_stream
 
 __all__ = [
@@ -438,20 +440,6 @@ def calibration_windows(
     return np.stack([ids[int(a) : int(a) + s] for a in starts])
 
 
-# Each linear's input group: q/k/v read the same x, gate/up too.
-_GROUP = {
-    LINEAR_SUFFIXES[0]: 0,
-    LINEAR_SUFFIXES[1]: 0,
-    LINEAR_SUFFIXES[2]: 0,
-    LINEAR_SUFFIXES[3]: 1,
-    LINEAR_SUFFIXES[4]: 2,
-    LINEAR_SUFFIXES[5]: 2,
-    LINEAR_SUFFIXES[6]: 3,
-}
-# The linear whose hook call feeds each group's statistics (the first of the group to run).
-_FEEDS = {LINEAR_SUFFIXES[0], LINEAR_SUFFIXES[3], LINEAR_SUFFIXES[4], LINEAR_SUFFIXES[6]}
-
-
 def check_method(method: Any, sparsity: Any, pattern: Any) -> tuple[MethodSpec, Any]:
     """Validate the method name, sparsity and pattern shared by :func:`prune` and
     ``sparseforge.torch.prune_model``; returns the method and the parsed pattern (or None)."""
@@ -495,15 +483,6 @@ def prune_linear(
     return res, report
 
 
-def _run_block(
-    model: LlamaModel, i: int, states: np.ndarray, hooks: Hooks | None
-) -> npt.NDArray[np.float32]:
-    out = np.empty_like(states)
-    for j in range(states.shape[0]):
-        out[j] = model.block(i, states[j], hooks=hooks)
-    return out
-
-
 def prune(
     model: LlamaModel,
     calib: Any,
@@ -518,6 +497,9 @@ def prune(
     bos: bool = True,
     error: bool = True,
     progress: bool | None = None,
+    activations: str = "float32",
+    spill: str | os.PathLike[str] | None = None,
+    batch_tokens: int = 8192,
     **method_kwargs: Any,
 ) -> PruneReport:
     """Prune every block's 7 linears of ``model`` in place (``model.set_weight``), block by
@@ -542,7 +524,8 @@ def prune(
         outputs after pruning. False: on the dense model's outputs.
     nsamples, seqlen, seed, bos
         Calibration windows (default 128 windows of ``min(max_seq_len, 2048)`` tokens).
-        Memory: two float32 arrays of ``nsamples * seqlen * dim`` hold the states.
+        Memory: two arrays of ``nsamples * seqlen * dim`` (``activations``) hold the
+        states between blocks.
     error : bool
         Gather ``X^T X`` for every linear and report each layer's reconstruction error
         (always gathered when the method needs it). The cost is ``in_features^2``
@@ -551,6 +534,17 @@ def prune(
         A progress bar over the blocks on stderr (tqdm when installed, else plain lines):
         None shows it when stderr is a terminal (``SPARSEFORGE_PROGRESS=1`` forces it),
         True always, False never.
+    activations : {"float32", "bfloat16"}
+        Storage of the calibration states between blocks (each block computes in float32;
+        "bfloat16" halves their memory and rounds each block's inputs to bfloat16).
+    spill : path of a folder, optional
+        Keep the states in memory-mapped temporary files there (removed at the end)
+        instead of in RAM.
+    batch_tokens : int
+        The calibration forward runs whole windows in batches of at most this many tokens
+        (at least one window): each linear is one GEMM over the batch, attention runs per
+        window. Bounds the block's intermediate activations (``batch_tokens *
+        hidden_dim`` float32 values each).
     **method_kwargs
         Passed to the method (e.g. ``percdamp=``, ``block_size=`` for sparsegpt,
         ``scope=`` for magnitude, ``variant=`` for wanda).
@@ -571,6 +565,8 @@ def prune(
         if not isinstance(value, bool):
             raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
     _progress.check_progress(progress)
+    act_dtype = _calibration.activation_dtype(activations)
+    bt = _int_arg(batch_tokens, "batch_tokens", 1)
     pattern_str = None if nm_pattern is None else str(nm_pattern)
     windows = calibration_windows(
         model, calib, nsamples=nsamples, seqlen=seqlen, seed=seed, bos=bos
@@ -619,59 +615,36 @@ def prune(
                 bar.update()
         report.seconds = time.perf_counter() - t_start
         return report
-    states = np.stack([model.embed(w) for w in windows])
+    shape = (n, s, c.dim)
+    src = _calibration.Activations(shape, act_dtype, spill=spill)
+    dst = _calibration.Activations(shape, act_dtype, spill=spill)
+    for j, w in enumerate(windows):
+        src.write(j, j + 1, model.embed(w))
     bar = _progress.bar(
         c.n_layers, f"sparseforge prune [{method}]", unit="blocks", progress=progress
     )
     for i in range(c.n_layers):
-        names = model.linear_names(i)
-        in_features = [int(model.weight(nm).shape[1]) for nm in names]
-        stats: dict[int, LayerStats] = {}
-        for nm, k in zip(names, in_features, strict=True):
-            g = _GROUP[nm.split(f"model.layers.{i}.", 1)[1]]
-            if g not in stats:
-                stats[g] = LayerStats(k, hessian)
-        by_name = {nm: stats[_GROUP[nm.split(f"model.layers.{i}.", 1)[1]]] for nm in names}
-        feeds = {nm for nm in names if nm.split(f"model.layers.{i}.", 1)[1] in _FEEDS}
-
-        def capture(
-            name: str,
-            x: np.ndarray,
-            feeds: set[str] = feeds,
-            by_name: dict[str, LayerStats] = by_name,
-        ) -> None:
-            if name in feeds:
-                by_name[name].update(x, num_threads=model.num_threads)
-
-        dense_out = _run_block(model, i, states, Hooks(linear_input=capture))
-        errors: list[float] = []
-        last_user = {id(by_name[nm]): nm for nm in names}  # free each share after its last user
-        shares: dict[int, Any] = {}
-        for nm in names:
-            st = by_name[nm]
-            if spec.share is not None and id(st) not in shares:
-                t0 = time.perf_counter()
-                shares[id(st)] = spec.share(st, method_kwargs)
-                share_s = time.perf_counter() - t0
-            else:
-                share_s = 0.0
-            res, layer = prune_linear(
-                spec, nm, model.weight(nm), st, sparsity, pattern, method_kwargs, shares.get(id(st))
-            )
-            if share_s:
-                layer = replace(layer, seconds=layer.seconds + share_s)
-            if last_user[id(st)] == nm:
-                shares.pop(id(st), None)
-            if layer.error is not None:
-                errors.append(layer.error)
-            model.set_weight(nm, np.ascontiguousarray(res.weight))
-            report.layers.append(layer)
-        states = _run_block(model, i, states, None) if sequential else dense_out
+        layers = _calibration.prune_block(
+            model,
+            i,
+            src,
+            dst,
+            spec=spec,
+            sparsity=sparsity,
+            pattern=pattern,
+            method_kwargs=method_kwargs,
+            hessian=hessian,
+            sequential=sequential,
+            batch_tokens=bt,
+            store=model.set_weight,
+        )
+        report.layers.extend(layers)
+        src, dst = dst, src
+        errors = [r.error for r in layers if r.error is not None]
         mean_err = f", rel. error {sum(errors) / len(errors):.2e}" if errors else ""
-        blk = report.layers[-len(names) :]
-        bar.note(f"sparsity {sum(r.sparsity for r in blk) / len(blk):.3f}{mean_err}")
+        bar.note(f"sparsity {sum(r.sparsity for r in layers) / len(layers):.3f}{mean_err}")
         bar.update()
-        if not np.all(np.isfinite(states)):
+        if not src.all_finite():
             bar.close()
             raise ValueError(
                 f"model: block {i} produced non-finite outputs after pruning "

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "sparseforge/core/object_mutex.h"
 #include "sparseforge/core/view.h"
 
 namespace sparseforge {
@@ -41,6 +42,8 @@ class PredictorStats {
   // fixed column bands: the same bits for any thread count. On bad input nothing is added.
   void update(const ConstMatrixView<float>& X, const ConstMatrixView<float>& Y, int num_threads);
 
+  // The lock of callers that share this object between threads (core/object_mutex.h).
+  std::mutex& mutex() const { return mu_.get(); }
   size_t in_features() const { return in_; }
   size_t out_features() const { return out_; }
   uint64_t tokens() const { return tokens_; }
@@ -52,6 +55,7 @@ class PredictorStats {
   size_t out_;
   uint64_t tokens_ = 0;
   std::vector<double> sums_;
+  ObjectMutex mu_;
 };
 
 struct LowRankPredictor {

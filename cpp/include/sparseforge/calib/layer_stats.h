@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "sparseforge/core/object_mutex.h"
 #include "sparseforge/core/view.h"
 
 namespace sparseforge {
@@ -40,6 +41,8 @@ class LayerStats {
   // This plus other, as a new object. Both must have the same in_features and hessian flag.
   LayerStats merged(const LayerStats& other) const;
 
+  // The lock of callers that share this object between threads (core/object_mutex.h).
+  std::mutex& mutex() const { return mu_.get(); }
   size_t in_features() const { return in_features_; }
   bool has_hessian() const { return has_hessian_; }
   bool float64() const { return float64_; }
@@ -67,6 +70,7 @@ class LayerStats {
   uint64_t tokens_ = 0;
   std::vector<double> sum_squares_;
   std::vector<double> xtx_;
+  ObjectMutex mu_;
 };
 
 }  // namespace calib

@@ -40,7 +40,8 @@
 //
 // Threads: append and evict are serial (they touch O(T * Hkv) rows); attention over the
 // cache is parallel over kv heads (attention.h). A cache must not be modified while another
-// thread reads it.
+// thread reads it: a caller that shares one cache between threads holds mutex() around every
+// call that touches it (the Python bindings do; core/object_mutex.h).
 #pragma once
 
 #include <cstddef>
@@ -48,6 +49,7 @@
 #include <vector>
 
 #include "sparseforge/core/dtype.h"
+#include "sparseforge/core/object_mutex.h"
 #include "sparseforge/core/view.h"
 
 namespace sparseforge {
@@ -88,6 +90,8 @@ class PagedKVCache {
   PagedKVCache& operator=(const PagedKVCache&) = delete;
 
   const CacheConfig& config() const { return cfg_; }
+  // The lock of callers that share this cache between threads (the cache never takes it).
+  std::mutex& mutex() const { return mu_.get(); }
   size_t key_dim() const { return cfg_.head_dim; }
   size_t value_dim() const { return dv_; }
 
@@ -206,6 +210,7 @@ class PagedKVCache {
   size_t peak_pages_ = 0;
   std::vector<float> rope_table_;
   size_t rope_rows_ = 0;
+  ObjectMutex mu_;
 };
 
 }  // namespace kv
