@@ -256,3 +256,29 @@ def test_refusals_and_atomicity(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.undo()
     sm.export_gguf(m, tmp_path / "old.gguf", overwrite=True)
     assert load_gguf(tmp_path / "old.gguf", tokenizer=False).config.dim == 64
+
+
+@needs_stories
+def test_cli_export_gguf(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SPARSEFORGE_DATA": str(STORIES.parent.parent)}  # type: ignore[union-attr]
+    out = tmp_path / "s.gguf"
+    cmd = [sys.executable, "-m", "sparseforge", "export", "stories260k", "--format", "gguf"]
+    r = subprocess.run(
+        [*cmd, "--dtype", "q8_0", "--out", str(out)], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert "written F16" in r.stdout  # ffn_down's 172 inputs are not Q8_0 blocks
+    assert load_gguf(out).tokenizer.encode(TEXTS[0]) == sm.load(STORIES).tokenizer.encode(TEXTS[0])
+    r = subprocess.run(
+        [*cmd, "--dtype", "bfloat16", "--out", str(tmp_path / "x.gguf")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 2
+    assert "--dtype" in r.stderr
+    assert not (tmp_path / "x.gguf").exists()

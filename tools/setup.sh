@@ -2,7 +2,7 @@
 # Set up a fresh Debian/Ubuntu machine for sparseforge, inside a virtual environment:
 #   tools/setup.sh          the library, its run-time dependencies and the model loaders'
 #                           extras (gguf, tokenizers), plus the SmolLM2-135M GGUF file
-#   tools/setup.sh --test   also the test tools (GoogleTest through apt; pytest, hypothesis,
+#   tools/setup.sh --test   also the test tools (GoogleTest and Chromium through apt; pytest, hypothesis,
 #                           mypy through pip) and the optional oracles the tests compare
 #                           against (torch CPU, scipy, safetensors, transformers)
 # The virtual environment is .venv in the checkout (or $SF_VENV). System packages come
@@ -24,7 +24,8 @@ fi
 command -v apt-get >/dev/null || can_apt=0
 
 apt_pkgs=(libeigen3-dev)
-[ $test_mode = 1 ] && apt_pkgs+=(libgtest-dev)
+# chromium: tests_py/test_report.py renders the HTML report in a real headless browser.
+[ $test_mode = 1 ] && apt_pkgs+=(libgtest-dev chromium)
 python3 -m venv --help >/dev/null 2>&1 && python3 -c "import ensurepip" 2>/dev/null || \
   apt_pkgs+=("python3-venv")
 missing=()

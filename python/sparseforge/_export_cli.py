@@ -28,6 +28,8 @@ def export_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
         parse_size(args.max_shard_size, "--max-shard-size")
     else:
+        if args.compression is not None:
+            raise ValueError("--compression: applies to --format hf only")
         _export_io.check_out_file(args.out, args.overwrite, "--out")
         if args.dtype is not None and args.dtype not in GGUF_DTYPES:
             raise ValueError(
@@ -44,6 +46,7 @@ def export_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
             tokenizer=not args.no_tokenizer,
+            compression=args.compression,
         )
     else:
         report = sm.export_gguf(
@@ -78,6 +81,12 @@ def add_export_command(sub: Any) -> None:
         default=None,
         help="hf: float32|float16|bfloat16 (default: keep each weight's dtype); "
         "gguf: f32|f16|bf16|q8_0 (default f32)",
+    )
+    e.add_argument(
+        "--compression",
+        choices=["sparse-24-bitmask", "sparse-bitmask"],
+        default=None,
+        help="hf: store the block linears in a compressed-tensors sparse layout",
     )
     e.add_argument("--max-shard-size", default="5GB", help="hf: bytes per safetensors shard")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")

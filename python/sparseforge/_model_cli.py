@@ -202,17 +202,11 @@ def _probe(folder: Path, flag: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON, atomically (temporary sibling + rename)."""
-    text = json.dumps(data, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as JSON, atomically (temporary sibling + rename; mode 0666 & ~umask)."""
+    from ._io import atomic_write
+
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=1) + "\n")
 
 
 def _ppl_dict(r: sm.PerplexityResult) -> dict[str, Any]:
@@ -339,7 +333,7 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             "kind": "sparseforge prune report",
             "version": 1,
             "sparseforge": __version__,
-            "model": {"path": str(resolve_model(args.model)), "source": model.source},
+            "model": {"path": str(resolve_model(args.model).resolve()), "source": model.source},
             "calibration": {"text": texts.calib_name},
             "prune": report.to_dict(),
             "perplexity": None,
@@ -360,6 +354,38 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             }
         write_json(json_path, data)
         _say(out, f"report written to {json_path}")
+    return 0
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def report_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from . import report as rp
+
+    out_path = check_out_file(args.out, "--out")
+    runs = rp.load_runs(args.runs)
+    visual = None
+    if not args.no_visual:
+        spec = args.model or (runs[0].get("model") or {}).get("path")
+        model = load_model(spec, args.threads)
+        texts = choose_texts(None, args.calib)
+        seqlen = min(args.seqlen, model.config.max_seq_len)
+        windows = sm.calibration_windows(
+            model, texts.calib_text, nsamples=args.nsamples, seqlen=seqlen
+        )
+        _say(
+            out,
+            f"visualiser: {model.source}, {args.nsamples} x {seqlen} tokens of {texts.calib_name}",
+        )
+        visual = rp.layer_visual(model, windows, layer=args.layer)
+        _say(
+            out,
+            f"  layer {visual['layer']}: outlier-channel weights kept: "
+            + ", ".join(f"{m} {v * 100:.1f}%" for m, v in visual["kept_outlier"].items()),
+        )
+    rp.write_report(out_path, runs, visual)
+    _say(out, f"wrote {out_path} ({len(runs)} run(s){'' if visual else ', no visualiser'})")
     return 0
 
 
@@ -389,7 +415,8 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     seqlen = min(args.seqlen, base.config.max_seq_len)
     # Tokenize once; every configuration reads the same ids.
     calib_ids = token_stream(base, texts.calib_text, name="--calib")
-    eval_ids = token_stream(base, texts.eval_text, name="--text")
+    eval_tokens = None if args.max_windows is None else args.max_windows * seqlen
+    eval_ids = token_stream(base, texts.eval_text, name="--text", max_tokens=eval_tokens)
     _say(out, f"sparseforge demo: {base.source}")
     _say(out, f"  {base}")
     _say(out, f"evaluation: {texts.eval_name}")
@@ -596,7 +623,8 @@ def add_model_commands(sub: Any) -> None:
         "--dtype",
         choices=["float32", "float16", "bfloat16"],
         default=None,
-        help="dtype of the saved weights (default: the model's own)",
+        help="dtype of the saved weights (default: the source checkpoint's: fp16/bf16 stay "
+        "so, quantised GGUF weights become float16)",
     )
     p.add_argument(
         "--eval",
@@ -622,6 +650,43 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=prune_cmd)
+
+    r = sub.add_parser(
+        "report",
+        help="one self-contained HTML page from `prune --report-json` files",
+        description="One self-contained HTML page (no network) from the JSON files of\n"
+        "`sparseforge prune --report-json`: each run's perplexity before/after, a\n"
+        "sparsity-vs-perplexity plot for several runs, the per-layer tables, and a sparsity\n"
+        "visualiser drawn from the dense model (magnitude, Wanda and 2:4 side by side with\n"
+        "the activation norms of one linear's input channels).",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n"
+        "  sparseforge prune smollm2 --sparsity 0.5 --eval --report-json w50.json\n"
+        "  sparseforge prune smollm2 --method magnitude --sparsity 0.5 --eval \\\n"
+        "      --report-json m50.json\n"
+        "  sparseforge report w50.json m50.json --out report.html",
+    )
+    r.add_argument("runs", nargs="+", metavar="RUN.json", help="files from --report-json")
+    r.add_argument("--out", default="sparseforge-report.html", help="the HTML file to write")
+    r.add_argument(
+        "--model",
+        default=None,
+        help="model for the visualiser (default: the first run's model); " + model_help,
+    )
+    r.add_argument(
+        "--layer",
+        default=None,
+        help="linear to visualise, e.g. model.layers.3.mlp.down_proj.weight (default: the "
+        "one whose input has the strongest outlier channel)",
+    )
+    r.add_argument(
+        "--calib", default=None, help="text for the activation norms (default: a shipped text)"
+    )
+    r.add_argument("--nsamples", type=int, default=4, help="windows for the activation norms")
+    r.add_argument("--seqlen", type=int, default=128, help="window length (tokens)")
+    r.add_argument("--no-visual", action="store_true", help="skip the visualiser (no model)")
+    r.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    r.set_defaults(func=report_cmd)
 
     e = sub.add_parser(
         "eval",

@@ -60,6 +60,7 @@ def parse_dtype(dtype: Any, what: str = "dtype") -> np.dtype[Any] | None:
         return None
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
+    dt: np.dtype[Any] | None
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -246,4 +247,4 @@ def write_array(f: IO[bytes], a: np.ndarray) -> None:
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     if a.size:
-        f.write(memoryview(a.reshape(-1).view(np.uint8)))
+        f.write(a.reshape(-1).view(np.uint8).data)

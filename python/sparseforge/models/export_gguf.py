@@ -177,6 +177,8 @@ def _llama2c_vocab(tok: Llama2cTokenizer, vocab_size: int) -> dict[str, Any]:
 
 def _tokenizer_meta(model: LlamaModel) -> dict[str, Any]:
     tok = model.tokenizer
+    if tok is None:
+        raise ValueError("model: has no tokenizer to write; pass tokenizer=False")
     vocab = model.config.vocab_size
     if isinstance(tok, Llama2cTokenizer):
         out = _llama2c_vocab(tok, vocab)

@@ -129,7 +129,9 @@ def check_expressible(model: LlamaModel) -> tuple[str, str]:
     return _ARCHS[c.arch]
 
 
-def _config_json(model: LlamaModel, dtype_name: str, bos: int | None, eos: int | None) -> dict:
+def _config_json(
+    model: LlamaModel, dtype_name: str, bos: int | None, eos: int | None
+) -> dict[str, Any]:
     c = model.config
     model_type, arch = _ARCHS[c.arch]
     cfg: dict[str, Any] = {
@@ -217,7 +219,11 @@ def hf_tokenizer_backend(model: LlamaModel) -> tuple[Any, int | None, int | None
     from .hf_tokenizer import import_tokenizers
 
     tok = model.tokenizer
+    if tok is None:
+        raise ValueError("model: has no tokenizer to write; pass tokenizer=False")
     tokenizers = import_tokenizers()
+    bos: int | None
+    eos: int | None
     if isinstance(tok, Llama2cTokenizer):
         backend = _llama2c_backend(tok)
         bos, eos, add_bos = tok.BOS, tok.EOS, True
@@ -371,7 +377,8 @@ def export_hf(
             return dt
         if name.endswith(".bias") and name not in model._weights:
             return np.dtype(np.float32)
-        return np.dtype(model.weight(name).dtype)
+        found: np.dtype[Any] = np.dtype(model.weight(name).dtype)
+        return found
 
     shapes = c.weight_shapes()
     sizes = []
@@ -385,7 +392,8 @@ def export_hf(
             ok, nnz = ct.fits(model, n, compression)
             if ok:
                 packed.add(n)
-                nbytes = ct.compressed_sizes(*shape, nnz, stored_dtype(n).itemsize, compression)
+                rows, cols = int(shape[0]), int(shape[1])
+                nbytes = ct.compressed_sizes(rows, cols, nnz, stored_dtype(n).itemsize, compression)
                 kept += nnz
                 total += int(np.prod(shape))
             else:

@@ -45,7 +45,9 @@ class PerplexityResult:
     seqlen : int
         Window length in tokens.
     tokens_total : int
-        Tokens in the whole stream (the windows cover ``windows * seqlen`` of them).
+        Tokens in the stream (the windows cover ``windows * seqlen`` of them); with
+        ``max_windows`` and a ``str``, the stream is the prefix of the text that was
+        encoded (a little more than the windows need), not the whole text.
     """
 
     ppl: float
@@ -78,15 +80,51 @@ def _int_arg(value: Any, name: str, low: int, high: int | None = None) -> int:
     return v
 
 
+_MARGIN_TOKENS = 64
+
+
+def _last_word_start(text: str, end: int) -> int:
+    """The last position ``k <= end`` with ``text[k] == " "`` after a non-space (a cut no
+    token crosses), or 0 when there is none."""
+    k = text.rfind(" ", 0, end + 1)
+    while k > 0 and text[k - 1] == " ":
+        k = text.rfind(" ", 0, k)
+    return max(k, 0)
+
+
+def _encode_prefix(tokenizer: Any, text: str, bos: bool, max_tokens: int) -> list[int]:
+    """The ids of a prefix of ``text`` holding at least ``max_tokens`` tokens (the whole
+    text when it has fewer): the prefix grows by doubling and ends before a space that
+    follows a non-space, where pre-tokenizers split (GPT-2 style byte-level BPE,
+    SentencePiece) and no llama2.c merge crosses (see ``Llama2cTokenizer``), so its first
+    ``max_tokens`` ids are those of the whole text; a margin of 64 tokens is kept."""
+    chars = 4 * (max_tokens + _MARGIN_TOKENS) + 256  # English: 3-5 characters per token
+    while chars < len(text):
+        cut = _last_word_start(text, chars)
+        if cut > 0:
+            ids: list[int] = tokenizer.encode(text[:cut], bos=bos)
+            if len(ids) >= max_tokens + _MARGIN_TOKENS:
+                return ids
+        chars *= 2
+    result: list[int] = tokenizer.encode(text, bos=bos)
+    return result
+
+
 def token_stream(
     model: LlamaModel,
     text_or_ids: str | Sequence[int] | npt.NDArray[np.integer[Any]],
     *,
     bos: bool = True,
     name: str = "text_or_ids",
+    max_tokens: int | None = None,
 ) -> npt.NDArray[np.int64]:
     """One token stream: ``model.tokenizer.encode(text, bos=bos)`` for a ``str``, otherwise
-    the ids themselves (1-D, each in ``[0, vocab_size)``; ``bos`` is then ignored)."""
+    the ids themselves (1-D, each in ``[0, vocab_size)``; ``bos`` is then ignored).
+
+    ``max_tokens``: only the first ``max_tokens`` ids are needed; a ``str`` is then
+    encoded only as far as needed (a prefix ending between words, a little longer than
+    ``max_tokens`` tokens; see ``_encode_prefix``) instead of whole.
+    """
     if not isinstance(bos, bool):
         raise TypeError(f"bos: expected a bool, got {type(bos).__name__}")
     if isinstance(text_or_ids, str):
@@ -94,7 +132,12 @@ def token_stream(
             raise ValueError(
                 f"{name}: got a str but the model has no tokenizer; pass token ids instead"
             )
-        ids: Any = model.tokenizer.encode(text_or_ids, bos=bos)
+        if max_tokens is None:
+            ids: Any = model.tokenizer.encode(text_or_ids, bos=bos)
+        else:
+            ids = _encode_prefix(
+                model.tokenizer, text_or_ids, bos, _int_arg(max_tokens, "max_tokens", 1)
+            )
     else:
         ids = text_or_ids
     arr = check_token_ids(ids, model.config.vocab_size, name)
@@ -126,6 +169,8 @@ def perplexity(
         ``min(max_seq_len, 2048)``.
     max_windows : int, optional
         Evaluate only the first ``max_windows`` windows (a quick estimate); default all.
+        A ``str`` is then encoded only as far as these windows need (the same ids as
+        encoding it whole; see :func:`token_stream`'s ``max_tokens``).
     bos : bool
         For a ``str``: encode with the tokenizer's BOS at the start of the stream (only
         there: windows are not given their own BOS, as in the references).
@@ -147,7 +192,7 @@ def perplexity(
     s = default_seqlen(model) if seqlen is None else _int_arg(seqlen, "seqlen", 2, max_len)
     mw = None if max_windows is None else _int_arg(max_windows, "max_windows", 1)
     _progress.check_progress(progress)
-    ids = token_stream(model, text_or_ids, bos=bos)
+    ids = token_stream(model, text_or_ids, bos=bos, max_tokens=None if mw is None else mw * s)
     n = int(ids.size) // s
     if n == 0:
         raise ValueError(

@@ -59,12 +59,19 @@ class SaveReport:
     formats : dict of str to int
         How many linear weights went to each format (``"dense"``, ``"bitmap"``,
         ``"nm2:4"``...).
+    dtypes : dict of str to int
+        How many 2-D weights (linears and embeddings) were stored in each dtype.
+    note : str
+        How the dtype was chosen when ``save`` chose it (e.g. float16 for a quantised GGUF
+        source); empty otherwise.
     """
 
     path: str
     file_bytes: int
     dense_bytes: int
     formats: dict[str, int]
+    dtypes: dict[str, int] = dataclasses.field(default_factory=dict)
+    note: str = ""
 
     @property
     def ratio(self) -> float:
@@ -73,10 +80,13 @@ class SaveReport:
 
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.formats.items()))
-        return (
+        dts = ", ".join(f"{k} {v}" for k, v in sorted(self.dtypes.items()))
+        text = (
             f"{self.path}: {self.file_bytes / 1e6:.2f} MB ({self.ratio:.3f} of dense "
-            f"{self.dense_bytes / 1e6:.2f} MB; linears: {kinds})"
+            f"{self.dense_bytes / 1e6:.2f} MB; linears: {kinds}"
         )
+        text += f"; weights: {dts})" if dts else ")"
+        return f"{text}\n  {self.note}" if self.note else text
 
 
 def _best_linear(w: np.ndarray) -> tuple[Any, str]:
@@ -126,6 +136,41 @@ def _tokenizer_state(tok: Tokenizer | None) -> tuple[dict[str, Any] | None, np.n
     )
 
 
+_STORED = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_F16_MAX = 65504.0
+
+
+def stored_kind(model: LlamaModel, name: str) -> str | None:
+    """How the checkpoint ``model`` was loaded from stores weight ``name``: ``"F32"``,
+    ``"F16"``, ``"BF16"``, a GGUF quantisation (``"Q4_1"``...), or None when unknown (a
+    llama2.c file, weights given as arrays)."""
+    weights = model._weights
+    for obj in (weights, getattr(weights, "_base", None)):
+        for attr in ("stored_dtype", "tensor_type"):  # safetensors / GGUF mappings
+            fn = getattr(obj, attr, None)
+            if callable(fn):
+                try:
+                    return str(fn(name))
+                except KeyError:
+                    return None
+    return None
+
+
+def _source_dtype(model: LlamaModel, name: str, a: np.ndarray) -> tuple[np.dtype[Any] | None, str]:
+    """The dtype to store a dense 2-D weight in by default: its checkpoint's storage dtype
+    (float16/bfloat16 stay so, though the loaders widen them to float32), float16 for a
+    quantised GGUF weight (bfloat16 if a value is beyond float16's range), else its own."""
+    kind = stored_kind(model, name)
+    if kind is None or a.ndim != 2:
+        return None, ""
+    if kind in _STORED:
+        return _DTYPES[_STORED[kind]], ""
+    finite_max = float(np.max(np.abs(a), initial=0.0)) if a.size else 0.0
+    if finite_max <= _F16_MAX:
+        return _DTYPES["float16"], kind
+    return _DTYPES["bfloat16"], kind
+
+
 def save(
     model: LlamaModel,
     path: str | os.PathLike[str],
@@ -145,8 +190,12 @@ def save(
         Store each linear weight in the smallest of dense, N:M (when it fits a pattern
         exactly) and bitmap (default). ``False`` stores everything dense.
     dtype : {"float32", "float16", "bfloat16"}, optional
-        Convert the dense weights to this dtype first (default: keep each weight's
-        dtype). Compressed weights given to ``set_weight`` are stored as they are.
+        Convert the dense weights to this dtype first. Default: the source checkpoint's
+        storage dtype for each 2-D weight (a bf16/fp16 checkpoint stays bf16/fp16 although
+        the loaders compute in float32; a quantised GGUF weight is stored as float16, or
+        bfloat16 when a value exceeds float16's range, and ``SaveReport.note`` says so);
+        weights of unknown origin (llama2.c, arrays) keep their dtype. Compressed weights
+        given to ``set_weight`` are stored as they are.
     tokenizer : bool
         Store the tokenizer too (llama2.c and ``tokenizers`` tokenizers).
 
@@ -163,6 +212,8 @@ def save(
         target = _DTYPES[dtype]
     tensors: dict[str, Any] = {}
     formats: dict[str, int] = {}
+    dtypes: dict[str, int] = {}
+    quantised: dict[str, str] = {}  # quantisation type -> the dtype chosen for it
     dense_bytes = 0
     names = list(model.config.weight_shapes())
     names += [n for n in model._weights if n.endswith(".bias") and n not in names]
@@ -176,8 +227,15 @@ def save(
             formats[type(w).__name__] = formats.get(type(w).__name__, 0) + 1
             continue
         a = np.asarray(w)
-        if target is not None and a.dtype != target:
-            a = a.astype(target)
+        to = target
+        if to is None:
+            to, quant = _source_dtype(model, name, a)
+            if quant and to is not None:
+                quantised[quant] = str(to)
+        if to is not None and a.dtype != to:
+            a = a.astype(to)
+        if a.ndim == 2:
+            dtypes[str(a.dtype)] = dtypes.get(str(a.dtype), 0) + 1
         dense_bytes += int(a.nbytes)
         if linear and compress and a.ndim == 2 and np.isfinite(a).all():
             stored, kind = _best_linear(np.ascontiguousarray(a))
@@ -198,7 +256,14 @@ def save(
             tensors[_TOKENIZER_BLOB] = blob
     spath = os.fspath(path)
     _container.save(spath, tensors, metadata=meta)
-    return SaveReport(spath, os.path.getsize(spath), dense_bytes, formats)
+    note = ""
+    if quantised:
+        kinds = ", ".join(f"{k} -> {v}" for k, v in sorted(quantised.items()))
+        note = (
+            f"the source stores quantised weights ({kinds}); sparseforge keeps no quantised "
+            "format, so they were saved in that dtype (pass dtype= / --dtype to choose)"
+        )
+    return SaveReport(spath, os.path.getsize(spath), dense_bytes, formats, dtypes, note)
 
 
 def is_saved_model(path: str | os.PathLike[str]) -> bool:

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .._io import open_regular
+
 __all__ = ["Llama2cTokenizer", "Tokenizer", "check_token_ids"]
 
 
@@ -62,6 +64,10 @@ def check_token_ids(ids: Any, vocab_size: int, name: str = "tokens") -> np.ndarr
 
 
 _BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{2})>")
+_SPACE_AFTER_BYTE = re.compile(rb"[^ ] ")
+# Cut before a space that follows a non-space: "a b  c" -> "a", " b", "  c".
+_WORDS = re.compile(r"(?<=[^ ])(?= )")
+_WORD_CACHE_MAX = 1 << 17
 
 
 class Llama2cTokenizer:
@@ -91,7 +97,10 @@ class Llama2cTokenizer:
     byte-fallback ids (byte + 3), then repeatedly the adjacent pair whose merged piece is in
     the vocabulary with the highest score is merged (ties: the leftmost pair; scores must be
     above -1e10, run.c's starting best), optional EOS (id 2). A heap makes it O(n log n)
-    instead of run.c's O(n^2) scan, with the same result.
+    instead of run.c's O(n^2) scan, with the same result; and when no piece holds a space
+    after another byte (true of SentencePiece vocabularies such as llama2.c's), no merge
+    can cross a word boundary, so the text is merged word by word with a cache of words
+    already seen — the same ids, about ten times faster on English text.
     ``decode`` is run.c's ``decode()`` over the sequence: a piece right after BOS loses its
     leading space, ``<0xXX>`` pieces become the raw byte, BOS/EOS are skipped, and the
     bytes are decoded as UTF-8 (invalid sequences become U+FFFD).
@@ -111,10 +120,10 @@ class Llama2cTokenizer:
         if data is not None:
             raw = bytes(data)  # the file's bytes kept elsewhere (a saved model); path names it
         else:
-            try:
-                raw = self._path.read_bytes()
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{self._path}: tokenizer file not found") from None
+            if not self._path.exists():
+                raise FileNotFoundError(f"{self._path}: tokenizer file not found")
+            with open_regular(self._path, "llama2.c tokenizer file") as f:
+                raw = f.read()
         self.raw = raw
         if len(raw) < 4:
             raise ValueError(
@@ -170,6 +179,10 @@ class Llama2cTokenizer:
             m = _BYTE_PIECE.fullmatch(p)
             if m is not None:
                 self._byte_value[i] = int(m.group(1), 16)
+        # Word-by-word encoding is exact when no piece holds a space after another byte
+        # (SentencePiece vocabularies: spaces only lead a piece): see _encode_words.
+        self._word_split = not any(_SPACE_AFTER_BYTE.search(p) for p in pieces)
+        self._word_cache: dict[str, list[int]] = {}
 
     # -- protocol ----------------------------------------------------------------------
     @property
@@ -190,22 +203,35 @@ class Llama2cTokenizer:
 
     def piece(self, token: int) -> bytes:
         """The raw piece of ``token`` (bytes, as stored)."""
-        return self._pieces[token]
+        return self._pieces[self._token_arg(token)]
 
     def score(self, token: int) -> float:
         """The merge score of ``token`` (float32 value)."""
-        return self._scores[token]
+        return self._scores[self._token_arg(token)]
+
+    def _token_arg(self, token: Any) -> int:
+        n = len(self._pieces)
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise TypeError(f"token: expected an int, got {type(token).__name__}")
+        if not 0 <= int(token) < n:
+            raise ValueError(f"token: expected an id in [0, {n}), got {int(token)}")
+        return int(token)
 
     def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of ``text`` (run.c ``encode``; see the class notes)."""
         if not isinstance(text, str):
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
-        ids: list[int] = [self.BOS] if bos else []
-        if text:
-            space = self._lookup.get(b" ")
-            if space is None:
-                raise ValueError(f"{self.name}: no ' ' piece for the dummy prefix")
-            ids.append(space)
+        if self._word_split and text:
+            ids = self._encode_words(text, bos)
+        else:
+            ids = self._encode_whole(text, bos)
+        if eos:
+            ids.append(self.EOS)
+        return ids
+
+    def _initial(self, text: str, ids: list[int]) -> list[int]:
+        """Append the pre-merge ids of ``text``: one per character, or its UTF-8 bytes as
+        byte-fallback ids (byte + 3)."""
         for ch in text:
             try:
                 b = ch.encode("utf-8")
@@ -218,10 +244,46 @@ class Llama2cTokenizer:
                 ids.append(tok)
             else:
                 ids.extend(byte + 3 for byte in b)
-        ids = self._merge(ids)  # BOS takes part in the merges, as in run.c
-        if eos:
-            ids.append(self.EOS)
         return ids
+
+    def _prefix(self, text: str, bos: bool) -> list[int]:
+        ids: list[int] = [self.BOS] if bos else []
+        if text:
+            space = self._lookup.get(b" ")
+            if space is None:
+                raise ValueError(f"{self.name}: no ' ' piece for the dummy prefix")
+            ids.append(space)
+        return ids
+
+    def _encode_whole(self, text: str, bos: bool) -> list[int]:
+        """run.c's encode over the whole text at once (one heap of merges)."""
+        ids = self._initial(text, self._prefix(text, bos))
+        return self._merge(ids)  # BOS takes part in the merges, as in run.c
+
+    def _encode_words(self, text: str, bos: bool) -> list[int]:
+        """The same ids as :meth:`_encode_whole`, word by word with a cache.
+
+        The text is cut before every space that follows a non-space. A token spanning such
+        a cut would be a vocabulary piece holding (a non-space character's piece) + " ",
+        i.e. a non-space byte followed by a space; when no piece has one
+        (``self._word_split``), no merge crosses a cut, every word merges on its own
+        exactly as inside the whole text (merges are local: the pairs a word sees and their
+        order by score, ties to the left, do not depend on other words), and repeated
+        words are looked up instead of merged again. The first word carries BOS and the
+        dummy-prefix space, as in run.c.
+        """
+        words = _WORDS.split(text)
+        out = self._merge(self._initial(words[0], self._prefix(text, bos)))
+        cache = self._word_cache
+        for w in words[1:]:
+            hit = cache.get(w)
+            if hit is None:
+                hit = self._merge(self._initial(w, []))
+                if len(cache) >= _WORD_CACHE_MAX:
+                    cache.clear()
+                cache[w] = hit
+            out.extend(hit)
+        return out
 
     def _merge(self, toks: list[int]) -> list[int]:
         n = len(toks)

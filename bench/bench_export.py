@@ -1,0 +1,198 @@
+"""llama.cpp runs the GGUF files sparseforge exports: perplexity of pruned models through
+llama-cpp-python against sparseforge's own forward, over the same token windows.
+
+For each model (stories260K on TinyStories, SmolLM2-135M on WikiText-2 when installed):
+prune with Wanda at 50 % (and 2:4), export GGUF (F32 and Q8_0), then score the same
+back-to-back windows (sparseforge's tokenization, one BOS at the start of the stream) with
+
+* sparseforge on the pruned model itself,
+* llama.cpp (``llama_cpp.Llama(logits_all=True)``, ``eval`` of the window's ids, the
+  NLL of each next token from its logits).
+
+Also checked: llama.cpp's own tokenizer gives sparseforge's ids on the evaluation text's
+first 2,000 characters, and the pruned weights' zeros are in the file. Writes
+bench/results/export.md.
+
+Needs the bench environment (llama-cpp-python compiles llama.cpp; run niced):
+    python -m venv --system-site-packages .benchvenv
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF" .benchvenv/bin/pip install \
+        llama-cpp-python==0.3.36
+    PYTHONPATH=.benchvenv/lib/python3.11/site-packages SPARSEFORGE_DATA=../shared/data \
+        nice -n 10 .venv/bin/python bench/bench_export.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import sparseforge as sf
+from sparseforge import models as sm
+from sparseforge.models.gguf import find_smollm2
+from sparseforge.models.perplexity import token_stream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    env = os.environ.get("SPARSEFORGE_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def windows(ids: np.ndarray, seqlen: int, count: int) -> list[np.ndarray]:
+    n = min(count, len(ids) // seqlen)
+    return [ids[k * seqlen : (k + 1) * seqlen] for k in range(n)]
+
+
+def ours_nll(model: sm.LlamaModel, wins: list[np.ndarray]) -> float:
+    return float(np.concatenate([model.nll(w) for w in wins]).mean())
+
+
+def llama_cpp_nll(path: Path, wins: list[np.ndarray], threads: int) -> float:
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=len(wins[0]),
+        n_batch=len(wins[0]),
+        logits_all=True,
+        n_threads=threads,
+        verbose=False,
+    )
+    nll = []
+    for w in wins:
+        llm.reset()
+        llm.eval([int(t) for t in w])
+        logits = np.asarray(llm.scores[: len(w)], dtype=np.float64)
+        m = logits.max(axis=1, keepdims=True)
+        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))[:-1]
+        nll.append(lse - logits[np.arange(len(w) - 1), w[1:]])
+    return float(np.concatenate(nll).mean())
+
+
+def llama_cpp_tokens(path: Path, text: str, bos: bool) -> list[int]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)
+    return list(llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False))
+
+
+def prune(model: sm.LlamaModel, calib: np.ndarray, setting: str) -> None:
+    kw = {"sparsity": 0.5} if setting == "50%" else {"pattern": setting}
+    sm.prune(model, calib, method="wanda", nsamples=16, seqlen=128, progress=False, **kw)
+
+
+def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    cases = []
+    stories = data_dir() / "stories260K" / "stories260K.bin"
+    if stories.is_file():
+        text = (data_dir() / "tinystories-valid-excerpt" / "tinystories_val.txt").read_text()
+        cases.append(("stories260K", stories, text[:200_000], text[200_000:], 256, 16))
+    smol = find_smollm2()
+    wiki = data_dir() / "wikitext-2-raw" / "wiki.test.raw"
+    if smol is not None and wiki.is_file() and not args.quick:
+        text = wiki.read_text()
+        cases.append(("SmolLM2-135M", smol, text[:150_000], text[150_000:], 256, 8))
+    for name, path, calib_text, eval_text, seqlen, count in cases:
+        base = sm.load(path)
+        calib = token_stream(base, calib_text)
+        ids = token_stream(base, eval_text[:400_000])
+        wins = windows(ids, seqlen, count)
+        for setting in ("dense", "50%", "2:4"):
+            model = sm.load(path)
+            if setting != "dense":
+                prune(model, calib, setting)
+            ours = ours_nll(model, wins)
+            for dtype in ("f32", "q8_0"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    gpath = Path(tmp) / "m.gguf"
+                    t0 = time.perf_counter()
+                    rep = sm.export_gguf(model, gpath, dtype=dtype)
+                    took = time.perf_counter() - t0
+                    back = sm.load(gpath)
+                    ours_back = ours_nll(back, wins)
+                    t0 = time.perf_counter()
+                    theirs = llama_cpp_nll(gpath, wins, args.threads)
+                    llama_s = time.perf_counter() - t0
+                    sample = eval_text[:2000]
+                    tok_ok = llama_cpp_tokens(
+                        gpath, sample, model.tokenizer.bos_id is not None
+                    ) == model.tokenizer.encode(sample)
+                    load = os.getloadavg()[0]
+                rows.append(
+                    (
+                        name,
+                        setting,
+                        dtype,
+                        f"{np.exp(ours):.4f}",
+                        f"{np.exp(ours_back):.4f}",
+                        f"{np.exp(theirs):.4f}",
+                        f"{abs(np.exp(theirs) / np.exp(ours_back) - 1):.1e}",
+                        "yes" if tok_ok else "NO",
+                        f"{rep.zeros}",
+                        f"{rep.total_bytes / 1e6:.1f}",
+                        f"{took:.1f} / {llama_s:.1f}",
+                        f"{load:.1f}",
+                    )
+                )
+                print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="stories260K only")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export.md"))
+    args = ap.parse_args()
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama-cpp-python is not installed (see this file's docstring)", file=sys.stderr)
+        return 2
+    rows = run(args)
+    header = (
+        "model",
+        "pruned",
+        "GGUF",
+        "ppl sparseforge",
+        "ppl sparseforge (GGUF read back)",
+        "ppl llama.cpp",
+        "rel. diff llama.cpp vs read back",
+        "llama.cpp tokens = ours",
+        "zeros in linears",
+        "file MB",
+        "export s / llama.cpp s",
+        "load",
+    )
+    lines = [
+        "# Exported GGUF files in llama.cpp",
+        "",
+        f"`{' '.join(['python', 'bench/bench_export.py', *sys.argv[1:]])}` — sparseforge "
+        f"{sf.__version__}, llama-cpp-python {llama_cpp.__version__}, {args.threads} threads. "
+        "Wanda (16 x 128 calibration tokens), then `sf.models.export_gguf`; perplexity over "
+        "the same back-to-back windows of sparseforge's token ids (stories260K: 16 x 256 "
+        "tokens of the TinyStories excerpt after its first 200,000 characters; SmolLM2: 8 x "
+        "256 tokens of WikiText-2 test after its first 150,000 characters). `ppl "
+        "sparseforge` is the pruned model itself; `read back` is sparseforge on the exported "
+        "file (Q8_0 changes the weights, so that is the reference for llama.cpp). The "
+        "machine was shared (load = 1-minute load average).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
