@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "sparseforge/core/cpu.h"
@@ -86,6 +88,26 @@ void gather(const PagedKVCache& c, size_t layer, size_t h, std::vector<float>* K
   V->assign(n * c.value_dim(), 0.f);
   c.gather(layer, h, MatrixView<float>(K->data(), n, c.key_dim()),
            MatrixView<float>(V->data(), n, c.value_dim()));
+}
+
+TEST(PagedKVCache, SizeFactorsAreBoundedBeforeTheirProduct) {
+  // 2 * 2^63 wraps to 0 in size_t: each factor must be refused before the product.
+  const size_t huge = size_t{1} << 63;
+  for (const auto& [layers, heads] : std::vector<std::pair<size_t, size_t>>{
+           {2, huge}, {huge, 2}, {size_t{1} << 40, size_t{1} << 40}, {4096, 8192}}) {
+    CacheConfig c = make_config(1, 1, 8, 4);
+    c.num_layers = layers;
+    c.num_kv_heads = heads;
+    EXPECT_THROW(PagedKVCache{c}, InvalidArgument) << layers << " x " << heads;
+  }
+}
+
+TEST(PagedKVCache, CopiesOfObjectMutexAreIndependent) {
+  ObjectMutex a;
+  std::lock_guard<std::mutex> held(a.get());
+  ObjectMutex b(a);  // a copy never shares (or copies the state of) the original's lock
+  EXPECT_TRUE(b.get().try_lock());
+  b.get().unlock();
 }
 
 TEST(PagedKVCache, AppendGatherRoundTripAndAccounting) {

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "sparseforge/calib/layer_stats.h"
 #include "sparseforge/core/error.h"
 #include "sparseforge/prune/obs.h"
 #include "sparseforge/prune/sparsegpt.h"
@@ -187,6 +188,63 @@ TEST(SparseGPT, IdenticalForAnyThreadCountBothPrecisions) {
     EXPECT_EQ(outs[1], outs[0]);
     EXPECT_EQ(outs[2], outs[0]);
   }
+}
+
+// A LayerStats read in place (lower triangle / tokens) and a shared factor give the bits of
+// the copied full Hessian; the reconstruction error matches its float64 definition.
+TEST(SparseGPT, StatsInPlaceAndSharedFactorAreBitwiseTheCopy) {
+  const size_t c = 72, T = 300;
+  const auto X = testing::normal(T * c, 21);
+  calib::LayerStats st(c, true);
+  st.update(ConstMatrixView<float>(X.data(), T / 2, c), 1);
+  st.update(ConstMatrixView<float>(X.data() + (T / 2) * c, T - T / 2, c), 1);
+  Mat H(c * c);
+  st.hessian(H.data());
+  const HessianView in_place = hessian_view(st);
+  for (size_t i = 0; i < c; ++i) {
+    for (size_t j = 0; j < c; ++j) ASSERT_EQ(in_place.at(i, j), H[i * c + j]);
+  }
+  SparseGPTOptions o;
+  o.block_size = 32;
+  const HessianFactor f =
+      factor_hessian(in_place, o.percdamp, o.max_percdamp, o.factor_precision, o.precision, 2);
+  for (size_t r : {17, 64, 100}) {
+    const auto W = testing::normal(r * c, 22 + r);
+    std::vector<float> a(r * c), b(r * c), d(r * c);
+    std::vector<uint8_t> ka(r * c), kb(r * c), kd(r * c);
+    const ConstMatrixView<float> Wv(W.data(), r, c);
+    sparsegpt(Wv, view(H, c), o, MatrixView<float>(a.data(), r, c), MaskView(ka.data(), r, c), 1);
+    sparsegpt(Wv, in_place, o, MatrixView<float>(b.data(), r, c), MaskView(kb.data(), r, c), 2);
+    sparsegpt(Wv, f, o, MatrixView<float>(d.data(), r, c), MaskView(kd.data(), r, c), 3);
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(a, d);
+    EXPECT_EQ(ka, kb);
+    EXPECT_EQ(ka, kd);
+    // tr(D H D^T) / tr(W H W^T) in float64, straight from the definition
+    double num = 0, den = 0;
+    for (size_t i = 0; i < r; ++i) {
+      for (size_t p = 0; p < c; ++p) {
+        for (size_t q = 0; q < c; ++q) {
+          const double dp = double(W[i * c + p]) - a[i * c + p];
+          const double dq = double(W[i * c + q]) - a[i * c + q];
+          num += dp * H[p * c + q] * dq;
+          den += double(W[i * c + p]) * H[p * c + q] * double(W[i * c + q]);
+        }
+      }
+    }
+    const ConstMatrixView<float> Av(a.data(), r, c);
+    const double e1 = reconstruction_error(Wv, Av, in_place, 1);
+    EXPECT_NEAR(e1, num / den, 1e-12 * (num / den));
+    EXPECT_EQ(e1, reconstruction_error(Wv, Av, in_place, 3));
+  }
+  calib::LayerStats empty(c, true);
+  EXPECT_THROW(hessian_view(empty), InvalidArgument);
+  const auto W = testing::normal(4 * 8, 1);
+  std::vector<float> out(4 * 8);
+  std::vector<uint8_t> keep(4 * 8);
+  EXPECT_THROW(sparsegpt(ConstMatrixView<float>(W.data(), 4, 8), f, o,
+                         MatrixView<float>(out.data(), 4, 8), MaskView(keep.data(), 4, 8), 1),
+               InvalidArgument);
 }
 
 TEST(SparseGPT, DampingEscalatesThenRaises) {

@@ -174,6 +174,7 @@ cases = {{
     "LayerStats.load": lambda: sf.calib.LayerStats.load(fifo),
     "Thresholds.load": lambda: sf.activation.Thresholds.load(fifo),
     "load_hf(config.json fifo)": lambda: load_hf(hf, tokenizer=False),
+    "Llama2cTokenizer": lambda: __import__("sparseforge.models").models.Llama2cTokenizer(fifo),
 }}
 try:
     from sparseforge.models import load_gguf

@@ -184,3 +184,18 @@ def test_progress_goes_to_stderr_only(plain: None, capsys: pytest.CaptureFixture
     assert captured.out == ""
     assert "job: 2/2" in captured.err
     assert sys.stderr is not None
+
+
+def test_a_bar_left_open_by_an_exception_does_not_nest_the_next(plain: None) -> None:
+    import gc
+
+    def fails() -> None:
+        b = _progress.bar(3, "broken", stream=TTY())
+        b.update()
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    gc.collect()
+    text = _run(2, stream=TTY())
+    assert text.endswith("\n")  # kept as a top-level bar, not erased as a nested one

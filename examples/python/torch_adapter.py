@@ -35,7 +35,7 @@ def main() -> None:
     else:
         hf_dir = Path(args.hf)
         ours = sm.load(hf_dir)  # only to tokenize; any tokenizer that gives ids works
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     seqlen = min(args.seqlen, model.config.max_position_embeddings)
     text = _common.english_text()

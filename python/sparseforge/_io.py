@@ -22,6 +22,7 @@ next write to the same target (those whose writer process no longer runs).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -50,7 +51,7 @@ MAX_JSON_DEPTH = 64
 _TMP_TAG = ".sf-tmp-"
 
 
-def open_regular(path: str | os.PathLike[str], what: str = "file") -> IO[bytes]:
+def open_regular(path: str | os.PathLike[str], what: str = "file") -> io.BufferedReader:
     """Open ``path`` for binary reading; ``ValueError`` naming it unless it is a regular
     file (symlinks to one are fine), ``FileNotFoundError`` when it does not exist. Never
     blocks on a FIFO."""
@@ -233,7 +234,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
     target, tmp, fd = _begin(path)
     try:
-        f: IO[Any] = os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {}))
+        f: IO[Any] = os.fdopen(fd, "w", encoding="utf-8") if mode == "w" else os.fdopen(fd, "wb")
         with f:
             yield f
             f.flush()
@@ -308,6 +309,9 @@ def read_npz(f: IO[bytes], what: str, *, max_members: int = MAX_NPZ_MEMBERS) -> 
                         )
                 with z.open(info) as m:
                     out[key] = npf.read_array(m, allow_pickle=False)
+                    # read to the end: zipfile checks a member's CRC-32 only at its end
+                    if m.read():
+                        raise ValueError(f"{what}: member {key!r} has trailing bytes")
     except ValueError as e:
         if str(e).startswith(what):
             raise

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -33,7 +34,9 @@ _OFF = ("0", "false", "no", "off", "never")
 # Set to False by tests (or a user) to force the plain fallback even when tqdm is installed.
 USE_TQDM = True
 
-_active: list[Bar] = []  # open bars, innermost last (for write())
+# Open bars (for write() and nesting); weak, so a bar left open by an exception goes away
+# with the frame that held it.
+_active: weakref.WeakSet[Bar] = weakref.WeakSet()
 
 
 def check_progress(value: Any, name: str = "progress") -> bool | None:
@@ -129,7 +132,7 @@ class Bar:
                 dynamic_ncols=True,
                 mininterval=0.2 if self._tty else self._mininterval,
             )
-        _active.append(self)
+        _active.add(self)
 
     # -- the counts --------------------------------------------------------------------
     def update(self, n: int = 1) -> None:
@@ -155,8 +158,7 @@ class Bar:
         self._closed = True
         if not self.show:
             return
-        if self in _active:
-            _active.remove(self)
+        _active.discard(self)
         if self._tq is not None:
             self._tq.close()
             return

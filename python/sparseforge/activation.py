@@ -42,6 +42,13 @@ from . import _core, _progress
 from . import kernels as _kernels
 from ._base import threads_arg
 from ._io import atomic_write, load_json
+from ._validate import (
+    check_array,
+    check_choice,
+    check_instance,
+    check_int,
+    check_number,
+)
 from .models.llama import LINEAR_SUFFIXES, Hooks, LlamaModel
 
 __all__ = [
@@ -246,7 +253,7 @@ class Histogram:
     def sparsity_at(self, threshold: float) -> float:
         """Fraction of values with ``|x| <= threshold`` (interpolated inside a bin)."""
         counts, n = self._snapshot()
-        t = float(threshold)
+        t = check_number(threshold, "threshold", finite=False)
         folded = counts[: self._BINS] + counts[self._BINS :]
         edges = self._edges()
         cum = np.concatenate([[0], np.cumsum(folded)]).astype(np.float64)
@@ -454,6 +461,21 @@ class Thresholds:
     target: float
     method: str
     signature: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "kind", ("teal", "cats"))
+        for field_name in ("values", "sparsities"):
+            table = getattr(self, field_name)
+            check_instance(table, field_name, dict)
+            for n, v in table.items():
+                check_instance(n, f"{field_name} key", str)
+                if field_name == "values":
+                    check_number(v, f"values[{n!r}]", 0.0, finite=False)
+                else:
+                    check_number(v, f"sparsities[{n!r}]", 0.0, 1.0)
+        check_number(self.target, "target", 0.0, 1.0)
+        check_instance(self.method, "method", str)
+        check_instance(self.signature, "signature", dict)
 
     def effective_sparsity(self, model: LlamaModel) -> float:
         """The parameter-weighted calibrated sparsity over the model's linears."""
@@ -852,6 +874,18 @@ class LayerPredictor:
     B: F32Array
     keep: int
 
+    def __post_init__(self) -> None:
+        self.A = check_array(self.A, "A", ndim=2, kinds="f", finite=True, dtype=np.float32)
+        self.a = check_array(self.a, "a", ndim=1, kinds="f", finite=True, dtype=np.float32)
+        self.B = check_array(self.B, "B", ndim=2, kinds="f", finite=True, dtype=np.float32)
+        r = self.A.shape[1]
+        if self.a.shape != (r,) or self.B.shape[0] != r:
+            raise ValueError(
+                f"a, B: expected shapes ({r},) and ({r}, out) for rank {r}, got "
+                f"{self.a.shape} and {self.B.shape}"
+            )
+        self.keep = check_int(self.keep, "keep", 1, max(int(self.B.shape[1]), 1))
+
     def scores(self, x: F32Array) -> F32Array:
         """``(T, out)`` float32 scores of ``x`` ``(T, in_features)``."""
         s: F32Array = ((x @ self.A + self.a) @ self.B).astype(np.float32, copy=False)
@@ -878,10 +912,22 @@ def fit_predictor(
     """Fit a :class:`LayerPredictor` to inputs ``X`` ``(T, d)`` and targets ``Y`` ``(T, H)``
     (float32) by closed-form reduced-rank ridge regression in the core
     (``sparseforge::activation::fit_low_rank_predictor``, docs/activation.md)."""
-    st = _core.PredictorStats(int(X.shape[1]), int(Y.shape[1]))
-    st.update(X, Y, threads_arg(num_threads))
-    A, a, B = _core.fit_low_rank_predictor(st, int(rank), float(ridge))
-    return LayerPredictor(A, a, B, int(Y.shape[1]) if keep is None else int(keep))
+    X = check_array(X, "X", ndim=2, kinds="f", finite=True)
+    Y = check_array(Y, "Y", ndim=2, kinds="f", finite=True)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"Y: expected {X.shape[0]} rows (X's tokens), got shape {Y.shape}")
+    out = int(Y.shape[1])
+    r = check_int(rank, "rank", 1, max(min(int(X.shape[1]) + 1, out), 1))
+    ridge = check_number(ridge, "ridge", 0.0)
+    k = out if keep is None else check_int(keep, "keep", 1, out)
+    st = _core.PredictorStats(int(X.shape[1]), out)
+    st.update(
+        np.ascontiguousarray(X, np.float32),
+        np.ascontiguousarray(Y, np.float32),
+        threads_arg(num_threads),
+    )
+    A, a, B = _core.fit_low_rank_predictor(st, r, ridge)
+    return LayerPredictor(A, a, B, k)
 
 
 @dataclass
@@ -1315,3 +1361,8 @@ class SparseModel(LlamaModel):
 
     def __repr__(self) -> str:
         return f"SparseModel(mode={self.sparse.mode!r}, {super().__repr__()})"
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

@@ -187,3 +187,8 @@ class LayerStats:
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: inconsistent LayerStats ({err})") from err
         return cls._wrap(core)
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

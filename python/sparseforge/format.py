@@ -270,3 +270,8 @@ def from_torch_semi_structured(
 
 # Kinds for sparseforge.save/load: _sf_kind -> class.
 _KINDS: dict[str, type] = {"nm": NMTensor, "bitmap": BitmapTensor, "csr": CSRTensor}
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

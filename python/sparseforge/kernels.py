@@ -639,3 +639,8 @@ def _read_probe(buf: F32Array, num_threads: int | None = None) -> float:
     """Sum of a float32 buffer read with the widest SIMD loads: the benchmarks' same-run
     read-bandwidth probe (private)."""
     return float(_core._read_probe(buf, _threads(num_threads)))
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _core
 from ._base import threads_arg
+from ._validate import check_array, check_bool, check_number
 
 __all__ = [
     "H2O",
@@ -86,13 +87,15 @@ _INT64 = np.int64
 # Validation helpers
 
 
-def _int_arg(value: Any, name: str, *, minimum: int = 0) -> int:
-    if type(value) is int and value >= minimum:  # the common case, without ABC checks
+def _int_arg(value: Any, name: str, *, minimum: int = 0, maximum: int = 2**62) -> int:
+    if type(value) is int and minimum <= value <= maximum:  # the common case, no ABC checks
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if int(value) < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    if int(value) > maximum:
+        raise ValueError(f"{name}: expected an int <= {maximum}, got {value}")
     return int(value)
 
 
@@ -150,6 +153,14 @@ def _positions_arg(positions: Any, n: int, start: int) -> np.ndarray:
     if n and not np.issubdtype(p.dtype, np.integer):
         raise TypeError(f"positions: expected integers, got dtype {p.dtype}")
     return np.ascontiguousarray(p, dtype=_INT64)
+
+
+def _cache_arg(cache: Any, name: str = "cache") -> PagedKVCache:
+    if not isinstance(cache, PagedKVCache):
+        raise TypeError(
+            f"{name}: expected a sparseforge.kv.PagedKVCache, got {type(cache).__name__}"
+        )
+    return cache
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,7 +431,7 @@ class PagedKVCache:
     def keep(self, layer: int, head: int, slots: Any, *, keep_order: bool = True) -> None:
         """Evict every slot of the head except ``slots``."""
         n = self.length(layer, head)
-        s = np.asarray(slots, dtype=_INT64).reshape(-1)
+        s = check_array(slots, "slots", kinds="iu").astype(_INT64).reshape(-1)
         if s.size and (s.min() < 0 or s.max() >= n):
             raise ValueError(f"slots: indices must be in [0, {n})")
         mask = np.ones(n, dtype=bool)
@@ -521,7 +532,8 @@ def decode_attention(
     """
     if not isinstance(cache, PagedKVCache):
         raise TypeError(f"cache: expected a PagedKVCache, got {type(cache).__name__}")
-    layer = cache._layer(layer)
+    layer = _cache_arg(cache)._layer(layer)
+    return_mass = check_bool(return_mass, "return_mass")
     q = _float32_2d(q, "q", None, cache.head_dim)
     red = _reduce_arg(group_reduce)
     sc = 0.0 if scale is None else float(scale)
@@ -571,9 +583,11 @@ def quest_select(
     -------
     ndarray (Hkv, page_budget) int32 -- page indices ascending, -1 padded.
     """
-    layer = cache._layer(layer)
+    layer = _cache_arg(cache)._layer(layer)
     q = _float32_2d(q, "q", None, cache.head_dim)
     pb = _int_arg(page_budget, "page_budget", minimum=1)
+    if pb > 1 << 24:  # the output is (Hkv, page_budget): refuse before allocating it
+        raise ValueError(f"page_budget: expected at most 2^24 pages, got {pb}")
     return _core.kv_quest_select(
         cache._impl, layer, q, pb, _reduce_arg(group_reduce), threads_arg(num_threads)
     )
@@ -589,7 +603,7 @@ def quest_page_scores(
 ) -> np.ndarray:
     """(Hkv, max pages) float32: Quest's reduced upper bound of every page (0 past a head's
     pages)."""
-    layer = cache._layer(layer)
+    layer = _cache_arg(cache)._layer(layer)
     q = _float32_2d(q, "q", None, cache.head_dim)
     return _core.kv_quest_page_scores(
         cache._impl, layer, q, _reduce_arg(group_reduce), threads_arg(num_threads)
@@ -663,7 +677,8 @@ def apply_rope(
     if rope_style not in ("half", "interleaved"):
         raise ValueError(f"rope_style: expected 'half' or 'interleaved', got {rope_style!r}")
     pos = _positions_arg(positions, x.shape[0], 0)
-    return _core.kv_apply_rope(np.ascontiguousarray(x), pos, rope_style, float(rope_theta))
+    theta = check_number(rope_theta, "rope_theta", 0.0, lo_open=True)
+    return _core.kv_apply_rope(np.ascontiguousarray(x), pos, rope_style, theta)
 
 
 # ---------------------------------------------------------------------------------------
@@ -765,8 +780,9 @@ def pyramid_budgets(
     T = _int_arg(context, "context", minimum=1)
     b = _int_arg(budget, "budget", minimum=1)
     w = _int_arg(window, "window")
-    if beta < 1:
-        raise ValueError(f"beta: expected >= 1, got {beta}")
+    beta = check_number(beta, "beta", 1.0)
+    if n > 1 << 14:
+        raise ValueError(f"num_layers: expected at most {1 << 14}, got {n}")
     cap = w + b
     lo = (cap - w) / beta
     hi = (cap - w) * 2 - lo
@@ -829,7 +845,7 @@ class KVPolicy:
         *,
         num_threads: int | None = None,
     ) -> None:
-        cache.append(layer, k, v, positions)
+        _cache_arg(cache).append(layer, k, v, positions)
         self._after_prefill(cache, layer, q, k, num_threads)
 
     def _after_prefill(
@@ -849,6 +865,7 @@ class KVPolicy:
         scale: float | None = None,
         num_threads: int | None = None,
     ) -> np.ndarray:
+        _cache_arg(cache)
         k1 = k.reshape(1, *k.shape) if isinstance(k, np.ndarray) and k.ndim == 2 else k
         v1 = v.reshape(1, *v.shape) if isinstance(v, np.ndarray) and v.ndim == 2 else v
         cache.append(layer, k1, v1, None if position is None else [position])
@@ -973,7 +990,7 @@ def _decode_upkeep(
     """H2O's / TOVA's decode step after the append, in one C++ call (dense attention as
     :func:`decode_attention`, then the policy's selection and eviction; see
     ``decode_attention_tova`` / ``decode_attention_h2o`` in ``kvcache/attention.h``)."""
-    layer = cache._layer(layer)
+    layer = _cache_arg(cache)._layer(layer)
     q = _float32_2d(q, "q", None, cache.head_dim)
     sc = 0.0 if scale is None else float(scale)
     if scale is not None and (not math.isfinite(sc) or sc <= 0):
@@ -1458,10 +1475,15 @@ def page_metrics(
     ``pages``: (Hkv, n) selected page indices (-1 padded) over K (Hkv, L, D). ``recall``:
     overlap with each query head's top-|selected| pages by true attention mass in the page;
     ``mass``: the full-attention mass in the selected pages. Averaged over query heads."""
-    q = np.asarray(q, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
+    q = check_array(q, "q", ndim=2, kinds="fiu", dtype=np.float64)
+    K = check_array(K, "K", ndim=3, kinds="fiu", dtype=np.float64)
     H, D = q.shape
     hkv, L, _ = K.shape
+    if hkv == 0 or H % hkv or K.shape[2] != D:
+        raise ValueError(f"K: expected shape (Hkv, L, {D}) with Hkv dividing {H}, got {K.shape}")
+    pages = check_array(pages, "pages", ndim=2, kinds="iu")
+    if pages.shape[0] != hkv:
+        raise ValueError(f"pages: expected {hkv} rows (kv heads), got shape {pages.shape}")
     G = H // hkv
     S = _int_arg(page_size, "page_size", minimum=1)
     npg = -(-L // S)
@@ -1538,20 +1560,23 @@ def mla_absorb_query(q_nope: np.ndarray, q_pe: np.ndarray, w_uk: np.ndarray) -> 
 
     ``q_nope`` (H, d_h), ``q_pe`` (H, d_r) (post-RoPE), ``w_uk`` (H, d_h, d_c) (DeepSeek's
     ``wkv_b`` viewed as (H, d_h + d_v, d_c), first d_h rows)."""
-    qn = np.asarray(q_nope, dtype=np.float64)
-    wk = np.asarray(w_uk, dtype=np.float64)
+    qn = check_array(q_nope, "q_nope", ndim=2, kinds="fiu", dtype=np.float64)
+    wk = check_array(w_uk, "w_uk", kinds="fiu", dtype=np.float64)
+    qp = check_array(q_pe, "q_pe", ndim=2, kinds="fiu")
+    if qp.shape[0] != qn.shape[0]:
+        raise ValueError(f"q_pe: expected {qn.shape[0]} rows (heads), got shape {qp.shape}")
     if wk.ndim != 3 or wk.shape[:2] != qn.shape:
         raise ValueError(
             f"w_uk: expected shape ({qn.shape[0]}, {qn.shape[1]}, d_c), got {wk.shape}"
         )
     q_lat = np.einsum("hd,hdc->hc", qn, wk)
-    return np.ascontiguousarray(np.concatenate([q_lat, np.asarray(q_pe)], axis=1), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate([q_lat, qp], axis=1), dtype=np.float32)
 
 
 def mla_output(out_latent: np.ndarray, w_uv: np.ndarray) -> np.ndarray:
     """``o[h] = W_UV[h] o_lat[h]``: (H, d_c) latent outputs -> (H, d_v) float32."""
-    ol = np.asarray(out_latent, dtype=np.float64)
-    wv = np.asarray(w_uv, dtype=np.float64)
+    ol = check_array(out_latent, "out_latent", ndim=2, kinds="fiu", dtype=np.float64)
+    wv = check_array(w_uv, "w_uv", kinds="fiu", dtype=np.float64)
     if wv.ndim != 3 or wv.shape[0] != ol.shape[0] or wv.shape[2] != ol.shape[1]:
         raise ValueError(
             f"w_uv: expected shape ({ol.shape[0]}, d_v, {ol.shape[1]}), got {wv.shape}"
@@ -1962,3 +1987,8 @@ def decode_nll(
         if i + 1 < ids.size:
             logits = model.step(ids[i : i + 1], cache)[-1]
     return out
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

@@ -127,7 +127,60 @@ def _ids(a: Any, name: str, shape: tuple[int, int] | None = None) -> I32Array:
     if a.ndim != 2 or (shape is not None and a.shape != shape):
         want = f"{shape}" if shape is not None else "a 2-D (tokens, top_k) array"
         raise ValueError(f"{name}: expected {want}, got shape {a.shape}")
+    if a.size and (int(a.min()) < 0 or int(a.max()) > _INT32_MAX):
+        # checked before the int32 narrowing: 2**32 + 1 must not wrap to expert 1
+        raise ValueError(
+            f"{name}: expected values in [0, 2**31 - 1], got {int(a.min())}..{int(a.max())}"
+        )
     return np.ascontiguousarray(a, dtype=np.int32)  # small: converted once
+
+
+_INT32_MAX = 2**31 - 1
+_MAX_EXPERTS = 1 << 20
+
+
+def _check_routing(r: Any, name: str = "routing") -> RoutingResult:
+    """A RoutingResult whose arrays agree with each other (shapes, dtypes, ranges), checked
+    before anything is sized from it: a tampered result (capacity 10^12, token rows out of
+    range) is a ValueError, never a huge allocation or an out-of-bounds gather."""
+    if not isinstance(r, RoutingResult):
+        raise TypeError(f"{name}: expected a RoutingResult, got {type(r).__name__}")
+    fields = ("expert_ids", "weights", "locations", "load", "expert_counts", "offsets")
+    for f in (*fields, "token_of", "row_of"):
+        if not isinstance(getattr(r, f), np.ndarray):
+            raise TypeError(f"{name}.{f}: expected a numpy.ndarray")
+    if r.expert_ids.ndim != 2:
+        raise ValueError(f"{name}.expert_ids: expected 2-D, got shape {r.expert_ids.shape}")
+    t, k = r.expert_ids.shape
+    e = r.load.shape[0] if r.load.ndim == 1 else -1
+    n = r.token_of.shape[0] if r.token_of.ndim == 1 else -1
+    checks = [
+        (r.weights.shape == (t, k), "weights", f"shape {(t, k)}"),
+        (r.locations.shape == (t, k), "locations", f"shape {(t, k)}"),
+        (r.row_of.shape == (t, k), "row_of", f"shape {(t, k)}"),
+        (e >= 1, "load", "a 1-D array of E >= 1 counts"),
+        (r.expert_counts.shape == (e,), "expert_counts", f"shape ({e},)"),
+        (r.offsets.shape == (e + 1,), "offsets", f"shape ({e + 1},)"),
+        (0 <= n <= t * k, "token_of", f"a 1-D array of at most {t * k} rows"),
+        (
+            isinstance(r.capacity, (int, np.integer)) and 0 <= int(r.capacity) <= max(t, 1),
+            "capacity",
+            f"an int in [0, {max(t, 1)}] (tokens)",
+        ),
+    ]
+    for ok, f, want in checks:
+        if not ok:
+            raise ValueError(f"{name}.{f}: expected {want} (a tampered RoutingResult?)")
+    if t * k:
+        if int(r.expert_ids.min()) < 0 or int(r.expert_ids.max()) >= e:
+            raise ValueError(f"{name}.expert_ids: expected values in [0, {e})")
+        if int(r.locations.max()) >= max(int(r.capacity), 1) or int(r.locations.min()) < -1:
+            raise ValueError(f"{name}.locations: expected values in [-1, capacity)")
+        if int(r.row_of.min()) < -1 or int(r.row_of.max()) >= max(n, 1):
+            raise ValueError(f"{name}.row_of: expected values in [-1, {n})")
+    if n and (int(r.token_of.min()) < 0 or int(r.token_of.max()) >= t):
+        raise ValueError(f"{name}.token_of: expected token indices in [0, {t})")
+    return r
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -455,6 +508,10 @@ class Router:
         else:
             if num_experts is not None:
                 n_experts = _int(num_experts, "num_experts", 1)
+                if n_experts > _MAX_EXPERTS:  # per-expert arrays are sized by it
+                    raise ValueError(
+                        f"num_experts: expected at most {_MAX_EXPERTS}, got {n_experts}"
+                    )
             else:
                 n_experts = int(ids.max()) + 1 if ids.size else 1
             s = np.zeros((ids.shape[0], 0), np.float32)
@@ -569,6 +626,7 @@ def dispatch(
     ndarray, float32, new.
     """
     _f32(x, "x")
+    _check_routing(routing)
     _choice(layout, "layout", LAYOUTS)
     if x.shape[0] != routing.num_tokens:
         raise ValueError(f"x: expected {routing.num_tokens} rows (tokens), got shape {x.shape}")
@@ -615,6 +673,7 @@ def combine(
     ndarray (T, D) float32. Slots are summed in order ``j = 0..k-1``; dropped slots are
     skipped; identical for any ``num_threads``.
     """
+    _check_routing(routing)
     if not isinstance(expert_out, np.ndarray):
         raise TypeError(f"expert_out: expected a numpy.ndarray, got {type(expert_out).__name__}")
     if expert_out.ndim == 3:
@@ -675,9 +734,7 @@ def _resolve_routing(
     if given != 1:
         raise ValueError("routing, logits, router_weight: pass exactly one")
     if routing is not None:
-        if not isinstance(routing, RoutingResult):
-            raise TypeError(f"routing: expected a RoutingResult, got {type(routing).__name__}")
-        return routing
+        return _check_routing(routing)
     if router is not None and not isinstance(router, Router):
         raise TypeError(f"router: expected a Router, got {type(router).__name__}")
     r = router if router is not None else Router()
@@ -1020,3 +1077,8 @@ def prune_experts(
     rw = None if router_weight is None else np.ascontiguousarray(router_weight[keep])
     bias = None if rt.bias is None else np.ascontiguousarray(rt.bias[keep])
     return ExpertPruneResult(keep, imp, method, pruned, rw, bias)
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

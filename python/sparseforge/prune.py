@@ -907,3 +907,8 @@ def reconstruction_error(
     if tuple(shape) != (n, n):
         raise ValueError(f"H: expected shape ({n}, {n}), got {tuple(shape)}")
     return float(_core.reconstruction_error(W, W_hat, Hm, threads_arg(num_threads)))
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

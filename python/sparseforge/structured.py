@@ -715,3 +715,8 @@ def _skip_mlp(c: LlamaConfig) -> Callable[[str, F32Array], F32Array | None]:
         return None
 
     return hook
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

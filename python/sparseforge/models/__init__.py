@@ -113,3 +113,8 @@ def load(path: str | os.PathLike[str], **kwargs: Any) -> LlamaModel:
     if is_saved_model(p):
         return load_saved(p, **kwargs)
     raise ValueError(f"path: {p} is not a recognised model; expected {_KINDS}")
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the public API only (not numpy, typing or helpers)."""
+    return sorted(__all__)

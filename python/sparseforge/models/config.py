@@ -32,7 +32,7 @@ def _positive_int(value: Any, name: str) -> None:
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value <= 0:
         raise ValueError(f"{name}: expected an int > 0, got {value}")
-    if name in LIMITS and value > LIMITS[name]:
+    if name in LIMITS and int(value) > LIMITS[name]:
         raise ValueError(f"{name}: expected an int <= {LIMITS[name]}, got {value}")
 
 

@@ -359,7 +359,7 @@ def _config_fields(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: {key}: expected {names}, got {type(v).__name__}")
         return v
 
-    def num(key: str, default: Any = None, *, required: bool = False) -> int:
+    def num(key: str, default: Any = None, *, required: bool = False) -> Any:
         v = get(key, (int,), default, required=required)
         return v if v is None else int(v)
 

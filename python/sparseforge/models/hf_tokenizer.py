@@ -22,11 +22,12 @@ tokens that always encode whole; user-defined ones (4) become plain added tokens
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .._io import load_json
 
 __all__ = ["HFTokenizer", "gguf_tokenizer", "import_tokenizers"]
 
@@ -202,8 +203,7 @@ def _read_json_if_exists(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = load_json(path, path.name)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not readable JSON ({e})") from e
     if not isinstance(data, dict):

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from .. import _core
 from .. import kernels as _kernels
+from .._validate import UnknownNameError
 from ..kernels import _threads
 from .config import LlamaConfig
 from .tokenizer import Tokenizer, check_token_ids
@@ -352,10 +353,14 @@ class LlamaModel:
     def weight(self, name: str) -> Any:
         """The current weight ``name``: an ndarray (possibly a read-only memory map) or the
         compressed tensor given to :meth:`set_weight`. Not a copy."""
+        if not isinstance(name, str):
+            raise TypeError(f"name: expected a weight name (str), got {type(name).__name__}")
         if name in self._overrides:
             return self._overrides[name]
         if name not in self._shapes and not name.endswith(".bias"):
-            raise KeyError(f"name: {name!r} is not a weight of this {self.config.arch} model")
+            raise UnknownNameError(
+                f"name: {name!r} is not a weight of this {self.config.arch} model"
+            )
         try:
             w = self._weights[name]
         except KeyError:
@@ -388,9 +393,13 @@ class LlamaModel:
         (``sf.format.NMTensor``, ``BitmapTensor``, ``CSRTensor``) of the same shape, which
         then runs through :func:`sparseforge.kernels.gemm`.
         """
+        if not isinstance(name, str):
+            raise TypeError(f"name: expected a weight name (str), got {type(name).__name__}")
         expected = self._shapes.get(name)
         if expected is None:
-            raise KeyError(f"name: {name!r} is not a weight of this {self.config.arch} model")
+            raise UnknownNameError(
+                f"name: {name!r} is not a weight of this {self.config.arch} model"
+            )
         if _is_compressed(value):
             linear = name == "lm_head.weight" or name.endswith(LINEAR_SUFFIXES)
             if not linear:

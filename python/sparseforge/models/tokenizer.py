@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .._io import open_regular
+
 __all__ = ["Llama2cTokenizer", "Tokenizer", "check_token_ids"]
 
 
@@ -118,10 +120,10 @@ class Llama2cTokenizer:
         if data is not None:
             raw = bytes(data)  # the file's bytes kept elsewhere (a saved model); path names it
         else:
-            try:
-                raw = self._path.read_bytes()
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{self._path}: tokenizer file not found") from None
+            if not self._path.exists():
+                raise FileNotFoundError(f"{self._path}: tokenizer file not found")
+            with open_regular(self._path, "llama2.c tokenizer file") as f:
+                raw = f.read()
         self.raw = raw
         if len(raw) < 4:
             raise ValueError(
@@ -201,11 +203,19 @@ class Llama2cTokenizer:
 
     def piece(self, token: int) -> bytes:
         """The raw piece of ``token`` (bytes, as stored)."""
-        return self._pieces[token]
+        return self._pieces[self._token_arg(token)]
 
     def score(self, token: int) -> float:
         """The merge score of ``token`` (float32 value)."""
-        return self._scores[token]
+        return self._scores[self._token_arg(token)]
+
+    def _token_arg(self, token: Any) -> int:
+        n = len(self._pieces)
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise TypeError(f"token: expected an int, got {type(token).__name__}")
+        if not 0 <= int(token) < n:
+            raise ValueError(f"token: expected an id in [0, {n}), got {int(token)}")
+        return int(token)
 
     def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of ``text`` (run.c ``encode``; see the class notes)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .oneshot import decoder_layers, prune_model
+from .oneshot import decoder_layers, prune_model, text_windows
 
 _LAZY = {
     "Sparsifier": "masks",
@@ -60,7 +60,7 @@ _LAZY = {
     "StepLog": "loop",
 }
 
-__all__ = ["decoder_layers", "prune_model", *sorted(_LAZY)]
+__all__ = ["decoder_layers", "prune_model", "text_windows", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

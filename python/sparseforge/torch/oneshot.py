@@ -20,17 +20,18 @@ Only the decoder layers' linears are pruned (the embedding and ``lm_head`` are n
 from __future__ import annotations
 
 import contextlib
-import sys
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from .. import _progress
 from ..calib import LayerStats
 from ..models.pipeline import PruneReport, check_method, prune_linear
 
-__all__ = ["decoder_layers", "prune_model"]
+__all__ = ["decoder_layers", "prune_model", "text_windows"]
 
 
 def _torch() -> Any:
@@ -83,8 +84,12 @@ def prune_model(
     pattern: Any = None,
     sequential: bool = True,
     error: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     linear_filter: Callable[[str], bool] | None = None,
+    tokenizer: Any = None,
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    seed: int = 0,
     **method_kwargs: Any,
 ) -> PruneReport:
     """Prune the ``nn.Linear`` weights of ``model``'s decoder layers in place.
@@ -95,14 +100,26 @@ def prune_model(
         E.g. ``transformers.LlamaForCausalLM`` (any model whose decoder layers
         :func:`decoder_layers` finds and whose ``forward(input_ids)`` runs them in order).
         Put it in eval mode; it runs under ``torch.no_grad()``.
-    calib : int array or tensor (nsamples, seqlen)
-        Calibration token windows (e.g. from
+    calib : str, list of str, or int array / tensor (nsamples, seqlen)
+        Calibration text (with ``tokenizer``), or ready token windows (e.g. from
         :func:`sparseforge.models.calibration_windows`).
     method, sparsity, pattern, sequential, error, progress, **method_kwargs
-        As in :func:`sparseforge.models.prune`.
+        As in :func:`sparseforge.models.prune` (``progress``: a bar over the layers on
+        stderr; None shows it on a terminal).
     linear_filter : callable(name) -> bool, optional
         Which linears of a layer (names relative to the layer, e.g. ``"self_attn.q_proj"``)
         to prune; default all.
+    tokenizer : Hugging Face tokenizer, optional
+        For a text ``calib``: ``tokenizer(text)["input_ids"]`` gives one token stream (the
+        documents of a list joined with ``"\n\n"``), from which ``nsamples`` windows of
+        ``seqlen`` tokens start at offsets drawn with
+        ``numpy.random.default_rng(seed)``, as :func:`sparseforge.models.prune` does.
+    nsamples, seqlen, seed : int
+        The windows cut from a text ``calib`` (ignored for ready windows).
+
+    The model may live on any device: calibration windows go to the model's device, the
+    linear inputs come back to the CPU for the statistics, and pruned weights are written
+    back to their device and dtype.
 
     Returns
     -------
@@ -114,6 +131,13 @@ def prune_model(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     spec, nm = check_method(method, sparsity, pattern)
+    _progress.check_progress(progress)
+    if isinstance(calib, str) or (
+        isinstance(calib, (list, tuple)) and calib and all(isinstance(c, str) for c in calib)
+    ):
+        calib = text_windows(calib, tokenizer, nsamples=nsamples, seqlen=seqlen, seed=seed)
+    elif tokenizer is not None:
+        raise TypeError("tokenizer: given, but calib is not a text (a str or a list of str)")
     ids = torch.as_tensor(np.asarray(calib.cpu() if hasattr(calib, "cpu") else calib))
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(
@@ -144,10 +168,15 @@ def prune_model(
                         f"pattern: {nm} needs in_features divisible by {nm.m}, but layer "
                         f"{i}'s {name} has {mod.in_features}"
                     )
-    with torch.no_grad():
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None:
+        ids = ids.to(device)
+    bar = _progress.bar(
+        len(layers), f"sparseforge.torch prune [{method}]", unit="layers", progress=progress
+    )
+    with torch.no_grad(), bar:
         states, kwargs = _catch_inputs(model, layers, ids)
         for i, layer in enumerate(layers):
-            t_block = time.perf_counter()
             linears = [
                 (name, mod)
                 for name, mod in layer.named_modules()
@@ -168,16 +197,54 @@ def prune_model(
                     mod.weight.data.copy_(torch.from_numpy(W).to(mod.weight.dtype))
                 report.layers.append(layer_report)
             states = _run_layer(layer, states, kwargs) if sequential else dense_out
-            if progress:
-                mean_err = f", mean rel. error {sum(errors) / len(errors):.3e}" if errors else ""
-                print(
-                    f"sparseforge.torch prune [{method}] layer {i + 1}/{len(layers)}: "
-                    f"{len(linears)} linears{mean_err}, {time.perf_counter() - t_block:.2f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            mean_err = f", rel. error {sum(errors) / len(errors):.2e}" if errors else ""
+            bar.note(f"{len(linears)} linears{mean_err}")
+            bar.update()
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def text_windows(
+    text: str | Sequence[str],
+    tokenizer: Any,
+    *,
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    seed: int = 0,
+) -> np.ndarray:
+    """Calibration windows (int64 ``(nsamples, seqlen)``) from a text and a Hugging Face
+    tokenizer: ``tokenizer(text)["input_ids"]`` (documents of a list joined with
+    ``"\n\n"``) is one stream; ``nsamples`` windows of ``seqlen`` tokens start at offsets
+    drawn uniformly with ``numpy.random.default_rng(seed)`` (they may overlap), as
+    :func:`sparseforge.models.calibration_windows` draws them."""
+    if tokenizer is None:
+        raise TypeError(
+            "tokenizer: a text calib needs a tokenizer (e.g. transformers.AutoTokenizer."
+            "from_pretrained(name)), or pass token windows (nsamples, seqlen)"
+        )
+    for name, v in (("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < (name != "seed"):
+            raise ValueError(f"{name}: expected an int >= {int(name != 'seed')}, got {v!r}")
+    joined = text if isinstance(text, str) else "\n\n".join(text)
+    if callable(tokenizer):
+        try:  # a long calibration text is meant: no "longer than the maximum" warning
+            enc = tokenizer(joined, verbose=False)
+        except TypeError:
+            enc = tokenizer(joined)
+        ids = enc["input_ids"] if isinstance(enc, dict) or hasattr(enc, "keys") else enc
+    elif hasattr(tokenizer, "encode"):
+        ids = tokenizer.encode(joined)
+    else:
+        raise TypeError(f"tokenizer: expected a callable or an object with encode(), got "
+                        f"{type(tokenizer).__name__}")  # fmt: skip
+    stream = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if stream.size < seqlen:
+        raise ValueError(
+            f"calib: the text gives {stream.size} tokens, shorter than one window of "
+            f"seqlen={seqlen}; give more text or a smaller seqlen"
+        )
+    starts = np.random.default_rng(int(seed)).integers(0, stream.size - seqlen + 1, size=nsamples)
+    return np.stack([stream[int(a) : int(a) + seqlen] for a in starts])
 
 
 def _catch_inputs(model: Any, layers: Any, ids: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -250,7 +317,8 @@ def _capture(
             seen_this_call[key] = (name, x)
             if name not in stats:
                 stats[name] = LayerStats(in_features, hessian)
-            a = x.detach().reshape(-1, in_features).to(torch.float32).contiguous().numpy()
+            a = x.detach().reshape(-1, in_features)
+            a = a.to(device="cpu", dtype=torch.float32).contiguous().numpy()
             stats[name].update(a)
 
         return hook

