@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -168,8 +169,7 @@ def test_report_page_in_a_headless_browser(
     assert "Sparsity against perplexity" in dom
     assert "What each method keeps" in dom
     # the screenshot is a page, not a blank: many colours, mostly white background
-    from PIL import Image
-
+    Image = pytest.importorskip("PIL.Image")  # Pillow: matplotlib's dependency
     img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
     assert img.shape[:2] == (1800, 1400)
     non_white = (img.sum(axis=2) < 740).mean()
@@ -196,6 +196,9 @@ def test_report_command(
     assert "outlier-channel weights kept" in said.getvalue()
     assert out.stat().st_size > 10000
     assert "What each method keeps" in out.read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     rc = cli.main(["report", str(runs[0]), "--out", str(tmp_path / "missing" / "r.html")])
     assert rc == 2
     assert "does not exist" in capsys.readouterr().err

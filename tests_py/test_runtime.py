@@ -171,6 +171,28 @@ def test_one_and_two_threads_are_bitwise_identical() -> None:
     np.testing.assert_array_equal(out[0], out[1])
 
 
+def test_two_python_threads_run_sessions_concurrently() -> None:
+    import threading
+
+    model = _random_model()
+    ids = np.random.default_rng(8).integers(0, 50, 30)
+    serial = rt.Session(model, 32, num_threads=1).prefill(ids)
+    out: list[np.ndarray] = []
+
+    def run() -> None:
+        s = rt.Session(model, 32, num_threads=1)
+        out.append(np.concatenate([s.prefill(ids[:5])] + [s.step(int(t))[None] for t in ids[5:]]))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 2
+    np.testing.assert_array_equal(out[0], out[1])
+    assert _rel(out[0], serial) < 1e-5
+
+
 def test_teal_runtime_equals_sparse_forward() -> None:
     model = _random_model()
     ids = np.random.default_rng(1).integers(0, 50, 24)

@@ -342,3 +342,18 @@ def test_one_shot_then_finetune_from_prune_model() -> None:
         assert torch.all(mod.weight[~mod.sparsity_mask] == 0)
         assert float((~mod.sparsity_mask).float().mean()) == pytest.approx(0.5, abs=0.01)
     assert logs[-1].sparsity == pytest.approx(sp.sparsity())
+
+
+def test_frozen_linears_are_masked_without_gradient_hooks() -> None:
+    model = MLP()
+    model.fc1.weight.requires_grad_(False)  # e.g. a frozen teacher copy or a frozen layer
+    sp = sft.Sparsifier(model, ["fc1", "fc2"])
+    sp.prune(0.5)
+    assert torch.all(model.fc1.weight[~sp.masks["fc1"]] == 0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sp.attach(opt)
+    x, y = _data()
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    assert torch.all(model.fc2.weight[~sp.masks["fc2"]] == 0)

@@ -59,6 +59,13 @@ if [ $test_mode = 1 ]; then
   # PyTorch's CPU index: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
   "${pip[@]}" "torch==2.13.0" || \
     echo "setup: torch==2.13.0 not installable here; the torch comparison tests will skip"
+  # The oracle for reading/writing llm-compressor's sparse checkpoints. 0.14.0.1 is the last
+  # release with the sparse-24-bitmask / sparse-bitmask compressors; it declares
+  # transformers<5, which would downgrade the transformers the other tests compare against,
+  # so it comes without its declared dependencies (it runs with pydantic and loguru, installed
+  # first with theirs).
+  { "${pip[@]}" "pydantic>=2" loguru && "${pip[@]}" --no-deps "compressed-tensors==0.14.0.1"; } || \
+    echo "setup: compressed-tensors not installable here; its interop tests will skip"
 fi
 # No build isolation: the build directory (build/<wheel tag>) is reused across installs.
 "${pip[@]}" --no-build-isolation ".${extras}"

@@ -202,17 +202,11 @@ def _probe(folder: Path, flag: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON, atomically (temporary sibling + rename)."""
-    text = json.dumps(data, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as JSON, atomically (temporary sibling + rename; mode 0666 & ~umask)."""
+    from ._io import atomic_write
+
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=1) + "\n")
 
 
 def _ppl_dict(r: sm.PerplexityResult) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -463,15 +462,10 @@ def write_report(
     visual: dict[str, Any] | None = None,
 ) -> Path:
     """Write :func:`render_html` to ``path`` atomically (temporary sibling + rename)."""
+    from ._io import atomic_write
+
     target = Path(path)
     text = render_html(runs, visual)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(target, "w") as f:
+        f.write(text)
     return target

@@ -251,7 +251,8 @@ class Sparsifier:
                     torch.ones_like(mod.weight, dtype=torch.bool),
                     persistent=True,
                 )
-            self._grad_handles.append(mod.weight.register_hook(self._grad_hook(name)))
+            if mod.weight.requires_grad:  # frozen weights need no gradient mask
+                self._grad_handles.append(mod.weight.register_hook(self._grad_hook(name)))
 
     # -- construction helpers -------------------------------------------------------
     @classmethod
