@@ -16,6 +16,7 @@ import pytest
 
 import realdata
 import sparseforge as sf
+import tinymodels
 from sparseforge import models as sm
 from sparseforge.models.compressed_tensors import bitmask24_from_nm, nm24_from_bitmask
 
@@ -41,19 +42,7 @@ needs_stories = pytest.mark.skipif(
 CONFIGS = {"sparse-24-bitmask": Sparse24BitMaskConfig, "sparse-bitmask": BitmaskConfig}
 
 
-def random_model(seed: int = 0, **over: Any) -> sm.LlamaModel:
-    fields: dict[str, Any] = dict(
-        dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=80,
-        max_seq_len=64, rope_style="half", tied_embeddings=False,
-    )  # fmt: skip
-    fields.update(over)
-    c = sm.LlamaConfig(**fields)
-    rng = np.random.default_rng(seed)
-    weights = {
-        n: (rng.standard_normal(s) * (1.0 if len(s) == 1 else 0.2)).astype(np.float32)
-        for n, s in c.weight_shapes().items()
-    }
-    return sm.LlamaModel(c, weights, source="random")
+random_model = tinymodels.random_model
 
 
 def prune_all(model: sm.LlamaModel, **kw: Any) -> None:

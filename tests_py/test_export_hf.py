@@ -18,6 +18,7 @@ import pytest
 
 import realdata
 import sparseforge as sf
+import tinymodels
 from sparseforge import models as sm
 from sparseforge.models import _export_io
 from sparseforge.models.gguf import find_smollm2, unpermute_qk
@@ -41,25 +42,7 @@ TEXTS = [
 ]
 
 
-def random_model(seed: int = 0, **over: Any) -> sm.LlamaModel:
-    fields: dict[str, Any] = dict(
-        dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=80,
-        max_seq_len=64, rope_style="half", tied_embeddings=False,
-    )  # fmt: skip
-    fields.update(over)
-    c = sm.LlamaConfig(**fields)
-    rng = np.random.default_rng(seed)
-    weights = {
-        n: (rng.standard_normal(s) * (1.0 if len(s) == 1 else 0.2)).astype(np.float32)
-        for n, s in c.weight_shapes().items()
-    }
-    if c.arch == "qwen2":
-        for i in range(c.n_layers):
-            for proj, rows in (("q_proj", c.q_dim), ("k_proj", c.kv_dim), ("v_proj", c.kv_dim)):
-                weights[f"model.layers.{i}.self_attn.{proj}.bias"] = (
-                    rng.standard_normal(rows) * 0.1
-                ).astype(np.float32)
-    return sm.LlamaModel(c, weights, source="random")
+random_model = tinymodels.random_model
 
 
 def hf_logits(directory: Path, ids: list[int]) -> np.ndarray:

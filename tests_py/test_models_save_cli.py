@@ -15,6 +15,7 @@ import pytest
 
 import realdata
 import sparseforge as sf
+import tinymodels
 from sparseforge import models as sm
 
 STORIES = realdata.stories260k_path()
@@ -29,18 +30,9 @@ DATA_ENV = {} if STORIES is None else {"SPARSEFORGE_DATA": str(STORIES.parent.pa
 
 
 def random_model(seed: int = 0, **over: Any) -> sm.LlamaModel:
-    fields: dict[str, Any] = dict(
-        dim=32, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50,
-        max_seq_len=64, rope_style="half", tied_embeddings=False,
-    )  # fmt: skip
+    fields: dict[str, Any] = dict(dim=32, hidden_dim=64, vocab_size=50)
     fields.update(over)
-    c = sm.LlamaConfig(**fields)
-    rng = np.random.default_rng(seed)
-    weights = {
-        n: (rng.standard_normal(s) * (1.0 if len(s) == 1 else 0.2)).astype(np.float32)
-        for n, s in c.weight_shapes().items()
-    }
-    return sm.LlamaModel(c, weights, source="random", linear_backend="sparseforge")
+    return tinymodels.random_model(seed, linear_backend="sparseforge", **fields)
 
 
 # -- save / load ---------------------------------------------------------------------------
