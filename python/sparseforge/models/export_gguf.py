@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _export_io as io
 from .export_hf import ExportReport, check_expressible
+from .gguf import _BLOCK_NAMES, _GLOBAL_NAMES
 from .llama import LlamaModel
 from .tokenizer import Llama2cTokenizer
 
@@ -44,25 +45,10 @@ __all__ = ["GGUF_DTYPES", "export_gguf"]
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 _FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # llama.cpp's LlamaFileType
 
-_GLOBAL = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-_BLOCK = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+# Hugging Face name -> GGUF tensor name: the loader's map (gguf.py), inverted, so the two
+# directions cannot drift apart.
+_GLOBAL = {hf: g for g, hf in _GLOBAL_NAMES.items()}
+_BLOCK = {hf: g for g, hf in _BLOCK_NAMES.items()}
 _BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\Z")
 
 # llama.cpp's names for the pre-tokenizers hf_tokenizer.py builds (and HF tokenizer.json
