@@ -36,10 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests_py"))
 
 import kvpress_parity as P  # noqa: E402
-import tinymodels  # noqa: E402
-
 import sparseforge as sf  # noqa: E402
 import sparseforge.models as sm  # noqa: E402
+import tinymodels  # noqa: E402
 from sparseforge.models.perplexity import token_stream  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

@@ -110,7 +110,9 @@ def kvpress_nll(hf: Any, press: Any, ids: np.ndarray, T: int) -> np.ndarray:
         logits = torch.cat(
             [
                 hf(
-                    input_ids=cont[:, i : i + 1], past_key_values=cache, position_ids=pos[:, i : i + 1]
+                    input_ids=cont[:, i : i + 1],
+                    past_key_values=cache,
+                    position_ids=pos[:, i : i + 1],
                 ).logits[0]
                 for i in range(cont.shape[1] - 1)
             ]

@@ -62,9 +62,7 @@ NAMES = ("snapkv", "adakv", "streaming_llm", "tova", "key_norm", "pyramidkv")
 @pytest.mark.parametrize(
     ("name", "ratio"),
     [
-        pytest.param(
-            n, r, marks=pytest.mark.xfail(reason=KNOWN[(n, r)], strict=True)
-        )
+        pytest.param(n, r, marks=pytest.mark.xfail(reason=KNOWN[(n, r)], strict=True))
         if (n, r) in KNOWN
         else (n, r)
         for n in NAMES
