@@ -41,7 +41,7 @@ import sparseforge.models as sm  # noqa: E402
 import tinymodels  # noqa: E402
 from sparseforge.models.perplexity import token_stream  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("SPARSEFORGE_DATA", ROOT.parent / "shared" / "data"))
 
 
 def contexts(model: sm.LlamaModel, T: int, N: int, count: int) -> list[np.ndarray]:
