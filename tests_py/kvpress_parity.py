@@ -137,6 +137,8 @@ class Pair:
     name: str
     kvpress: Callable[[float], Any]  # compression_ratio -> press
     ours: Callable[[float, int, int], kv.KVPolicy]  # (ratio, context, n_layers) -> policy
+    ratios: tuple[float, ...] | None = None  # where the default ratios do not suit the press
+    tokens: bool = True  # compresses tokens (ThinK compresses channels)
 
 
 def import_kvpress() -> Any:
@@ -151,7 +153,49 @@ def import_kvpress() -> Any:
     return kvpress
 
 
-def pairs(window: int = 64) -> dict[str, Pair]:
+class _QRecorder(kv.KVPolicy):
+    """Keeps every token; records each layer's prefill queries (Q-Filter calibration)."""
+
+    name = "q_recorder"
+    evicts = False
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.q: dict[int, np.ndarray] = {}
+
+    def _after_prefill(self, cache: Any, layer: int, q: Any, k: Any, nt: Any) -> None:
+        self.q[layer] = np.array(q)
+
+
+def calibrate_qfilters(model: sm.LlamaModel, ids: np.ndarray) -> np.ndarray:
+    """Q-Filters (n_layers, Hkv, D) from the queries of one prefill of ``ids`` (our forward)
+    with :func:`sparseforge.kv.qfilters_from_queries` -- kvpress downloads its filters from
+    the hub instead, so both sides are handed these."""
+    rec = _QRecorder()
+    model.step(ids, kv.PolicyCache(model, rec))
+    c = model.config
+    return np.stack([kv.qfilters_from_queries(rec.q[i], c.n_kv_heads) for i in range(c.n_layers)])
+
+
+def _qfilter_press(kp: Any, r: float, filters: np.ndarray) -> Any:
+    import torch
+
+    press = kp.QFilterPress(r)
+    press.q_filters = torch.tensor(filters, dtype=torch.float32)
+    press.post_init_from_model = lambda model: None  # no hub download
+    return press
+
+
+def pairs(
+    window: int = 64,
+    qfilters: np.ndarray | None = None,
+    lag_size: int = 128,
+    lag_ratios: tuple[float, ...] = (0.25, 0.5),
+) -> dict[str, Pair]:
+    """(kvpress press, our policy) by name. ``qfilters`` (n_layers, Hkv, D) enables the
+    Q-Filter pair. LagKV's rank scores tie across partitions and torch.topk breaks ties in
+    no documented order, so its pair runs at ``lag_ratios`` where the cut falls between
+    tie groups (see the LagKV docstring)."""
     kp = import_kvpress()
 
     w = window
@@ -178,7 +222,63 @@ def pairs(window: int = 64) -> dict[str, Pair]:
             lambda r: kp.PyramidKVPress(r, window_size=w),
             lambda r, T, n: kv.PyramidKV(n_kept(T, r), window=w),
         ),
+        # presses added in sparseforge.kv.presses
+        Pair(
+            "expected_attention",
+            lambda r: kp.ExpectedAttentionPress(r),
+            lambda r, T, n: kv.ExpectedAttention(n_kept(T, r)),
+        ),
+        Pair(
+            "adakv_expected",
+            lambda r: kp.AdaKVPress(kp.ExpectedAttentionPress(r)),
+            lambda r, T, n: kv.AdaKV(n_kept(T, r), scorer=kv.ExpectedAttention(n_kept(T, r))),
+        ),
+        Pair("keydiff", lambda r: kp.KeyDiffPress(r), lambda r, T, n: kv.KeyDiff(n_kept(T, r))),
+        Pair("cur", lambda r: kp.CURPress(r), lambda r, T, n: kv.CUR(n_kept(T, r))),
+        Pair(
+            "lagkv",
+            lambda r: kp.LagKVPress(r, lag_size=lag_size),
+            lambda r, T, n: kv.LagKV(n_kept(T, r), lag_size=lag_size),
+            ratios=lag_ratios,
+        ),
+        Pair(
+            "chunkkv",
+            lambda r: kp.ChunkKVPress(kp.SnapKVPress(r, window_size=w), chunk_length=20),
+            lambda r, T, n: kv.ChunkKV(1 - r, scorer=snap(r, T), chunk_length=20),
+        ),
+        Pair(
+            "merging",
+            lambda r: kp.MergingPress(press=kp.SnapKVPress(r, window_size=w)),
+            lambda r, T, n: kv.Merging(scorer=snap(r, T)),
+        ),
+        Pair(
+            "think",
+            lambda r: kp.ThinKPress(key_channel_compression_ratio=r, window_size=32),
+            lambda r, T, n: kv.ThinK(key_channel_ratio=r, window=32),
+            tokens=False,
+        ),
+        Pair(
+            "snapkv+think",
+            lambda r: kp.ComposedPress(
+                [kp.SnapKVPress(r, window_size=w), kp.ThinKPress(0.5, window_size=32)]
+            ),
+            lambda r, T, n: kv.Composed([snap(r, T), kv.ThinK(key_channel_ratio=0.5, window=32)]),
+        ),
+        Pair(
+            "key_norm+keydiff",
+            lambda r: kp.ComposedPress([kp.KnormPress(r), kp.KeyDiffPress(0.5)]),
+            lambda r, T, n: kv.Composed([kv.KeyNorm(n_kept(T, r)), kv.KeyDiff(0.5)]),
+        ),
     ]
+    if qfilters is not None:
+        f = qfilters
+        out.append(
+            Pair(
+                "qfilter",
+                lambda r: _qfilter_press(kp, r, f),
+                lambda r, T, n: kv.QFilter(n_kept(T, r), filters=f),
+            )
+        )
     return {p.name: p for p in out}
 
 

@@ -56,7 +56,28 @@ def test_full_cache_is_the_same_model(setup):
     assert abs(theirs.mean() - full) < 1e-12
 
 
-NAMES = ("snapkv", "adakv", "streaming_llm", "tova", "key_norm", "pyramidkv")
+CORE = ("snapkv", "adakv", "streaming_llm", "tova", "key_norm", "pyramidkv")
+# sparseforge.kv.presses; LagKV at ratios where its cut falls between rank-tie groups
+# (T = 160, lag 32: 4 sinks + 60 tail always kept, 3 partitions ranked)
+PRESSES = {
+    "expected_attention": (0.5, 0.75),
+    "adakv_expected": (0.5, 0.75),
+    "keydiff": (0.5, 0.75),
+    "cur": (0.5, 0.75),
+    "lagkv": (0.45, 0.5625, 0.6),
+    "chunkkv": (0.5, 0.75),
+    "merging": (0.5, 0.75),
+    "think": (0.5, 0.75),
+    "snapkv+think": (0.5,),
+    "key_norm+keydiff": (0.5,),
+    "qfilter": (0.5, 0.75),
+}
+CASES = [(n, r) for n in CORE for r in RATIOS] + [(n, r) for n, rs in PRESSES.items() for r in rs]
+
+
+def _pairs(kp_, model, ids):
+    f = kp_.calibrate_qfilters(model, ids[:T])
+    return kp_.pairs(window=WINDOW, qfilters=f, lag_size=32)
 
 
 @pytest.mark.parametrize(
@@ -65,17 +86,16 @@ NAMES = ("snapkv", "adakv", "streaming_llm", "tova", "key_norm", "pyramidkv")
         pytest.param(n, r, marks=pytest.mark.xfail(reason=KNOWN[(n, r)], strict=True))
         if (n, r) in KNOWN
         else (n, r)
-        for n in NAMES
-        for r in RATIOS
+        for n, r in CASES
     ],
 )
 def test_policy_matches_kvpress(setup, name, ratio):
     kp_, model, hf, ids, full = setup
-    pair = kp_.pairs(window=WINDOW)[name]
+    pair = _pairs(kp_, model, ids)[name]
     theirs, mine, cache = kp_.compare(model, hf, pair, ids, T, ratio)
     assert abs(theirs - full) > 3 * TOL  # the compression matters at this ratio
     kept = kp_.n_kept(T, ratio)
-    if name != "pyramidkv":  # the layers' total is the uniform budget's
+    if name in ("snapkv", "adakv", "streaming_llm", "key_norm", "expected_attention"):
         assert cache.lengths()[:, :].sum() == model.config.n_layers * cache.paged.num_kv_heads * (
             kept + N
         )
