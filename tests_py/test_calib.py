@@ -465,7 +465,8 @@ def test_layerstats_pickles_its_exact_state(hessian: bool, precision: str) -> No
     st = sf.calib.LayerStats(37, hessian, precision=precision)
     st.update((rng.standard_normal((300, 37)) * 3).astype(np.float32))
     copy = pickle.loads(pickle.dumps(st))
-    assert isinstance(copy, sf.calib.LayerStats) and copy.tokens == 300
+    assert isinstance(copy, sf.calib.LayerStats)
+    assert copy.tokens == 300
     assert (copy.has_hessian, copy.precision) == (hessian, precision)
     x = rng.standard_normal((50, 37)).astype(np.float32)
     st.update(x)
@@ -474,4 +475,5 @@ def test_layerstats_pickles_its_exact_state(hessian: bool, precision: str) -> No
     if hessian:
         assert np.array_equal(copy.hessian, st.hessian)
     empty = pickle.loads(pickle.dumps(sf.calib.LayerStats(5)))
-    assert empty.tokens == 0 and empty.in_features == 5
+    assert empty.tokens == 0
+    assert empty.in_features == 5

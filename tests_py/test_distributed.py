@@ -51,13 +51,14 @@ def weights(model: sm.LlamaModel) -> dict[str, np.ndarray]:
 def assert_same(a: sm.LlamaModel, b: sm.LlamaModel, ra: Any, rb: Any) -> None:
     wa, wb = weights(a), weights(b)
     for n in wa:
-        assert wa[n].dtype == wb[n].dtype and np.array_equal(wa[n], wb[n]), n
+        assert wa[n].dtype == wb[n].dtype, n
+        assert np.array_equal(wa[n], wb[n]), n
     assert [r.name for r in ra.layers] == [r.name for r in rb.layers]
     assert [(r.sparsity, r.error) for r in ra.layers] == [(r.sparsity, r.error) for r in rb.layers]
 
 
 @pytest.mark.parametrize(
-    "method, kw",
+    ("method", "kw"),
     [
         ("wanda", dict(sparsity=0.5)),
         ("sparsegpt", dict(pattern="2:4")),
@@ -72,7 +73,9 @@ def test_bit_identical_to_single_process(cluster: Any, method: str, kw: dict[str
     ra = sm.prune(a, CALIB, method=method, **KW, **kw)
     rb = sm.prune_ray(b, CALIB, method=method, workers=workers, **KW, **kw)
     assert_same(a, b, ra, rb)
-    assert rb.nsamples == 12 and rb.seqlen == 16 and rb.method == method
+    assert rb.nsamples == 12
+    assert rb.seqlen == 16
+    assert rb.method == method
     # The pruning happened (not two untouched models).
     dense = weights(tinymodels.random_model(3))
     assert all(not np.array_equal(dense[n], w) for n, w in weights(b).items())
@@ -86,21 +89,23 @@ def test_merge_statistics_match_within_rounding(cluster: Any) -> None:
     rb = sm.prune_ray(b, CALIB, method="sparsegpt", sparsity=0.5, statistics="merge", **KW)
     for x, y in zip(ra.layers, rb.layers, strict=True):
         assert x.sparsity == y.sparsity
-        assert x.error is not None and y.error is not None
+        assert x.error is not None
+        assert y.error is not None
         assert y.error == pytest.approx(x.error, rel=1e-6)
     wa, wb = weights(a), weights(b)
     agree = np.mean([np.mean((wa[n] == 0) == (wb[n] == 0)) for n in wa])
     assert agree > 0.999
 
 
-@pytest.mark.parametrize("stage, block", [("calibrate", 0), ("prune", 1), ("forward", 1)])
+@pytest.mark.parametrize(("stage", "block"), [("calibrate", 0), ("prune", 1), ("forward", 1)])
 def test_killed_worker_is_retried(cluster: Path, stage: str, block: int) -> None:
     (cluster / f"arm-{stage}").write_text(str(block))
     a, b = tinymodels.random_model(4), tinymodels.random_model(4)
     ra = sm.prune(a, CALIB, method="sparsegpt", sparsity=0.5, **KW)
     rb = sm.prune_ray(b, CALIB, method="sparsegpt", sparsity=0.5, workers=3, **KW)
     fired = cluster / f"fired-{stage}"
-    assert fired.exists() and not (cluster / f"arm-{stage}").exists()  # a worker did die
+    assert fired.exists()
+    assert not (cluster / f"arm-{stage}").exists()
     fired.unlink()
     assert_same(a, b, ra, rb)
 
@@ -116,7 +121,8 @@ def test_failed_block_is_not_half_written(cluster: Path) -> None:
     with pytest.raises(distributed.RayPruneError, match="block 1") as info:
         sm.prune_ray(b, CALIB, method="wanda", sparsity=0.5, max_retries=0, **KW)
     (cluster / "fired-prune").unlink()
-    assert info.value.block == 1 and info.value.done == 1
+    assert info.value.block == 1
+    assert info.value.done == 1
     wr, wb = weights(ref), weights(b)
     for n in wb:
         expect = wr[n] if n.startswith("model.layers.0.") else dense[n]
