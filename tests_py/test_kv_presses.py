@@ -222,6 +222,17 @@ def test_chunkkv_matches_kvpress(T, ratio):
     assert pol.layer_budget(cache, 0) == len(idx)
 
 
+def test_chunkkv_token_budget_is_exact():
+    T, c, B = 100, 20, 50
+    _, q, k, v = _data(11, T)
+    cache = _prefill(kv.ChunkKV(B, chunk_length=c), q, k, v)
+    s = -np.linalg.norm(k.astype(np.float64), axis=-1).sum(axis=1)  # KeyNorm summed over heads
+    order = np.argsort(-s.reshape(5, c).mean(1), kind="stable")
+    third = order[2] * c + np.argsort(-s[order[2] * c : order[2] * c + c], kind="stable")[:10]
+    want = np.sort(np.r_[order[0] * c : order[0] * c + c, order[1] * c : order[1] * c + c, third])
+    _assert_kept(cache, [want] * HKV)
+
+
 def test_qfilter_scores_and_calibration():
     T = 70
     _, q, k, v = _data(6, T)

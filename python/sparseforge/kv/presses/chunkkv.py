@@ -18,9 +18,10 @@ class ChunkKV(_ScorerPolicy):
     shorter chunk); a chunk's score is the mean over its tokens of ``scorer``'s scores summed
     over kv heads; the top chunks are kept whole, the same tokens in every kv head. Chunks
     kept: ``max(1, int(n_chunks * ratio))`` for a ratio budget (kvpress's
-    ``1 - compression_ratio``), ``max(1, B // chunk_length)`` for a token budget; the layer's
-    budget then reads the tokens actually kept. A prompt shorter than one chunk falls back
-    to the scorer's per-head top ``B``. Ties: the earlier chunk is kept."""
+    ``1 - compression_ratio``; the layer's budget then reads the tokens actually kept). A
+    token budget ``B`` is met exactly: whole chunks in score order while they fit, then the
+    best tokens (summed score) of the next chunk. A prompt shorter than one chunk falls back
+    to the scorer's per-head top ``B``. Ties: the earlier chunk (token) is kept."""
 
     name = "chunkkv"
 
@@ -62,11 +63,25 @@ class ChunkKV(_ScorerPolicy):
         if rem:
             chunk = np.append(chunk, summed[n_full * c :].mean())
         n = len(chunk)
+        order = np.lexsort((np.arange(n), -chunk))
+        members = [np.arange(i * c, min((i + 1) * c, L)) for i in range(n)]
         assert self.budget is not None
-        ratio = self.budget.ratio
-        n_keep = max(1, int(n * ratio)) if ratio is not None else max(1, min(n, b // c))
-        top = np.lexsort((np.arange(n), -chunk))[:n_keep]
-        slots = np.concatenate([np.arange(i * c, min((i + 1) * c, L)) for i in np.sort(top)])
+        if self.budget.ratio is not None:  # kvpress: a number of whole chunks
+            n_keep = max(1, int(n * self.budget.ratio))
+            slots = np.concatenate([members[i] for i in order[:n_keep]])
+        else:  # exactly b tokens
+            take: list[np.ndarray] = []
+            room = min(b, L)
+            for i in order:
+                m = members[i]
+                if len(m) > room:
+                    m = m[np.lexsort((m, -summed[m]))[:room]]
+                take.append(m)
+                room -= len(m)
+                if room == 0:
+                    break
+            slots = np.concatenate(take)
+        slots = np.sort(slots)
         self._layer_budget[layer] = len(slots)
         if len(slots) < L:
             for h in range(cache.num_kv_heads):
