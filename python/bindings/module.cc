@@ -20,6 +20,7 @@ PYBIND11_MODULE(_core, m) {
   sfpy::register_format_unstructured(m);
   sfpy::register_kernels(m);
   sfpy::register_kvcache(m);
+  sfpy::register_kvpolicy(m);
   sfpy::register_models(m);
   sfpy::register_moe(m);
   sfpy::register_activation(m);
