@@ -120,6 +120,20 @@ class LayerStats:
         """(in_features, in_features) float64: ``X^T X / tokens``, symmetric (a new array)."""
         return self._impl.hessian()
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickling (multiprocessing, Ray's object store): the exact accumulator state.
+        return (
+            _from_state,
+            (
+                self.in_features,
+                self.has_hessian,
+                bool(self._impl.float64),
+                self.tokens,
+                self._impl.sum_squares(),
+                self._impl.xtx_lower(),
+            ),
+        )
+
     def __repr__(self) -> str:
         return (
             f"LayerStats(in_features={self.in_features}, hessian={self.has_hessian}, "
@@ -187,6 +201,26 @@ class LayerStats:
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: inconsistent LayerStats ({err})") from err
         return cls._wrap(core)
+
+
+def _from_state(
+    in_features: int,
+    hessian: bool,
+    float64: bool,
+    tokens: int,
+    sum_squares: np.ndarray,
+    xtx_lower: np.ndarray,
+) -> LayerStats:
+    return LayerStats._wrap(
+        _core.LayerStats.from_state(
+            int(in_features),
+            bool(hessian),
+            bool(float64),
+            int(tokens),
+            np.ascontiguousarray(sum_squares, dtype=np.float64),
+            np.ascontiguousarray(xtx_lower, dtype=np.float64),
+        )
+    )
 
 
 def __dir__() -> list[str]:
