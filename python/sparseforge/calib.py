@@ -212,7 +212,7 @@ def _from_state(
     xtx_lower: np.ndarray,
 ) -> LayerStats:
     return LayerStats._wrap(
-        _core.LayerStats.from_state(
+        _core.calib.LayerStats.from_state(
             int(in_features),
             bool(hessian),
             bool(float64),
