@@ -215,7 +215,7 @@ void register_kvpolicy(py::module_& m) {
       .def_property_readonly("decode_evicts", &P::decode_evicts)
       .def_property_readonly("last_pages", &last_pages);
   m.def(
-      "kv_keep_top",
+      "keep_top",
       [](skv::PagedKVCache& c, size_t layer,
          const py::array_t<double, py::array::c_style | py::array::forcecast>& s, size_t n_keep) {
         ObjectLock lc(c.mutex());
@@ -231,13 +231,13 @@ void register_kvpolicy(py::module_& m) {
       },
       py::arg("cache"), py::arg("layer"), py::arg("scores"), py::arg("n_keep"));
   m.def(
-      "kv_pyramid_budgets",
+      "pyramid_budgets",
       [](size_t n, size_t context, size_t budget, size_t window, double beta) {
         return skv::pyramid_budgets(n, context, budget, window, beta);
       },
       py::arg("num_layers"), py::arg("context"), py::arg("budget"), py::arg("window"),
       py::arg("beta"));
-  m.def("kv_policy_names", &skv::policy_names);
+  m.def("policy_names", &skv::policy_names);
 
   using PC = skv::PolicyCache;
   py::class_<PC, std::shared_ptr<PC>>(m, "KVPolicyCache")

@@ -42,7 +42,7 @@ class PagedKVCache:
     free list (:meth:`trim` returns the free list to the allocator).
     """
 
-    _impl: _core.PagedKVCache
+    _impl: _core.kvcache.PagedKVCache
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class PagedKVCache:
         self._rope_style = rope_style
         self._rope_theta = float(rope_theta)
         self._latent = bool(_latent)
-        self._impl = _core.PagedKVCache(
+        self._impl = _core.kvcache.PagedKVCache(
             self._num_layers,
             self._num_kv_heads,
             self._head_dim,

@@ -153,7 +153,7 @@ class PolicyCache:
         # scorer or subclass) runs the Python loop below.
         self._core: Any = None
         if isinstance(pol, _CorePolicy) and pol._impl is not None:
-            self._core = _core.KVPolicyCache(
+            self._core = _core.kvcache.KVPolicyCache(
                 self.paged._impl, cfg.n_heads, pol._impl, prefill == "compress"
             )
 
@@ -225,7 +225,7 @@ class PolicyCache:
                 )
             return out
         if T > 1 and start == 0 and self.prefill_mode == "compress":
-            out = _core.attention(q, k, v, float(scale), None, threads_arg(nt))
+            out = _core.models.attention(q, k, v, float(scale), None, threads_arg(nt))
             self.policy.prefill(self.paged, layer, q, k, v, num_threads=nt)
             return out
         out = np.empty((T, c.n_heads * c.head_dim), dtype=np.float32)

@@ -122,7 +122,7 @@ def _keep_top(cache: PagedKVCache, layer: int, scores: np.ndarray, n_keep: int) 
         )
     if s.size and not np.isfinite(s).all() and np.isnan(s).any():
         raise ValueError("scores: contains NaN")
-    _core.kv_keep_top(cache._impl, layer, s, _int_arg(n_keep, "n_keep"))
+    _core.kvcache.keep_top(cache._impl, layer, s, _int_arg(n_keep, "n_keep"))
 
 
 def _evict_oldest(cache: PagedKVCache, layer: int, head: int, count: int, sinks: int) -> None:
@@ -265,7 +265,7 @@ class _CorePolicy(KVPolicy):
         }
         opts.update(options)
         self.evict = None if evict is None else _evict_arg(evict)
-        self._impl = _core.KVPolicyCore(
+        self._impl = _core.kvcache.KVPolicyCore(
             self.name,
             entries,
             per_layer,
