@@ -296,3 +296,14 @@ def test_shared_policy_cache_is_serialised_across_threads():
     assert not errors
     assert (pc.paged.lengths(0) == 16).all()
     assert pc.paged.last_position(0) == 29 + 20
+
+
+def test_pyramid_fallback_rule_as_documented():
+    # kvpress defaults (window 64, beta 20): the pyramid applies at B >= 1280, or when the
+    # clamp applies and B >= T / 2 (docs/kvcache.md); otherwise every layer keeps B
+    cases = {(896, 512): (832, 192), (896, 448): (832, 64), (896, 447): (447, 447)}
+    cases |= {(896, 256): (256, 256), (4096, 1280): (2496, 64), (4096, 1279): (1279, 1279)}
+    for (T, b), (first, last) in cases.items():
+        got = kv.pyramid_budgets(30, T, b)
+        assert (got[0], got[-1]) == (first, last), (T, b, got)
+        assert got == sf._core.kvcache.pyramid_budgets(30, T, b, 64, 20.0)
