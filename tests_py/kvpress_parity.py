@@ -9,7 +9,7 @@ Protocol ("perplexity per context"), the same on both sides:
    our ``PolicyCache`` prefill);
 2. the continuation ``ids[T:]`` is fed after it at positions ``T, T+1, ...`` (kvpress's
    ``pipeline.generate_answer``: explicit ``position_ids``; nothing more is evicted --
-   kvpress presses are prefill-only, so decode-time policies run as :class:`PrefillOnly`);
+   kvpress presses are prefill-only, so decode-time policies run with ``evict="prefill"``);
 3. the result is the mean NLL (nats) of ``ids[T+1:]``, each token predicted from the
    logits of the token before it.
 
@@ -41,25 +41,6 @@ def n_kept(k_len: int, compression_ratio: float) -> int:
     if compression_ratio >= 1.0:
         return 0
     return max(1, int(k_len * (1 - compression_ratio)))
-
-
-class PrefillOnly(kv.KVPolicy):
-    """Compress the prompt with ``inner``'s prefill, then decode densely with no eviction
-    (kvpress semantics for every press: compression at prefill only)."""
-
-    name = "prefill_only"
-
-    def __init__(self, inner: kv.KVPolicy) -> None:
-        super().__init__(None, group_reduce=inner.group_reduce)
-        self.budget = inner.budget
-        self.inner = inner
-
-    def _after_prefill(self, cache: Any, layer: int, q: Any, k: Any, nt: Any) -> None:
-        self.inner._after_prefill(cache, layer, q, k, nt)
-
-    def reset(self) -> None:
-        super().reset()
-        self.inner.reset()
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,9 +194,13 @@ def pairs(
         Pair(
             "streaming_llm",
             lambda r: kp.StreamingLLMPress(r, n_sink=4),
-            lambda r, T, n: PrefillOnly(kv.StreamingLLM(n_kept(T, r), sinks=4)),
+            lambda r, T, n: kv.StreamingLLM(n_kept(T, r), sinks=4, evict="prefill"),
         ),
-        Pair("tova", lambda r: kp.TOVAPress(r), lambda r, T, n: PrefillOnly(kv.TOVA(n_kept(T, r)))),
+        Pair(
+            "tova",
+            lambda r: kp.TOVAPress(r),
+            lambda r, T, n: kv.TOVA(n_kept(T, r), evict="prefill"),
+        ),
         Pair("key_norm", lambda r: kp.KnormPress(r), lambda r, T, n: kv.KeyNorm(n_kept(T, r))),
         Pair(
             "pyramidkv",
