@@ -167,16 +167,33 @@ def _qfilter_press(kp: Any, r: float, filters: np.ndarray) -> Any:
     return press
 
 
+def _duo_press(kp: Any, r: float, scores: np.ndarray, sink: int, recent: int) -> Any:
+    import torch
+
+    press = kp.DuoAttentionPress(head_compression_ratio=r)
+    press.sink_size, press.recent_size = sink, recent
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    n = round(scores.size * r)
+    if n > 0:  # kvpress post_init_from_model, with our scores instead of the hub's
+        idx = np.argsort(scores, axis=None, kind="stable")[:n]
+        mask[np.unravel_index(idx, scores.shape)] = True
+    press.streaming_mask = mask
+    press.post_init_from_model = lambda model: None
+    return press
+
+
 def pairs(
     window: int = 64,
     qfilters: np.ndarray | None = None,
+    duo: tuple[np.ndarray, int, int] | None = None,
     lag_size: int = 128,
     lag_ratios: tuple[float, ...] = (0.25, 0.5),
 ) -> dict[str, Pair]:
     """(kvpress press, our policy) by name. ``qfilters`` (n_layers, Hkv, D) enables the
-    Q-Filter pair. LagKV's rank scores tie across partitions and torch.topk breaks ties in
-    no documented order, so its pair runs at ``lag_ratios`` where the cut falls between
-    tie groups (see the LagKV docstring)."""
+    Q-Filter pair, ``duo`` (head scores, sink, recent) the DuoAttention pair (``r`` is then
+    the fraction of streaming heads). LagKV's rank scores tie across partitions and
+    torch.topk breaks ties in no documented order, so its pair runs at ``lag_ratios`` where
+    the cut falls between tie groups (see the LagKV docstring)."""
     kp = import_kvpress()
 
     w = window
@@ -262,6 +279,18 @@ def pairs(
                 "qfilter",
                 lambda r: _qfilter_press(kp, r, f),
                 lambda r, T, n: kv.QFilter(n_kept(T, r), filters=f),
+            )
+        )
+    if duo is not None:
+        hs, sink, recent = duo
+        out.append(
+            Pair(
+                "duo_attention",
+                lambda r: _duo_press(kp, r, hs, sink, recent),
+                lambda r, T, n: kv.DuoAttention(
+                    hs, head_compression_ratio=r, sink_size=sink, recent_size=recent
+                ),
+                tokens=False,
             )
         )
     return {p.name: p for p in out}
