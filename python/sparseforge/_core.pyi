@@ -1,5 +1,6 @@
 # Hand-written stubs for the compiled module; checked by `python -m mypy.stubtest
 # sparseforge._core` in .ci/run. Arrays are numpy; see the facade for shapes and dtypes.
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -403,6 +404,23 @@ def swiglu_gate(
     out: npt.NDArray[np.float32] | None = None,
     num_threads: int = 0,
 ) -> npt.NDArray[np.float32]: ...
+
+def calib_block_forward(
+    h: npt.NDArray[np.float32],
+    seqlen: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    rope_theta: float,
+    rope_style: str,
+    norm_eps: float,
+    scale: float,
+    weights: Sequence[npt.NDArray[np.float32]],
+    biases: Sequence[npt.NDArray[np.float32] | None],
+    stats: Sequence[LayerStats | None],
+    need_output: bool,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32] | None: ...
 
 # --- end models ---
 

@@ -186,6 +186,7 @@ def prune_streaming(
     error: bool = True,
     activations: str = "float32",
     batch_tokens: int = 8192,
+    forward: str = "auto",
     resume: bool = True,
     stop_after: int | None = None,
     num_threads: int | None = None,
@@ -201,7 +202,7 @@ def prune_streaming(
     out : path of the output directory: absent or empty for a new run, or the directory of
         an unfinished run with the same source and settings (continued when ``resume``).
     calib, method, sparsity, pattern, sequential, nsamples, seqlen, seed, bos, error,
-    activations, batch_tokens, **method_kwargs
+    activations, batch_tokens, forward, **method_kwargs
         As in :func:`sparseforge.models.prune`. The calibration states always live in
         memory-mapped files under ``out/.sparseforge-run``.
     resume : bool
@@ -244,6 +245,7 @@ def prune_streaming(
     c = stored.config
     live = _LiveWeights(stored._weights)
     model = LlamaModel(c, live, stored.tokenizer, source=str(src), num_threads=num_threads)
+    fwd = _calibration.resolve_forward(model, forward)
     n_stop = c.n_layers if stop_after is None else _int_arg(stop_after, "stop_after", 1)
     names = list(stored._weights)
     for i in range(c.n_layers):
@@ -266,6 +268,7 @@ def prune_streaming(
         "error": error,
         "activations": activations,
         "batch_tokens": bt,
+        "forward": fwd,
         "method_kwargs": {k: method_kwargs[k] for k in sorted(method_kwargs)},
         "windows": hashlib.sha256(np.ascontiguousarray(windows, np.int64).tobytes()).hexdigest(),
         "windows_shape": [n, s],
@@ -351,6 +354,7 @@ def prune_streaming(
                 sequential=sequential,
                 batch_tokens=bt,
                 store=store,
+                forward=fwd,
             )
             if not dst_a.all_finite():
                 raise ValueError(
