@@ -404,7 +404,6 @@ def swiglu_gate(
     out: npt.NDArray[np.float32] | None = None,
     num_threads: int = 0,
 ) -> npt.NDArray[np.float32]: ...
-
 def calib_block_forward(
     h: npt.NDArray[np.float32],
     seqlen: int,

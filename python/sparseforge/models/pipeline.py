@@ -405,7 +405,9 @@ def calibration_windows(
     ``seqlen`` must then be None or its width). From a stream, ``nsamples`` windows start at
     positions drawn uniformly from ``[0, len - seqlen]`` with
     ``numpy.random.default_rng(seed)`` (the references draw random C4 segments); they may
-    overlap. ``seqlen`` defaults to ``min(max_seq_len, 2048)``.
+    overlap. ``seqlen`` defaults to ``min(max_seq_len, 2048)``. A stream with fewer than
+    ``nsamples`` distinct window starts (``len - seqlen + 1 < nsamples``) is a ValueError:
+    the windows could only repeat.
     """
     n = _int_arg(nsamples, "nsamples", 1)
     max_len = int(model.config.max_seq_len)
@@ -434,6 +436,11 @@ def calibration_windows(
         raise ValueError(
             f"calib: {ids.size} tokens are shorter than one calibration window: expected at "
             f"least seqlen={s} tokens"
+        )
+    if ids.size - s + 1 < n:
+        raise ValueError(
+            f"calib: {ids.size} tokens hold only {ids.size - s + 1} distinct windows of "
+            f"seqlen={s}, fewer than nsamples={n}: give more text, fewer or shorter windows"
         )
     rng = np.random.default_rng(int(seed))
     starts = rng.integers(0, ids.size - s + 1, size=n)
