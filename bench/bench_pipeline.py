@@ -380,6 +380,131 @@ def _write_random(shape: str) -> Path:
     return d
 
 
+def _one_block_dir(shape: str) -> Path:
+    """A 1-block model of ``shape`` (random init by transformers, seed 0) as a bf16 HF
+    directory: the unit both tools are timed on per block."""
+    d = WORK / f"random-{shape}-1block"
+    if (d / "config.json").is_file():
+        return d
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        max_position_embeddings=4096, **{**SHAPES[shape], "num_hidden_layers": 1}
+    )
+    torch.manual_seed(0)
+    m = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    m.save_pretrained(d, safe_serialization=True)
+    return d
+
+
+def block_child(a: argparse.Namespace) -> None:
+    """One tool prunes the 1-block model (SparseGPT 50%) in this process: one JSON line."""
+    d = _one_block_dir(a.shape)
+    ids = np.random.default_rng(0).integers(1, 32000, size=(a.nsamples, a.seqlen))
+    if a.tool == "ours":
+        import shutil
+
+        from sparseforge.models.streaming import prune_streaming
+
+        out = WORK / f"pruned-{a.shape}-1block"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        rep = prune_streaming(
+            d, out, ids, method="sparsegpt", error=False, num_threads=a.threads, progress=False
+        )
+        seconds = time.perf_counter() - t0
+        method_s = sum(r.seconds for r in rep.layers)
+    else:
+        import torch
+        from datasets import Dataset
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.pruning import SparseGPTModifier
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(a.threads)
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
+        ds = Dataset.from_dict(
+            {"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()}
+        )
+        recipe = SparseGPTModifier(
+            sparsity=0.5,
+            mask_structure="0:0",
+            block_size=128,
+            dampening_frac=0.01,
+            targets=["Linear"],
+            ignore=["re:.*lm_head"],
+        )
+        t0 = time.perf_counter()
+        oneshot(
+            model=model,
+            dataset=ds,
+            recipe=recipe,
+            num_calibration_samples=a.nsamples,
+            max_seq_length=a.seqlen,
+            pipeline="sequential",
+        )
+        seconds = time.perf_counter() - t0
+        method_s = float("nan")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "method_s": method_s,
+                "rss_gib": _rss_gib(),
+                "load": os.getloadavg()[0],
+            }
+        ),
+        flush=True,
+    )
+
+
+def shape_block(a: argparse.Namespace) -> None:
+    """Per-block time of both tools on a 1-block model of the shape, then each projected
+    to the full depth (blocks are sequential and alike)."""
+    _one_block_dir(a.shape)
+    L = SHAPES[a.shape]["num_hidden_layers"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+    env["MKL_NUM_THREADS"] = str(a.threads)
+    rows = []
+    for tool in a.tools.split(","):
+        py = sys.executable if tool == "ours" else a.python
+        cmd = [py, __file__, "block-child", "--tool", tool, "--shape", a.shape]
+        cmd += ["--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)]
+        cmd += ["--threads", str(a.threads)]
+        load0 = os.getloadavg()[0]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            print(p.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{tool} failed")
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        rows.append((tool, r, load0))
+        print(tool, r, f"load {load0:.1f}", flush=True)
+    names = {"ours": "sparseforge (prune_streaming, error=False)", "llmc": "llm-compressor"}
+    lines = [
+        f"## One {a.shape}-shaped block, SparseGPT 50%, {a.nsamples} x {a.seqlen} "
+        f"calibration tokens, {a.threads} thread(s), both tools",
+        "",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py "
+        f"shape-block --shape {a.shape} --nsamples {a.nsamples} --seqlen {a.seqlen} "
+        f"--threads {a.threads}` (git {_git_rev()}): a 1-block model of the shape (random "
+        "init by transformers, bf16 safetensors), the same token ids, one process per tool; "
+        f"the wall time of the whole pruning call (one block, embeddings included), projected "
+        f"x {L} blocks. Shared machine: load beside each row.",
+        "",
+        "| tool | wall s (1 block) | projected total min | peak RSS GiB | load start / end |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for tool, r, load0 in rows:
+        lines.append(
+            f"| {names[tool]} | {r['seconds']:.1f} | {r['seconds'] * L / 60:.1f} | "
+            f"{r['rss_gib']:.2f} | {load0:.1f} / {r['load']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    _append(a.out, text)
+
+
 def _formula(shape: str, n: int, T: int, batch_tokens: int) -> dict[str, float]:
     c = SHAPES[shape]
     dim, hid = c["hidden_size"], c["intermediate_size"]
@@ -490,8 +615,28 @@ def main() -> None:
     h.add_argument("--batch-tokens", type=int, default=8192)
     h.add_argument("--threads", type=int, default=2)
     h.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    b = sub.add_parser("shape-block")
+    b.add_argument("--shape", choices=list(SHAPES), required=True)
+    b.add_argument("--nsamples", type=int, default=4)
+    b.add_argument("--seqlen", type=int, default=2048)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--tools", default="ours,llmc")
+    b.add_argument("--python", default=str(ROOT / ".benchvenv" / "bin" / "python"))
+    b.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    bc = sub.add_parser("block-child")
+    for k in ("tool", "shape"):
+        bc.add_argument(f"--{k}", required=True)
+    bc.add_argument("--nsamples", type=int, default=4)
+    bc.add_argument("--seqlen", type=int, default=2048)
+    bc.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    {"smol": smol, "smol-child": smol_child, "shape": shape_run}[a.cmd](a)
+    {
+        "smol": smol,
+        "smol-child": smol_child,
+        "shape": shape_run,
+        "shape-block": shape_block,
+        "block-child": block_child,
+    }[a.cmd](a)
 
 
 if __name__ == "__main__":

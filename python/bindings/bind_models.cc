@@ -145,7 +145,6 @@ py::array swiglu_gate(py::handle g_obj, py::handle u_obj, const py::object& out,
   return y;
 }
 
-
 // The calibration forward of one block (block_forward.h). weights: [attn_norm, q, k, v, o,
 // mlp_norm, gate, up, down] (float32; norms 1-D, linears 2-D (out, in)); biases: 7 entries,
 // None or a float32 (out,) vector; stats: 4 entries, None or a LayerStats (core object), for
@@ -160,9 +159,9 @@ py::object calib_block_forward(py::handle h_obj, size_t seqlen, size_t n_heads, 
   if (py::len(weights) != 9) fail("weights: expected 9 arrays (2 norms, 7 linears)");
   if (py::len(biases) != 7) fail("biases: expected 7 entries (None or a vector)");
   if (py::len(stats) != 4) fail("stats: expected 4 entries (None or a LayerStats)");
-  static const char* const kNames[9] = {"input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj",
-                                        "post_attention_layernorm", "gate_proj", "up_proj",
-                                        "down_proj"};
+  static const char* const kNames[9] = {"input_layernorm", "q_proj",  "k_proj",
+                                        "v_proj",          "o_proj",  "post_attention_layernorm",
+                                        "gate_proj",       "up_proj", "down_proj"};
   sm::BlockWeights w;
   std::array<sf::ConstMatrixView<float>, 9> mats{};
   for (int i = 0; i < 9; ++i) {
@@ -175,7 +174,8 @@ py::object calib_block_forward(py::handle h_obj, size_t seqlen, size_t n_heads, 
   const int lin[7] = {1, 2, 3, 4, 6, 7, 8};
   for (int j = 0; j < 7; ++j) {
     w.w[j] = mats[lin[j]];
-    if (!biases[j].is_none()) w.bias[j] = vector_f32_in(biases[j], kNames[lin[j]], mats[lin[j]].rows);
+    if (!biases[j].is_none())
+      w.bias[j] = vector_f32_in(biases[j], kNames[lin[j]], mats[lin[j]].rows);
   }
   std::array<sf::calib::LayerStats*, sm::kNumBlockInputs> st{};
   std::vector<sf::calib::LayerStats*> distinct;

@@ -13,7 +13,7 @@ namespace sparseforge {
 namespace models {
 namespace {
 
-const char* const kLinearNames[kNumBlockLinears] = {"q_proj", "k_proj",  "v_proj",   "o_proj",
+const char* const kLinearNames[kNumBlockLinears] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                     "gate_proj", "up_proj", "down_proj"};
 
 // y (N, out) = x (N, in) W^T (+ bias) (+ y when accumulate): fixed tiles of kBlockRowTile
@@ -55,9 +55,10 @@ void calibration_block_forward(ConstMatrixView<float> h, size_t seqlen, const Bl
   const size_t Hq = s.attn.n_heads, Hkv = s.attn.n_kv_heads, D = s.attn.head_dim;
   SF_CHECK_ARG(dim > 0 && hid > 0, "shape: expected dim > 0 and hidden > 0, got %zu and %zu", dim,
                hid);
-  SF_CHECK_ARG(Hq > 0 && Hkv > 0 && Hq % Hkv == 0 && D > 0 && D % 2 == 0,
-               "shape: expected n_kv_heads dividing n_heads and an even head_dim, got %zu, %zu, %zu",
-               Hq, Hkv, D);
+  SF_CHECK_ARG(
+      Hq > 0 && Hkv > 0 && Hq % Hkv == 0 && D > 0 && D % 2 == 0,
+      "shape: expected n_kv_heads dividing n_heads and an even head_dim, got %zu, %zu, %zu", Hq,
+      Hkv, D);
   SF_CHECK_ARG(h.cols == dim, "h: expected %zu columns (dim), got %zu", dim, h.cols);
   SF_CHECK_ARG(h.data != nullptr && h.stride >= h.cols, "h: expected a (tokens, %zu) matrix", dim);
   SF_CHECK_ARG(seqlen > 0 && h.rows > 0 && h.rows % seqlen == 0,
@@ -73,8 +74,7 @@ void calibration_block_forward(ConstMatrixView<float> h, size_t seqlen, const Bl
   const size_t cols[kNumBlockLinears] = {dim, dim, dim, qd, dim, dim, hid};
   for (int i = 0; i < kNumBlockLinears; ++i) {
     const ConstMatrixView<float>& w = wt.w[i];
-    SF_CHECK_ARG(w.data != nullptr && w.rows == rows[i] && w.cols == cols[i] &&
-                     w.stride >= w.cols,
+    SF_CHECK_ARG(w.data != nullptr && w.rows == rows[i] && w.cols == cols[i] && w.stride >= w.cols,
                  "%s: expected a (%zu, %zu) float32 weight, got (%zu, %zu)", kLinearNames[i],
                  rows[i], cols[i], w.rows, w.cols);
   }
@@ -88,11 +88,10 @@ void calibration_block_forward(ConstMatrixView<float> h, size_t seqlen, const Bl
   const bool need_out = out.rows != 0;
   if (need_out) {
     SF_CHECK_ARG(out.rows == h.rows && out.cols == dim && out.stride >= dim && out.data != nullptr,
-                 "out: expected shape (%zu, %zu), got (%zu, %zu)", h.rows, dim, out.rows,
-                 out.cols);
-    SF_CHECK_ARG(out.data + out.rows * out.stride <= h.data ||
-                     h.data + h.rows * h.stride <= out.data,
-                 "out: must not overlap h");
+                 "out: expected shape (%zu, %zu), got (%zu, %zu)", h.rows, dim, out.rows, out.cols);
+    SF_CHECK_ARG(
+        out.data + out.rows * out.stride <= h.data || h.data + h.rows * h.stride <= out.data,
+        "out: must not overlap h");
   }
 
   const size_t N = h.rows, W = N / seqlen;

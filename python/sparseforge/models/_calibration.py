@@ -21,7 +21,7 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def block_forward_core(
     i: int,
     h: F32,
     windows: int,
-    stats: list[LayerStats | None],
+    stats: Sequence[LayerStats | None],
     need_output: bool,
 ) -> F32 | None:
     """:func:`block_forward` in one core call: block ``i`` over ``windows`` windows stacked
@@ -302,7 +302,7 @@ def run_block(
     i: int,
     src: Activations,
     dst: Activations | None,
-    stats: list[LayerStats | None] | None,
+    stats: Sequence[LayerStats | None] | None,
     batch_tokens: int,
     forward: str = "python",
 ) -> None:
@@ -313,7 +313,7 @@ def run_block(
     per batch, :func:`block_forward_core`) or "python" (:func:`block_forward`)."""
     n, T = src.shape[0], src.shape[1]
     per = max(1, batch_tokens // T)
-    st = stats if stats is not None else [None] * 4
+    st: Sequence[LayerStats | None] = stats if stats is not None else [None] * 4
     hooks = None
     if forward == "python" and stats is not None:
         by_input = {LINEAR_SUFFIXES[k]: s for k, s in zip((0, 3, 4, 6), st, strict=True)}

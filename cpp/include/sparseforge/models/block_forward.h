@@ -41,8 +41,8 @@ namespace models {
 
 struct BlockShape {
   size_t dim = 0;
-  size_t hidden = 0;      // the MLP's intermediate size
-  AttentionShape attn;    // n_heads * head_dim need not equal dim
+  size_t hidden = 0;    // the MLP's intermediate size
+  AttentionShape attn;  // n_heads * head_dim need not equal dim
   double rope_theta = 10000.0;
   RopeStyle rope_style = RopeStyle::kHalf;
   float norm_eps = 1e-5f;
