@@ -1,4 +1,4 @@
-"""The core calibration block forward (``_core.calib_block_forward``) against the research
+"""The core calibration block forward (``_core.models.calib_block_forward``) against the research
 forward (``LlamaModel.block``, numpy GEMMs) and the Python statistics path: outputs equal to
 float32 rounding, statistics equal to the ones LayerStats gathers from the research
 forward's linear inputs, bitwise the same for 1 and 2 threads; families it does not
@@ -147,18 +147,20 @@ def test_core_block_bad_arguments() -> None:
     w = [np.ones(c.dim, np.float32)] + [np.asarray(m.weight(n)) for n in m.linear_names(0)[:4]]
     w += [np.ones(c.dim, np.float32)] + [np.asarray(m.weight(n)) for n in m.linear_names(0)[4:]]
     with pytest.raises(ValueError, match="seqlen"):
-        _core.calib_block_forward(h, 7, *args, w, [None] * 7, [None] * 4, True)
+        _core.models.calib_block_forward(h, 7, *args, w, [None] * 7, [None] * 4, True)
     bad = list(w)
     bad[2] = bad[2][:, :-1].copy()
     with pytest.raises(ValueError, match="k_proj"):
-        _core.calib_block_forward(h, SEQ, *args, bad, [None] * 7, [None] * 4, True)
+        _core.models.calib_block_forward(h, SEQ, *args, bad, [None] * 7, [None] * 4, True)
     st = LayerStats(c.dim + 1)
     with pytest.raises(ValueError, match="stats"):
-        _core.calib_block_forward(h, SEQ, *args, w, [None] * 7, [st._impl, None, None, None], True)
+        _core.models.calib_block_forward(
+            h, SEQ, *args, w, [None] * 7, [st._impl, None, None, None], True
+        )
     assert st.tokens == 0
     same = LayerStats(c.dim)
     with pytest.raises(ValueError, match="distinct"):
-        _core.calib_block_forward(
+        _core.models.calib_block_forward(
             h, SEQ, *args, w, [None] * 7, [same._impl, None, same._impl, None], True
         )
     assert same.tokens == 0

@@ -9,7 +9,7 @@ norms, RoPE and the SwiGLU gate as one call each, and through attention window b
 (each window is its own causal sequence at positions ``0 .. seqlen-1``). Each linear's input
 statistics are updated once per batch. For the families the core implements (plain Llama /
 Mistral / Qwen2 blocks: :func:`core_unsupported` says why not otherwise) the whole batch
-goes through the block in one core call (``_core.calib_block_forward``: GEMMs, norms, RoPE,
+goes through the block in one core call (``_core.models.calib_block_forward``: GEMMs, norms, RoPE,
 attention and the gate in C++, the statistics fed in the core, the GIL released); other
 families take the Python forward. The windows' activations between blocks live in an
 :class:`Activations` buffer: float32 or bfloat16, in memory or in a memory-mapped file.
@@ -160,7 +160,7 @@ def block_forward_core(
     for nm in names:
         b = nm[: -len("weight")] + "bias"
         biases.append(_f32(model._weights[b]) if b in model._weights else None)
-    out: F32 | None = _core.calib_block_forward(
+    out: F32 | None = _core.models.calib_block_forward(
         np.ascontiguousarray(h, dtype=np.float32),
         int(h.shape[0]) // windows,
         c.n_heads,
@@ -271,12 +271,12 @@ def block_forward(
     k = k.reshape(N, c.n_kv_heads, c.head_dim)
     v = v.reshape(N, c.n_kv_heads, c.head_dim)
     pos = np.tile(np.arange(T, dtype=np.int64), windows)
-    _core.rope(q, pos, c.rope_theta, c.rope_style, thr)
-    _core.rope(k, pos, c.rope_theta, c.rope_style, thr)
+    _core.models.rope(q, pos, c.rope_theta, c.rope_style, thr)
+    _core.models.rope(k, pos, c.rope_theta, c.rope_style, thr)
     att = np.empty((N, c.n_heads * c.head_dim), dtype=np.float32)
     for w in range(windows):
         s = slice(w * T, (w + 1) * T)
-        _core.attention(q[s], k[s], v[s], model._scale, att[s], thr)
+        _core.models.attention(q[s], k[s], v[s], model._scale, att[s], thr)
     del q, k, v
     h = model._residual(p + "attn_shortcut.weight", h) + model._linear(
         p + LINEAR_SUFFIXES[3], att, hooks
@@ -286,7 +286,7 @@ def block_forward(
     g = model._linear(p + LINEAR_SUFFIXES[4], x, hooks)
     u = model._linear(p + LINEAR_SUFFIXES[5], x, hooks)
     del x
-    m = _core.swiglu_gate(g, u, g, thr)
+    m = _core.models.swiglu_gate(g, u, g, thr)
     del u
     down = p + LINEAR_SUFFIXES[6]
     if not need_output:
