@@ -726,8 +726,11 @@ class LlamaModel:
         different streams, greedy tokens are the same. With ``stop_at_eos`` generation ends
         after the tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
         there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
-        must not exceed ``max_seq_len``. ``cache``: an empty :class:`DecodeCache` to decode
-        into (e.g. a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`.
+        must not exceed ``max_seq_len``. ``cache``: a :class:`DecodeCache` to decode into (e.g.
+        a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`. A cache that
+        already holds tokens (a prefilled, compressed context, or a fork of one) is continued:
+        the prompt follows its ``length`` cached tokens (``length + len(prompt) +
+        max_new_tokens - 1 <= max_seq_len``).
         """
         ids = check_token_ids(prompt, self.config.vocab_size, "prompt")
         if ids.size == 0:
@@ -744,23 +747,24 @@ class LlamaModel:
             raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
         if max_new_tokens == 0:
             return []
-        capacity = int(ids.size) + int(max_new_tokens) - 1
+        if cache is not None and not isinstance(cache, DecodeCache):
+            raise TypeError(
+                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
+            )
+        past = 0 if cache is None else int(cache.length)
+        capacity = past + int(ids.size) + int(max_new_tokens) - 1
         if capacity > self.config.max_seq_len:
             raise ValueError(
-                f"max_new_tokens: {ids.size} prompt + {max_new_tokens} new tokens exceed "
-                f"max_seq_len={self.config.max_seq_len} (by {capacity - self.config.max_seq_len})"
+                f"max_new_tokens: {f'{past} cached + ' if past else ''}{ids.size} prompt + "
+                f"{max_new_tokens} new "
+                f"tokens exceed max_seq_len={self.config.max_seq_len} "
+                f"(by {capacity - self.config.max_seq_len})"
             )
         stop: set[int] = set()
         if stop_at_eos and self.tokenizer is not None:
             stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
         if cache is None:
             cache = KVCache(self.config, capacity)
-        elif not isinstance(cache, DecodeCache):
-            raise TypeError(
-                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
-            )
-        elif cache.length:
-            raise ValueError(f"cache: expected an empty cache, it holds {cache.length} tokens")
         from .. import runtime as _runtime
 
         session = self._session_for(cache) if hooks is None else None
