@@ -63,7 +63,7 @@ def _state(cache: kv.PagedKVCache, layers: int):
 
 
 @pytest.mark.parametrize("budget", [24, 0.3], ids=["tokens", "keep"])
-@pytest.mark.parametrize("name", sorted(kv.POLICIES))
+@pytest.mark.parametrize("name", sorted(kv_oracle.POLICIES))
 def test_core_policy_equals_numpy_oracle(name, budget):
     T, steps, layers = 70, 14, 3
     q, k, v, dq, dk, dv = _data(hash(name) % 1000, T, steps)
@@ -119,7 +119,7 @@ def _tiny_model(seed=0, n_kv_heads=2):
     )
 
 
-@pytest.mark.parametrize("name", sorted(kv.POLICIES))
+@pytest.mark.parametrize("name", sorted(kv_oracle.POLICIES))
 def test_policy_cache_core_equals_python_loop(name):
     # Python forward (hooks given): the core policy cache against the Python loop over the
     # numpy oracle, bitwise; the runtime (no hooks: the whole step in one core call through
@@ -183,7 +183,7 @@ def test_budget_names_cannot_be_confused():
 def test_eviction_choice_prefill_or_decode():
     T, steps, B = 60, 10, 20
     q, k, v, dq, dk, dv = _data(8, T, steps)
-    for name in sorted(kv.POLICIES):
+    for name in sorted(kv_oracle.POLICIES):
         if not kv.POLICIES[name].evicts:
             continue
         for evict in ("prefill", "decode"):
