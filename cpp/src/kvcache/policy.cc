@@ -842,6 +842,21 @@ PolicyCache::PolicyCache(const PolicyCache& o)
       length_(o.length_),
       prefill_compress_(o.prefill_compress_) {}
 
+void Policy::check_prefill_at(const PagedKVCache& cache, size_t layer, size_t T) const {
+  check_cache(cache);
+  const size_t context = static_cast<size_t>(cache.last_position(layer) + 1) + T;
+  const size_t b = budget_.given ? peek_budget(cache, layer, context) : 0;
+  check_prefill(cache, layer, T, context, b);
+}
+
+void PolicyCache::check_attend(size_t T) const {
+  policy_->check_cache(*cache_);
+  if (T > 1 && length_ == 0 && prefill_compress_) {
+    for (size_t l = 0; l < cache_->config().num_layers; ++l)
+      policy_->check_prefill_at(*cache_, l, T);
+  }
+}
+
 void PolicyCache::reset() {
   cache_->clear();
   cache_->reset_peak();

@@ -115,6 +115,9 @@ class Policy {
   // Validates this policy against a cache before anything is appended (num_layers of a
   // per-layer budget, page bounds for Quest).
   virtual void check_cache(const PagedKVCache& cache) const;
+  // prefill()'s checks for a prompt of T tokens into `layer` (positions 0 .. T-1 when the
+  // layer is empty), without appending.
+  void check_prefill_at(const PagedKVCache& cache, size_t layer, size_t T) const;
 
   // The lock of callers that share this policy between threads (never taken by the core).
   std::mutex& mutex() const { return mu_.get(); }
@@ -224,6 +227,10 @@ class PolicyCache {
   void attend(size_t layer, ConstMatrixView<float> q, ConstMatrixView<float> k,
               ConstMatrixView<float> v, float scale, MatrixView<float> out, int num_threads);
   void advance(size_t T) { length_ += T; }
+  // The checks attend() would make for T new tokens on every layer (the policy's prefill
+  // checks: budget against the prompt, SnapKV's window, ...), so that a caller running all
+  // layers can refuse before the first layer appends anything.
+  void check_attend(size_t T) const;
   // Drops every token and the policy's per-sequence state.
   void reset();
   // Bytes held: K/V pages plus metadata (positions, scores, page bounds).
