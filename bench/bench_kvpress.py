@@ -7,7 +7,8 @@ through sparseforge (``LlamaModel.step`` + ``sf.kv.PolicyCache``); both score th
 continuation after the compressed context (protocol: ``tests_py/kvpress_parity.py``).
 Reported per row: kvpress's and our perplexity (over all contexts), the largest per-context
 |ΔNLL| in nats (target < 1e-3), the tokens our cache holds per (layer, kv head) after the
-prefill, and our cache's bytes in use (`PolicyCache.bytes_in_use`: K/V pages from the pool plus metadata).
+prefill, and our cache's bytes in use (``PolicyCache.bytes_in_use``: K/V pages from the pool
+plus metadata).
 
 Needs kvpress 0.5.5 (``transformers<5.3``) beside sparseforge, e.g. a bench venv::
 
