@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
 import os
@@ -387,12 +388,84 @@ def part_lottery(steps: int, rate: float = 0.6, levels: int = 3) -> dict[str, An
             "load": load_avg()}  # fmt: skip
 
 
+def part_lottery2(steps: int, seed: int = 0, rate: float = 0.6, levels: int = 2,
+                  k: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One seed of the lottery experiment with three arms per level: the ticket rewound to
+    initialisation (k = 0), the ticket rewound to iteration k (late rewinding, Frankle et
+    al. 2020; k = 10 % of the steps), and the k = 0 masks with a random re-initialisation.
+    Dense: trained from theta_0 for ``steps`` steps (theta_k saved on the way); level L
+    prunes ``rate`` of the remaining weights of the previous level's *trained* weights
+    (global magnitude), rewinds and retrains with a fresh AdamW (from theta_k: ``steps - k``
+    steps, the constant-LR schedule resumed at k)."""
+    st = Stories()
+    c = st.model.config
+    k = max(1, steps // 10) if k is None else k
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.dim,
+            intermediate_size=c.hidden_dim,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.n_kv_heads,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
+    )
+    data = st.batches(steps, seed=50 + seed)
+    saved: dict[str, Any] = {}
+
+    def train(sp: Any, start: int = 0, capture: bool = False) -> float:
+        opt = adamw(model, lr=3e-3)
+
+        def after(t: int) -> None:
+            if capture and t + 1 == k:
+                saved["theta_k"] = sft.snapshot(model)
+
+        sft.train(model, data[start:], opt, steps=steps - start, loss_fn=ce, sparsifier=sp,
+                  progress=False, after_step=after)  # fmt: skip
+        return st.eval_loss(model)
+
+    t0 = time.perf_counter()
+    sp = sft.Sparsifier(model, body_filter)
+    theta0 = sft.snapshot(model)
+    dense = train(sp, capture=True)
+    trained = sft.snapshot(model)
+    ones = {n: torch.ones_like(m) for n, m in sp.masks.items()}
+    rows = [{"level": 0, "sparsity": 0.0, "dense": dense}]
+    masks0 = {}
+    for level in range(1, levels + 1):  # rewind to 0
+        sp.prune(1 - (1 - rate) ** level, scope="global")
+        masks0[level] = {n: m.clone() for n, m in sp.masks.items()}
+        sft.rewind(model, theta0, sp)
+        rows.append({"level": level, "sparsity": sp.sparsity(), "ticket": train(sp)})
+    for level in range(1, levels + 1):  # random re-init of the same masks
+        sp.set_masks(masks0[level])
+        sft.rewind(model, theta0, sp)
+        sft.random_reinit(model, sp, seed=1000 + 10 * seed + level)
+        rows[level]["reinit"] = train(sp)
+    sp.set_masks(ones)  # late rewinding: a new IMP chain from the same trained dense model
+    sft.rewind(model, trained, sp)
+    for level in range(1, levels + 1):
+        sp.prune(1 - (1 - rate) ** level, scope="global")
+        sft.rewind(model, saved["theta_k"], sp)
+        rows[level]["ticket_k"] = train(sp, start=k)
+    for r in rows:
+        print(f"lottery2 seed {seed}: {r}", file=sys.stderr, flush=True)
+    return {"rows": rows, "steps": steps, "rate": rate, "k": k, "seed": seed,
+            "seconds": time.perf_counter() - t0, "load": load_avg()}  # fmt: skip
+
+
 PARTS = {  # cheapest first
     "moe": part_moe,
     "srste": part_srste,
     "recovery": part_recovery,
     "curve": part_curve,
     "lottery": part_lottery,
+    "lottery2": part_lottery2,
 }
 
 
@@ -569,18 +642,32 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=sorted(PARTS), default=None)
     ap.add_argument("--steps", type=int, default=None, help="override every part's steps")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="lottery2: the seed (key lottery2-sN)")
+    ap.add_argument("--report", action="store_true", help="only rewrite training.md")
     args = ap.parse_args()
     torch.set_num_threads(2)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cache = RESULTS / "training.json"
     res: dict[str, Any] = {} if args.fresh or not cache.exists() else json.loads(cache.read_text())
-    defaults = {"moe": 150, "srste": 60, "recovery": 60, "curve": 50, "lottery": 80}
-    for name in args.only or list(PARTS):
+    defaults = {"moe": 150, "srste": 60, "recovery": 60, "curve": 50, "lottery": 80,
+                "lottery2": 80}  # fmt: skip
+    names = [] if args.report else (args.only or [n for n in PARTS if n != "lottery2"])
+    for name in names:
         steps = args.steps or defaults[name]
         print(f"== {name} ({steps} steps, load {load_avg()})", file=sys.stderr, flush=True)
-        res[name] = PARTS[name](steps)
-        cache.write_text(json.dumps(res, indent=1))
-        write_md(res)
+        if name == "lottery2":
+            key, value = f"lottery2-s{args.seed}", part_lottery2(steps, seed=args.seed)
+        else:
+            key, value = name, PARTS[name](steps)
+        with open(str(cache) + ".lock", "w") as lk:  # several seeds may run side by side
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            res = json.loads(cache.read_text()) if cache.exists() else {}
+            res[key] = value
+            tmp = cache.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            os.replace(tmp, cache)
+    if cache.exists():
+        res = json.loads(cache.read_text())
     write_md(res)
 
 

@@ -12,6 +12,8 @@ One module per concern:
 * :mod:`.lottery` — :class:`LotteryTicket`, :func:`rewind`, :func:`random_reinit`;
 * :mod:`.srste` — SR-STE (N:M learned in training);
 * :mod:`.group_lasso` — :class:`Groups` (penalty and proximal step);
+* :mod:`.dropout` — structured dropout: :class:`LayerDrop`, :class:`HeadDrop`,
+  :class:`NeuronDrop`;
 * :mod:`.importance` — :class:`GradientImportance` (Taylor, Fisher, movement);
 * :mod:`.distill` — :func:`kd_loss`, :class:`Distiller`, :func:`to_transformers`;
 * :mod:`.moe` — router jitter, load-balancing and z losses, SparseMixer;
@@ -48,6 +50,9 @@ _LAZY = {
     "apply_srste": "srste",
     "remove_srste": "srste",
     "Groups": "group_lasso",
+    "LayerDrop": "dropout",
+    "HeadDrop": "dropout",
+    "NeuronDrop": "dropout",
     "GradientImportance": "importance",
     "Distiller": "distill",
     "kd_loss": "distill",
