@@ -15,7 +15,8 @@ One module per concern:
 * :mod:`.dropout` — structured dropout: :class:`LayerDrop`, :class:`HeadDrop`,
   :class:`NeuronDrop`;
 * :mod:`.importance` — :class:`GradientImportance` (Taylor, Fisher, movement);
-* :mod:`.distill` — :func:`kd_loss`, :class:`Distiller`, :func:`to_transformers`;
+* :mod:`.distill` — :func:`kd_loss`, :class:`Distiller`, :func:`to_transformers`,
+  :func:`to_torch` (also SliceGPT-sliced models);
 * :mod:`.moe` — router jitter, load-balancing and z losses, SparseMixer;
 * :mod:`.loop` — :func:`train`, :func:`finetune`, :func:`prune_and_finetune`,
   :func:`sparsity_callback` (transformers ``Trainer``).
@@ -58,6 +59,7 @@ _LAZY = {
     "kd_loss": "distill",
     "hidden_loss": "distill",
     "to_transformers": "distill",
+    "to_torch": "distill",
     "train": "loop",
     "finetune": "loop",
     "prune_and_finetune": "loop",
