@@ -311,20 +311,20 @@ void register_kvcache(py::module_& m) {
       .def_property_readonly("pages_in_use", locked(&C::pages_in_use))
       .def_property_readonly("tokens_in_use", locked(&C::tokens_in_use))
       .def_property_readonly("value_dim", locked(&C::value_dim));
-  m.def("kv_decode_attention", &decode_attention, py::arg("cache"), py::arg("layer"), py::arg("q"),
+  m.def("decode_attention", &decode_attention, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("pages"), py::arg("group_reduce"), py::arg("accumulate"), py::arg("scale"),
         py::arg("query_position"), py::arg("want_mass"), py::arg("num_threads"));
-  m.def("kv_decode_upkeep", &decode_upkeep, py::arg("cache"), py::arg("layer"), py::arg("q"),
+  m.def("decode_upkeep", &decode_upkeep, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("tova"), py::arg("budget"), py::arg("recent"), py::arg("group_reduce"),
         py::arg("scale"), py::arg("num_threads"));
-  m.def("kv_quest_select", &quest_select, py::arg("cache"), py::arg("layer"), py::arg("q"),
+  m.def("quest_select", &quest_select, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("page_budget"), py::arg("group_reduce"), py::arg("num_threads"));
-  m.def("kv_quest_page_scores", &quest_page_scores, py::arg("cache"), py::arg("layer"),
-        py::arg("q"), py::arg("group_reduce"), py::arg("num_threads"));
-  m.def("kv_window_mass", &window_mass, py::arg("q"), py::arg("k"), py::arg("num_heads"),
+  m.def("quest_page_scores", &quest_page_scores, py::arg("cache"), py::arg("layer"), py::arg("q"),
+        py::arg("group_reduce"), py::arg("num_threads"));
+  m.def("window_mass", &window_mass, py::arg("q"), py::arg("k"), py::arg("num_heads"),
         py::arg("num_kv_heads"), py::arg("window"), py::arg("scale"), py::arg("group_reduce"),
         py::arg("num_threads"));
-  m.def("kv_apply_rope", &apply_rope, py::arg("x"), py::arg("positions"), py::arg("rope_style"),
+  m.def("apply_rope", &apply_rope, py::arg("x"), py::arg("positions"), py::arg("rope_style"),
         py::arg("rope_theta"));
 }
 

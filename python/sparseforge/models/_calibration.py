@@ -137,12 +137,12 @@ def block_forward(
     k = k.reshape(N, c.n_kv_heads, c.head_dim)
     v = v.reshape(N, c.n_kv_heads, c.head_dim)
     pos = np.tile(np.arange(T, dtype=np.int64), windows)
-    _core.rope(q, pos, c.rope_theta, c.rope_style, thr)
-    _core.rope(k, pos, c.rope_theta, c.rope_style, thr)
+    _core.models.rope(q, pos, c.rope_theta, c.rope_style, thr)
+    _core.models.rope(k, pos, c.rope_theta, c.rope_style, thr)
     att = np.empty((N, c.n_heads * c.head_dim), dtype=np.float32)
     for w in range(windows):
         s = slice(w * T, (w + 1) * T)
-        _core.attention(q[s], k[s], v[s], model._scale, att[s], thr)
+        _core.models.attention(q[s], k[s], v[s], model._scale, att[s], thr)
     del q, k, v
     h = model._residual(p + "attn_shortcut.weight", h) + model._linear(
         p + LINEAR_SUFFIXES[3], att, hooks
@@ -152,7 +152,7 @@ def block_forward(
     g = model._linear(p + LINEAR_SUFFIXES[4], x, hooks)
     u = model._linear(p + LINEAR_SUFFIXES[5], x, hooks)
     del x
-    m = _core.swiglu_gate(g, u, g, thr)
+    m = _core.models.swiglu_gate(g, u, g, thr)
     del u
     down = p + LINEAR_SUFFIXES[6]
     if not need_output:

@@ -156,7 +156,9 @@ class KVCache:
         self._k: F32Array | None = None
         self._v: F32Array | None = None
         self._length: int = 0
-        self._session: Any = None  # a _core.RuntimeSession while the session backs the cache
+        self._session: Any = (
+            None  # a _core.runtime.RuntimeSession while the session backs the cache
+        )
 
     @property
     def length(self) -> int:
@@ -217,7 +219,7 @@ class KVCache:
                 return None
             from .. import _core
 
-            self._session = _core.RuntimeSession(rt, self.capacity, num_threads)
+            self._session = _core.runtime.RuntimeSession(rt, self.capacity, num_threads)
             self._length = 0
         elif self._session.model is not rt:
             self._session.set_model(rt)
@@ -248,11 +250,11 @@ class KVCache:
         K[block, start : start + T] = k
         V[block, start : start + T] = v
         if T == 1:
-            a: F32Array = _core.decode_attention(
+            a: F32Array = _core.models.decode_attention(
                 q[0], K[block], V[block], start + 1, scale, None, num_threads
             )
             return a.reshape(1, -1)
-        out: F32Array = _core.attention(
+        out: F32Array = _core.models.attention(
             q, K[block, : start + T], V[block, : start + T], scale, None, num_threads
         )
         return out
@@ -550,12 +552,12 @@ class LlamaModel:
         k = k.reshape(T, c.n_kv_heads, c.head_dim)
         v = v.reshape(T, c.n_kv_heads, c.head_dim)
         pos = np.arange(start, start + T, dtype=np.int64)
-        _core.rope(q, pos, c.rope_theta, c.rope_style, thr)
-        _core.rope(k, pos, c.rope_theta, c.rope_style, thr)
+        _core.models.rope(q, pos, c.rope_theta, c.rope_style, thr)
+        _core.models.rope(k, pos, c.rope_theta, c.rope_style, thr)
         if hooks is not None and hooks.attention is not None:
             hooks.attention(i, q, k, v)
         if cache is None:
-            a = _core.attention(q, k, v, self._scale, None, thr)
+            a = _core.models.attention(q, k, v, self._scale, None, thr)
         else:
             cache.reserve(T)
             a = cache.attend(i, q, k, v, self._scale, thr)
@@ -565,7 +567,7 @@ class LlamaModel:
         x = self._rms_norm(h, p + "post_attention_layernorm.weight", thr)
         g = self._linear(p + LINEAR_SUFFIXES[4], x, hooks)
         u = self._linear(p + LINEAR_SUFFIXES[5], x, hooks)
-        m = _core.swiglu_gate(g, u, g, thr)
+        m = _core.models.swiglu_gate(g, u, g, thr)
         if hooks is not None and hooks.mlp_hidden is not None:
             r = hooks.mlp_hidden(i, m)
             if r is not None:
@@ -592,7 +594,7 @@ class LlamaModel:
         if n != c.dim:
             eps = eps * c.dim / n
             w = w * np.float32(math.sqrt(c.dim / n))
-        out: F32Array = _core.rms_norm(h, w, eps, None, thr)
+        out: F32Array = _core.models.rms_norm(h, w, eps, None, thr)
         return out
 
     def _residual(self, name: str, h: F32Array) -> F32Array:
@@ -692,7 +694,7 @@ class LlamaModel:
             _nll_rows(logits, target, out)
             return out
         # The runtime in chunks of prefill: logits of _NLL_CHUNK tokens at a time.
-        session = _core.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
+        session = _core.runtime.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
         for r0 in range(0, target.size, _NLL_CHUNK):
             r1 = min(target.size, r0 + _NLL_CHUNK)
             lg = session.prefill(ids[r0:r1].tolist(), False)
