@@ -164,3 +164,18 @@ def test_bad_arguments_name_the_argument_and_leave_the_model_alone() -> None:
     assert sum(len(m._forward_pre_hooks) for m in model.modules()) == hooks
     assert all("forward" not in layer.__dict__ for layer in model.model.layers)
     torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_structured_dropout_on_the_gpu_draws_the_cpu_masks() -> None:
+    cpu = _model(layers=3)
+    gpu = copy.deepcopy(cpu).to("cuda")
+    drops = [(sdrop.HeadDrop(m, p=0.5, seed=5), sdrop.NeuronDrop(m, p=0.3, seed=6),
+              sdrop.LayerDrop(m, p=0.3, seed=7)) for m in (cpu, gpu)]  # fmt: skip
+    ids = _ids(batch=2)
+    for _ in range(3):
+        a = cpu(ids, use_cache=False).logits
+        b = gpu(ids.to("cuda"), use_cache=False).logits
+        assert drops[0][2].last == drops[1][2].last
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
+        b.sum().backward()  # gradients flow on the device
