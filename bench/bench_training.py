@@ -34,7 +34,9 @@ import fcntl
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,9 @@ class Stories:
         was = model.training
         model.eval()
         total = 0.0
+        dev = next(model.parameters()).device
         for w in self.eval_windows:
+            w = w.to(dev)
             total += float(model(w[None], labels=w[None]).loss)
         model.train(was)
         return total / len(self.eval_windows)
@@ -389,7 +393,7 @@ def part_lottery(steps: int, rate: float = 0.6, levels: int = 3) -> dict[str, An
 
 
 def part_lottery2(steps: int, seed: int = 0, rate: float = 0.6, levels: int = 2,
-                  k: int | None = None) -> dict[str, Any]:  # fmt: skip
+                  k: int | None = None, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     """One seed of the lottery experiment with three arms per level: the ticket rewound to
     initialisation (k = 0), the ticket rewound to iteration k (late rewinding, Frankle et
     al. 2020; k = 10 % of the steps), and the k = 0 masks with a random re-initialisation.
@@ -415,7 +419,8 @@ def part_lottery2(steps: int, seed: int = 0, rate: float = 0.6, levels: int = 2,
             tie_word_embeddings=True,
         )
     )
-    data = st.batches(steps, seed=50 + seed)
+    model.to(device)
+    data = [b.to(device) for b in st.batches(steps, seed=50 + seed)]
     saved: dict[str, Any] = {}
 
     def train(sp: Any, start: int = 0, capture: bool = False) -> float:
@@ -456,7 +461,7 @@ def part_lottery2(steps: int, seed: int = 0, rate: float = 0.6, levels: int = 2,
     for r in rows:
         print(f"lottery2 seed {seed}: {r}", file=sys.stderr, flush=True)
     return {"rows": rows, "steps": steps, "rate": rate, "k": k, "seed": seed,
-            "seconds": time.perf_counter() - t0, "load": load_avg()}  # fmt: skip
+            "seconds": time.perf_counter() - t0, "load": load_avg(), "device": device}  # fmt: skip
 
 
 PARTS = {  # cheapest first
@@ -549,8 +554,7 @@ def _plot(res: dict[str, Any]) -> list[str]:
             fig.tight_layout()
             fig.savefig(RESULTS / "training-smollm2.png", dpi=110)
             made.append("training-smollm2.png")
-    lot = [res[k] for k in sorted(res) if k.startswith("lottery2-s")]
-    if lot:
+    for tag, lot in _lottery2_groups(res).items():
         fig, ax = plt.subplots(figsize=(5, 3.5))
         xs = [row["sparsity"] for row in lot[0]["rows"][1:]]
         for key, label in (("ticket", "ticket, rewind k = 0"), ("ticket_k", "ticket, rewind k"),
@@ -562,11 +566,12 @@ def _plot(res: dict[str, Any]) -> list[str]:
         ax.axhline(d.mean(), color="gray", ls="--", label="dense (mean)")
         ax.set_xlabel("sparsity")
         ax.set_ylabel("held-out loss")
-        ax.set_title(f"lottery ticket, {len(lot)} seeds")
+        ax.set_title(f"lottery ticket, {len(lot)} seeds, {lot[0]['steps']} steps {tag}")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "training-lottery-seeds.png", dpi=110)
-        made.append("training-lottery-seeds.png")
+        name = f"training-lottery-seeds{tag}.png"
+        fig.savefig(RESULTS / name, dpi=110)
+        made.append(name)
     return made
 
 
@@ -576,13 +581,35 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{a.mean():.3f} ± {sd:.3f}"
 
 
+def _lottery2_groups(res: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """lottery2<tag>-s<seed> entries grouped by tag ("" = this CPU)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for k in sorted(res):
+        m = re.fullmatch(r"lottery2(.*)-s(\d+)", k)
+        if m:
+            groups.setdefault(m.group(1), []).append(res[k])
+    return groups
+
+
 def _lottery2_md(res: dict[str, Any]) -> list[str]:
-    runs = [res[k] for k in sorted(res) if k.startswith("lottery2-s")]
-    if not runs:
-        return []
+    L: list[str] = []
+    for tag, runs in _lottery2_groups(res).items():
+        L += _lottery2_group_md(tag, runs)
+    return L
+
+
+def _lottery2_group_md(tag: str, runs: list[dict[str, Any]]) -> list[str]:
     r0 = runs[0]
+    dev = r0.get("device", "cpu")
+    where = "this CPU, shared" if dev == "cpu" else "H100 device machine"
+    cmd = (
+        f"python bench/bench_training.py --only lottery2 --steps {r0['steps']} --seeds "
+        f"{' '.join(str(r['seed']) for r in runs)}"
+        + (f" --device {dev} --tag {tag}" if tag else "")
+        + ""
+    )
     levels = len(r0["rows"])
-    L = [f"## 3b. Lottery ticket over {len(runs)} seeds, with late rewinding "
+    L = [f"## 3b. Lottery ticket over {len(runs)} seeds, with late rewinding ({where}) "
          f"(stories260K's shape from scratch, {r0['steps']} steps per training, "
          f"{100 * r0['rate']:.0f} % of the remaining weights pruned per level, global "
          f"magnitude; rewind to k = 0 or k = {r0['k']} steps)", "",
@@ -593,6 +620,7 @@ def _lottery2_md(res: dict[str, Any]) -> list[str]:
          f"to theta_k and trained the remaining {r0['steps'] - r0['k']} steps. Held-out loss "
          "(second half of the TinyStories excerpt), mean ± sample std over seeds "
          f"({', '.join(str(r['seed']) for r in runs)}).", "",
+         f"Reproduce: `{cmd}` (the CPU seeds were run one process each, side by side).", "",
          "| level | sparsity | dense | ticket k = 0 | ticket k | random re-init |",
          "|---|---|---|---|---|---|"]  # fmt: skip
     for lv in range(levels):
@@ -840,6 +868,9 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="lottery2: the seed (key lottery2-sN)")
     ap.add_argument("--report", action="store_true", help="only rewrite training.md")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="lottery2: several")
+    ap.add_argument("--device", default="cpu", help="lottery2 only")
+    ap.add_argument("--tag", default="", help="lottery2: key lottery2<tag>-sN")
     args = ap.parse_args()
     torch.set_num_threads(2)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -852,13 +883,17 @@ def main() -> None:
         steps = args.steps or defaults[name]
         print(f"== {name} ({steps} steps, load {load_avg()})", file=sys.stderr, flush=True)
         if name == "lottery2":
-            key, value = f"lottery2-s{args.seed}", part_lottery2(steps, seed=args.seed)
+            items = []
+            for sd in args.seeds if args.seeds is not None else [args.seed]:
+                v = part_lottery2(steps, seed=sd, device=args.device)
+                items.append((f"lottery2{args.tag}-s{sd}", v))
         else:
-            key, value = name, PARTS[name](steps)
-        with open(str(cache) + ".lock", "w") as lk:  # several seeds may run side by side
+            items = [(name, PARTS[name](steps))]
+        lock = Path(tempfile.gettempdir()) / "sf-bench-training.json.lock"
+        with open(lock, "w") as lk:  # several seeds may run side by side
             fcntl.flock(lk, fcntl.LOCK_EX)
             res = json.loads(cache.read_text()) if cache.exists() else {}
-            res[key] = value
+            res.update(items)
             tmp = cache.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(res, indent=1))
             os.replace(tmp, cache)
