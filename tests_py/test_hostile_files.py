@@ -292,7 +292,7 @@ def test_every_writer_uses_the_atomic_helper(tmp_path: Path, monkeypatch) -> Non
         return real(path, mode)
 
     import sparseforge._container as c
-    import sparseforge.activation as a
+    import sparseforge.activation.thresholds as a
     import sparseforge.calib as cal
 
     for mod in (c, a, cal):
