@@ -273,6 +273,58 @@ def test_killed_writer_leaves_old_file_and_next_write_removes_debris(tmp_path: P
     assert list(_container.load(target)) == ["new"]
 
 
+_KILLED_EXPORT = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from tinymodels import random_model
+import sparseforge.models as sm
+from sparseforge.models import _export_io
+orig = _export_io.write_safetensors
+def slow(*args, **kwargs):
+    out = orig(*args, **kwargs)
+    print("WRITING", flush=True)
+    time.sleep(60)
+    return out
+_export_io.write_safetensors = slow
+sm.export_hf(random_model(0), sys.argv[1], tokenizer=False, overwrite=True)
+"""
+
+
+def test_killed_export_leaves_old_directory_and_next_export_removes_debris(
+    tmp_path: Path,
+) -> None:
+    import sparseforge.models as sm
+    from tinymodels import random_model
+
+    target = tmp_path / "hf"
+    model = random_model(1)
+    sm.export_hf(model, target, tokenizer=False)
+    before = {f.name: f.read_bytes() for f in target.iterdir()}
+    for _ in range(2):
+        p = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_EXPORT, str(target), str(Path(__file__).parent)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.startswith("WRITING"), line
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+        assert {f.name: f.read_bytes() for f in target.iterdir()} == before  # intact
+        debris = _io.stale_temps(target)
+        assert len(debris) == 1  # the previous kill's directory went with this export
+        assert debris[0].is_dir()
+        assert any(debris[0].iterdir())
+    sm.export_hf(model, target, tokenizer=False, overwrite=True)  # cleans up
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+    np.testing.assert_array_equal(
+        load_hf(target, tokenizer=False).weight("model.norm.weight"),
+        model.weight("model.norm.weight"),
+    )
+
+
 def test_live_writer_temporaries_are_left_alone(tmp_path: Path) -> None:
     target = tmp_path / "x.json"
     live = tmp_path / f".x.json.sf-tmp-{os.getppid()}-abc"
