@@ -44,6 +44,7 @@ __all__ = [
     "atomic_write",
     "check_regular",
     "confined",
+    "first_nonfinite",
     "load_json",
     "open_regular",
     "parse_json",
@@ -327,6 +328,29 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_SCAN_CHUNK = 1 << 22  # elements per np.isfinite pass: bounded scratch over a memory map
+
+
+def first_nonfinite(a: Any) -> int | None:
+    """Flat index of the first NaN/Inf in a float array (float32/16/64, bfloat16; a memory
+    map is read in chunks, never converted whole), or None. Non-float arrays: None."""
+    import numpy as np
+
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fV" or arr.size == 0:
+        return None
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _SCAN_CHUNK):
+        chunk = flat[start : start + _SCAN_CHUNK]
+        if chunk.dtype.kind == "V":  # ml_dtypes.bfloat16: the exponent's 8 bits all ones
+            bad = (chunk.view(np.uint16) & 0x7F80) == 0x7F80
+        else:
+            bad = ~np.isfinite(chunk)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 #: Members of a statistics archive are small next to what a forged npy header may claim.
