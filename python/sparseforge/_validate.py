@@ -95,7 +95,7 @@ def check_number(
 def check_fraction(v: Any, name: str = "sparsity") -> float:
     """A sparsity-like fraction in ``[0, 1)`` (NaN refused)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: expected a number in [0, 1), got {_kind(v)}")
+        raise TypeError(f"{name}: expected a float in [0, 1), got {_kind(v)}")
     f = float(v)
     if not 0.0 <= f < 1.0:
         raise ValueError(f"{name}: expected a value in [0, 1), got {f!r}")
