@@ -45,6 +45,7 @@ PYBIND11_MODULE(_core, m) {
   sfpy::register_kernels(kernels);
   py::module_ kvcache = area(m, "kvcache", "Paged KV cache, decode attention, Quest, RoPE.");
   sfpy::register_kvcache(kvcache);
+  sfpy::register_kvpolicy(kvcache);
   py::module_ models = area(m, "models", "Forward ops: RMSNorm, RoPE, attention, SwiGLU gate.");
   sfpy::register_models(models);
   py::module_ moe = area(m, "moe", "MoE routing, capacity, dispatch/combine, losses.");

@@ -38,6 +38,7 @@ class PagedKVCache:
     def evict_lowest_mean(
         self, layer: int, mass: npt.NDArray[np.float32], count: int
     ) -> list[int]: ...
+    def copy(self) -> PagedKVCache: ...
     def clear(self) -> None: ...
     def trim(self) -> int: ...
     def reset_peak(self) -> None: ...
@@ -120,3 +121,100 @@ def apply_rope(
     rope_style: str,
     rope_theta: float,
 ) -> npt.NDArray[np.float32]: ...
+
+# KV policies and PolicyCache (bind_kvpolicy.cc, registered into this submodule)
+class KVPolicyCore:
+    def __init__(
+        self,
+        name: str,
+        budget: list[tuple[bool, float]] | None,
+        per_layer: bool,
+        group_reduce: str,
+        reduce_given: bool,
+        evict: str,
+        sinks: int,
+        recent_ratio: float,
+        window: int,
+        kernel_size: int,
+        max_pool: bool,
+        beta: float,
+        alpha_safeguard: float,
+        scorer: str,
+        dense_layers: int,
+        seed: int,
+        keep_last: bool,
+    ) -> None: ...
+    def prefill(
+        self,
+        cache: PagedKVCache,
+        layer: int,
+        q: npt.NDArray[np.float32],
+        k: npt.NDArray[Any],
+        v: npt.NDArray[Any] | None,
+        positions: npt.NDArray[np.int64] | None,
+        num_threads: int,
+    ) -> None: ...
+    def decode(
+        self,
+        cache: PagedKVCache,
+        layer: int,
+        q: npt.NDArray[np.float32],
+        k: npt.NDArray[Any],
+        v: npt.NDArray[Any] | None,
+        position: int,
+        scale: float,
+        num_threads: int,
+    ) -> npt.NDArray[np.float32]: ...
+    def score(
+        self,
+        cache: PagedKVCache,
+        layer: int,
+        q: npt.NDArray[np.float32],
+        k: npt.NDArray[Any],
+        num_threads: int,
+    ) -> npt.NDArray[np.float64]: ...
+    def layer_budget(self, cache: PagedKVCache, layer: int) -> int: ...
+    def reset(self) -> None: ...
+    def clone(self) -> KVPolicyCore: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def evicts(self) -> bool: ...
+    @property
+    def decode_evicts(self) -> bool: ...
+    @property
+    def last_pages(self) -> npt.NDArray[np.int32] | None: ...
+
+def keep_top(
+    cache: PagedKVCache, layer: int, scores: npt.NDArray[np.float64], n_keep: int
+) -> None: ...
+def pyramid_budgets(
+    num_layers: int, context: int, budget: float, window: int, beta: float
+) -> list[int]: ...
+def policy_names() -> list[str]: ...
+
+class KVPolicyCache:
+    def __init__(
+        self, cache: PagedKVCache, num_heads: int, policy: KVPolicyCore, prefill_compress: bool
+    ) -> None: ...
+    def attend(
+        self,
+        layer: int,
+        q: npt.NDArray[np.float32],
+        k: npt.NDArray[np.float32],
+        v: npt.NDArray[np.float32],
+        scale: float,
+        out: npt.NDArray[np.float32],
+        num_threads: int,
+    ) -> None: ...
+    def advance(self, arg0: int) -> None: ...
+    def reset(self) -> None: ...
+    def fork(self) -> KVPolicyCache: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def cache(self) -> PagedKVCache: ...
+    @property
+    def policy(self) -> KVPolicyCore: ...
+    @property
+    def num_heads(self) -> int: ...

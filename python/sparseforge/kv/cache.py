@@ -91,6 +91,19 @@ class PagedKVCache:
         self._page_bounds = page_bounds
         self._append_lock = threading.Lock()
 
+    @classmethod
+    def _wrap(cls, impl: Any, like: PagedKVCache) -> PagedKVCache:
+        """A facade over an existing core cache (a fork's), shaped like ``like``."""
+        new = cls.__new__(cls)
+        new.__dict__.update(like.__dict__)
+        new._impl = impl
+        new._append_lock = threading.Lock()
+        return new
+
+    def copy(self) -> PagedKVCache:
+        """A deep copy: its own pages with the same tokens, positions, scores and bounds."""
+        return PagedKVCache._wrap(self._impl.copy(), self)
+
     # -- shape ---------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:

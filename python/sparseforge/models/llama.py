@@ -445,8 +445,10 @@ class LlamaModel:
         return rt
 
     def _session_for(self, cache: Any) -> Any:
-        """The runtime session behind ``cache`` when the runtime serves this call."""
-        if not isinstance(cache, KVCache):
+        """The runtime session behind ``cache`` when the runtime serves this call (a
+        :class:`KVCache`, or a cache with a ``_runtime_session`` such as a
+        ``sparseforge.kv.PolicyCache`` with a built-in policy)."""
+        if not isinstance(cache, KVCache) and not hasattr(cache, "_runtime_session"):
             return None
         rt = self._runtime_model()
         if rt is None:
@@ -635,11 +637,13 @@ class LlamaModel:
         cache: DecodeCache,
         *,
         hooks: Hooks | None = None,
+        last_only: bool = False,
     ) -> F32Array:
         """Feed ``tokens`` after the ``cache.length`` cached ones; returns their logits
         float32 ``(T, vocab_size)`` and advances the cache by T. ``cache`` is a
         :class:`KVCache` or any :class:`DecodeCache` (e.g. a policy cache of
-        :mod:`sparseforge.kv`)."""
+        :mod:`sparseforge.kv`). ``last_only=True``: a prefill that computes the last
+        position's logits only, ``(1, vocab_size)`` (the head runs on one row)."""
         if not isinstance(cache, DecodeCache):
             raise TypeError(
                 f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
@@ -655,14 +659,14 @@ class LlamaModel:
         if hooks is None:
             session = self._session_for(cache)
             if session is not None:
-                logits: F32Array = session.prefill(ids.tolist(), False)
+                logits: F32Array = session.prefill(ids.tolist(), bool(last_only))
                 return logits
             hooks = self._default_hooks
         h = self.embed(ids)
         for i in range(self.config.n_layers):
             h = self.block(i, h, hooks=hooks, cache=cache)
         cache.advance(int(ids.size))
-        return self.final(h)
+        return self.final(h[-1:] if last_only else h)
 
     def nll(
         self,
@@ -723,8 +727,11 @@ class LlamaModel:
         different streams, greedy tokens are the same. With ``stop_at_eos`` generation ends
         after the tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
         there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
-        must not exceed ``max_seq_len``. ``cache``: an empty :class:`DecodeCache` to decode
-        into (e.g. a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`.
+        must not exceed ``max_seq_len``. ``cache``: a :class:`DecodeCache` to decode into (e.g.
+        a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`. A cache that
+        already holds tokens (a prefilled, compressed context, or a fork of one) is continued:
+        the prompt follows its ``length`` cached tokens (``length + len(prompt) +
+        max_new_tokens - 1 <= max_seq_len``).
         """
         ids = check_token_ids(prompt, self.config.vocab_size, "prompt")
         if ids.size == 0:
@@ -735,23 +742,24 @@ class LlamaModel:
         check_number(temperature, "temperature", 0, None)
         if max_new_tokens == 0:
             return []
-        capacity = int(ids.size) + int(max_new_tokens) - 1
+        if cache is not None and not isinstance(cache, DecodeCache):
+            raise TypeError(
+                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
+            )
+        past = 0 if cache is None else int(cache.length)
+        capacity = past + int(ids.size) + int(max_new_tokens) - 1
         if capacity > self.config.max_seq_len:
             raise ValueError(
-                f"max_new_tokens: {ids.size} prompt + {max_new_tokens} new tokens exceed "
-                f"max_seq_len={self.config.max_seq_len} (by {capacity - self.config.max_seq_len})"
+                f"max_new_tokens: {f'{past} cached + ' if past else ''}{ids.size} prompt + "
+                f"{max_new_tokens} new "
+                f"tokens exceed max_seq_len={self.config.max_seq_len} "
+                f"(by {capacity - self.config.max_seq_len})"
             )
         stop: set[int] = set()
         if stop_at_eos and self.tokenizer is not None:
             stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
         if cache is None:
             cache = KVCache(self.config, capacity)
-        elif not isinstance(cache, DecodeCache):
-            raise TypeError(
-                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
-            )
-        elif cache.length:
-            raise ValueError(f"cache: expected an empty cache, it holds {cache.length} tokens")
         from .. import runtime as _runtime
 
         session = self._session_for(cache) if hooks is None else None
@@ -761,7 +769,7 @@ class LlamaModel:
             )
         _runtime.check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
         rng = np.random.default_rng(seed)
-        logits = self.step(ids, cache, hooks=hooks)[-1]
+        logits = self.step(ids, cache, hooks=hooks, last_only=True)[-1]
         out: list[int] = []
         while True:
             nxt = self._pick(logits, float(temperature), rng, int(top_k), float(top_p))
