@@ -351,7 +351,7 @@ def test_argument_messages() -> None:
         (
             lambda: prune.magnitude(W, scope="global"),
             ValueError,
-            "scope: expected 'row' or 'layer', got 'global'",
+            "scope: expected one of ('row', 'layer'), got 'global'",
         ),
         (
             lambda: prune.magnitude(W, pattern="2:3"),

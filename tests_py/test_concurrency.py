@@ -220,7 +220,7 @@ def stepper():
 def reader():
     try:
         while not stop.is_set():
-            _ = shared.length, shared.kv_bytes, shared.num_threads
+            _ = shared.length, shared.kv_bytes, shared._s.num_threads
     except Exception as e:
         errors.append(repr(e))
 
@@ -254,7 +254,7 @@ def test_runtime_session_shared_by_threads_steps_like_one_thread() -> None:
 _POLICY_STRESS = r"""
 import threading, numpy as np
 from sparseforge import kv
-L, H, HKV, D, T, STEPS = 4, 4, 2, 8, 24, 20
+L, H, HKV, D, T, STEPS = 4, 4, 2, 8, 96, 20
 
 def data(layer):
     rng = np.random.default_rng(layer)
@@ -273,7 +273,7 @@ def drive(policy, cache, layer, out):
 for name in {names!r}:
     # one policy and one cache shared by a thread per layer (layers are independent, so
     # the outputs must equal one thread driving the layers in turn, bit for bit)
-    policy, got, errors = kv.make_policy(name, budget=10), {{}}, []
+    policy, got, errors = kv.make_policy(name, budget=72), {{}}, []
     cache = kv.PagedKVCache(L, HKV, D, page_size=4)
     def run(layer):
         try:
@@ -284,7 +284,7 @@ for name in {names!r}:
     for t in ts: t.start()
     for t in ts: t.join()
     assert not errors, (name, errors)
-    serial_policy, want = kv.make_policy(name, budget=10), {{}}
+    serial_policy, want = kv.make_policy(name, budget=72), {{}}
     serial_cache = kv.PagedKVCache(L, HKV, D, page_size=4)
     for layer in range(L):
         drive(serial_policy, serial_cache, layer, want)

@@ -10,18 +10,10 @@ import numpy.typing as npt
 from ..models.llama import LINEAR_SUFFIXES, LlamaModel
 
 F32Array = npt.NDArray[np.float32]
-
-
 #: The 7 projections of a block, in forward order (short names of ``LINEAR_SUFFIXES``).
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
 _SUFFIX = dict(zip(PROJECTIONS, LINEAR_SUFFIXES, strict=True))
-
-
 _FORMAT = "sparseforge.activation.thresholds"
-
-
 _VERSION = 1
 
 
