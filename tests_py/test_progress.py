@@ -127,7 +127,7 @@ def test_bad_progress_argument() -> None:
 # -- the jobs ------------------------------------------------------------------------------
 
 _BIN = realdata.stories260k_path()
-needs_stories = pytest.mark.skipif(_BIN is None, reason="stories260K not found")
+needs_stories = realdata.needs_stories
 
 
 @pytest.fixture(scope="module")
