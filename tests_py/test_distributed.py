@@ -17,7 +17,8 @@ from sparseforge.models import distributed
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# One local cluster for the module (about 10 s to start); the whole file ~35 s on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 # 12 windows of 16 tokens in batches of 2 windows: 6 batches, split over 3 shards.
 CALIB = np.random.default_rng(1).integers(3, 80, size=(12, 16))
