@@ -130,6 +130,19 @@ def test_failed_block_is_not_half_written(cluster: Path) -> None:
         assert np.array_equal(wb[n], expect), n
 
 
+def test_a_method_error_is_raised_as_in_one_process(cluster: Any) -> None:
+    """An exception inside a task (here sparsegpt's check of percdamp) is not retried and
+    comes out as the same exception prune() raises; the model is untouched."""
+    a, b = tinymodels.random_model(2), tinymodels.random_model(2)
+    with pytest.raises(ValueError, match="percdamp") as single:
+        sm.prune(a, CALIB, method="sparsegpt", percdamp=-1.0, **KW)
+    with pytest.raises(ValueError, match="percdamp") as ray_err:
+        sm.prune_ray(b, CALIB, method="sparsegpt", percdamp=-1.0, **KW)
+    assert str(ray_err.value) == str(single.value)
+    dense = weights(tinymodels.random_model(2))
+    assert all(np.array_equal(w, dense[n]) for n, w in weights(b).items())
+
+
 def test_bad_arguments(cluster: Any) -> None:
     m = tinymodels.random_model(0)
     with pytest.raises(ValueError, match="statistics"):

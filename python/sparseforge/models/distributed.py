@@ -273,6 +273,16 @@ def _remote() -> dict[str, Any]:
     }
 
 
+def _failed(i: int, retries: int, e: Exception) -> RayPruneError:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return RayPruneError(
+        f"prune_ray: block {i} failed after {retries} retries ({type(e).__name__}: {first}); "
+        f"blocks 0..{i - 1} are pruned, block {i} and later are untouched",
+        i,
+        i,
+    )
+
+
 def _shards(n_batches: int, workers: int) -> list[tuple[int, int]]:
     """``workers`` contiguous runs of batches, as even as possible (batch ranges)."""
     k = max(1, min(workers, n_batches))
@@ -403,12 +413,12 @@ def prune_ray(
     opts = {"max_retries": retries}
 
     states = []
-    for a, b in shard_windows:
+    for a, b in shard_windows if needs_data else []:
         h = np.empty((b - a, s, c.dim), dtype=act_dtype)
         for j in range(a, b):
             h[j - a] = model.embed(windows[j]).astype(act_dtype, copy=False)
         states.append(ray.put(h))
-    del h
+        del h
 
     bar = _progress.bar(
         c.n_layers, f"sparseforge prune_ray [{method}]", unit="blocks", progress=progress
@@ -466,14 +476,15 @@ def prune_ray(
                     finite = ray.get(finite_refs)
                 else:
                     finite = [True]
-            except ray.exceptions.RayError as e:
-                raise RayPruneError(
-                    f"prune_ray: block {i} failed after {retries} retries "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                    f"blocks 0..{i - 1} are pruned, block {i} and later are untouched",
-                    i,
-                    i,
-                ) from e
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, Exception):
+                    # The method's own error (a bad keyword, NumericalError): not retried,
+                    # raised as prune() raises it; block i and later are untouched.
+                    raise cause from None
+                raise _failed(i, retries, e) from e
+            except ray.exceptions.RayError as e:  # a worker or node lost past the retries
+                raise _failed(i, retries, e) from e
             # Commit the whole block at once (nothing above wrote into the model); copies,
             # so that the object store can free its buffers.
             for nm, (w, _) in zip(names, pruned, strict=True):
