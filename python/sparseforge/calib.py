@@ -49,7 +49,7 @@ class LayerStats:
         squares are float64 either way. Results do not depend on ``num_threads``.
     """
 
-    _impl: _core.LayerStats
+    _impl: _core.calib.LayerStats
 
     def __init__(
         self, in_features: int, hessian: bool = True, *, precision: str = "float32"
@@ -62,10 +62,10 @@ class LayerStats:
             raise TypeError(f"hessian: expected a bool, got {type(hessian).__name__}")
         if precision not in ("float32", "float64"):
             raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
-        self._impl = _core.LayerStats(int(in_features), hessian, precision == "float64")
+        self._impl = _core.calib.LayerStats(int(in_features), hessian, precision == "float64")
 
     @classmethod
-    def _wrap(cls, core: _core.LayerStats) -> LayerStats:
+    def _wrap(cls, core: _core.calib.LayerStats) -> LayerStats:
         obj = cls.__new__(cls)
         obj._impl = core
         return obj
@@ -190,7 +190,7 @@ class LayerStats:
             if not np.isfinite(arr).all():
                 raise ValueError(f"{path}: {key}: contains NaN or Inf")
         try:
-            core = _core.LayerStats.from_state(
+            core = _core.calib.LayerStats.from_state(
                 int(data["in_features"]),
                 bool(data["hessian"]),
                 str(data.get("precision", "float32")) == "float64",
@@ -212,7 +212,7 @@ def _from_state(
     xtx_lower: np.ndarray,
 ) -> LayerStats:
     return LayerStats._wrap(
-        _core.LayerStats.from_state(
+        _core.calib.LayerStats.from_state(
             int(in_features),
             bool(hessian),
             bool(float64),

@@ -80,7 +80,7 @@ def decode_attention(
                 f"pages: expected shape ({cache.num_kv_heads}, n) = (num_kv_heads, pages), "
                 f"got {pages.shape}"
             )
-    out, mass = _core.kv_decode_attention(
+    out, mass = _core.kvcache.decode_attention(
         cache._impl,
         layer,
         q,
@@ -121,7 +121,7 @@ def quest_select(
     pb = _int_arg(page_budget, "page_budget", minimum=1)
     if pb > 1 << 24:  # the output is (Hkv, page_budget): refuse before allocating it
         raise ValueError(f"page_budget: expected at most 2^24 pages, got {pb}")
-    return _core.kv_quest_select(
+    return _core.kvcache.quest_select(
         cache._impl, layer, q, pb, _reduce_arg(group_reduce), threads_arg(num_threads)
     )
 
@@ -138,7 +138,7 @@ def quest_page_scores(
     pages)."""
     layer = _cache_arg(cache)._layer(layer)
     q = _float32_2d(q, "q", None, cache.head_dim)
-    return _core.kv_quest_page_scores(
+    return _core.kvcache.quest_page_scores(
         cache._impl, layer, q, _reduce_arg(group_reduce), threads_arg(num_threads)
     )
 
@@ -187,7 +187,7 @@ def window_attention_mass(
         raise ValueError(
             f"group_reduce: expected 'mean', 'max', 'sum' or 'none', got {group_reduce!r}"
         )
-    return _core.kv_window_mass(
+    return _core.kvcache.window_mass(
         _tokens_2d(q, "q", H, D),
         _tokens_2d(k, "k", hkv, D),
         H,
@@ -211,7 +211,7 @@ def apply_rope(
         raise ValueError(f"rope_style: expected 'half' or 'interleaved', got {rope_style!r}")
     pos = _positions_arg(positions, x.shape[0], 0)
     theta = check_number(rope_theta, "rope_theta", 0.0, lo_open=True)
-    return _core.kv_apply_rope(np.ascontiguousarray(x), pos, rope_style, theta)
+    return _core.kvcache.apply_rope(np.ascontiguousarray(x), pos, rope_style, theta)
 
 
 def _decode_upkeep(
@@ -233,7 +233,7 @@ def _decode_upkeep(
     sc = 0.0 if scale is None else float(scale)
     if scale is not None and (not math.isfinite(sc) or sc <= 0):
         raise ValueError(f"scale: expected a finite value > 0, got {scale}")
-    out: np.ndarray = _core.kv_decode_upkeep(
+    out: np.ndarray = _core.kvcache.decode_upkeep(
         cache._impl, layer, q, tova, budget, recent, group_reduce, sc, threads_arg(nt)
     )
     return out

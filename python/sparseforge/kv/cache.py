@@ -42,7 +42,7 @@ class PagedKVCache:
     free list (:meth:`trim` returns the free list to the allocator).
     """
 
-    _impl: _core.PagedKVCache
+    _impl: _core.kvcache.PagedKVCache
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class PagedKVCache:
         self._rope_style = rope_style
         self._rope_theta = float(rope_theta)
         self._latent = bool(_latent)
-        self._impl = _core.PagedKVCache(
+        self._impl = _core.kvcache.PagedKVCache(
             self._num_layers,
             self._num_kv_heads,
             self._head_dim,
@@ -90,6 +90,19 @@ class PagedKVCache:
         self._dtype: np.dtype[Any] = np.dtype(dtype)
         self._page_bounds = page_bounds
         self._append_lock = threading.Lock()
+
+    @classmethod
+    def _wrap(cls, impl: Any, like: PagedKVCache) -> PagedKVCache:
+        """A facade over an existing core cache (a fork's), shaped like ``like``."""
+        new = cls.__new__(cls)
+        new.__dict__.update(like.__dict__)
+        new._impl = impl
+        new._append_lock = threading.Lock()
+        return new
+
+    def copy(self) -> PagedKVCache:
+        """A deep copy: its own pages with the same tokens, positions, scores and bounds."""
+        return PagedKVCache._wrap(self._impl.copy(), self)
 
     # -- shape ---------------------------------------------------------------------------
     @property

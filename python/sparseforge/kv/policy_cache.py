@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -10,9 +11,10 @@ import numpy as np
 from .. import _core
 from .._base import threads_arg
 from ._common import GroupReduce, _int_arg, _reduce_arg
+from .budgets import budget_from
 from .cache import PagedKVCache
 from .policies import POLICIES, make_policy
-from .policies.base import KVPolicy
+from .policies.base import KVPolicy, _CorePolicy
 from .policies.full import FullCache
 from .policies.quest import Quest
 
@@ -81,6 +83,9 @@ class PolicyCache:
         policy: str | KVPolicy,
         budget: Any = None,
         *,
+        tokens: int | None = None,
+        keep: float | None = None,
+        compression_ratio: float | None = None,
         page_size: int = 16,
         dtype: Any = np.float32,
         group_reduce: GroupReduce | None = None,
@@ -100,6 +105,11 @@ class PolicyCache:
         if prefill not in _PREFILL_MODES:
             raise ValueError(f"prefill: expected 'compress' or 'decode', got {prefill!r}")
         self.prefill_mode = prefill
+        named = (tokens, keep, compression_ratio)
+        if any(x is not None for x in named):
+            budget = budget_from(
+                budget, tokens=tokens, keep=keep, compression_ratio=compression_ratio
+            )
         if isinstance(policy, KVPolicy):
             if budget is not None or policy_options or group_reduce is not None:
                 raise ValueError(
@@ -138,7 +148,15 @@ class PolicyCache:
             rope_theta=float(cfg.rope_theta),
             page_bounds=isinstance(pol, Quest) or rope_mode == "original",
         )
-        self.length: int = 0
+        self._length: int = 0
+        self._session: Any = None  # a _core.runtime.RuntimeSession over _core (the runtime)
+        # The core runs the whole step for a built-in policy; a Python policy (a research
+        # scorer or subclass) runs the Python loop below.
+        self._core: Any = None
+        if isinstance(pol, _CorePolicy) and pol._impl is not None:
+            self._core = _core.kvcache.KVPolicyCache(
+                self.paged._impl, cfg.n_heads, pol._impl, prefill == "compress"
+            )
 
     # -- DecodeCache -----------------------------------------------------------------------
     def check_model(self, config: Any) -> None:
@@ -194,8 +212,21 @@ class PolicyCache:
         q = np.ascontiguousarray(q, dtype=np.float32)
         k = np.ascontiguousarray(k, dtype=np.float32)
         v = np.ascontiguousarray(v, dtype=np.float32)
+        if self._core is not None:
+            out: np.ndarray = np.empty((T, c.n_heads * c.head_dim), dtype=np.float32)
+            with self.paged._append_lock:
+                self._core.attend(
+                    layer,
+                    q.reshape(T, -1),
+                    k.reshape(T, -1),
+                    v.reshape(T, -1),
+                    float(scale),
+                    out,
+                    threads_arg(nt),
+                )
+            return out
         if T > 1 and start == 0 and self.prefill_mode == "compress":
-            out: np.ndarray = _core.attention(q, k, v, float(scale), None, threads_arg(nt))
+            out = _core.models.attention(q, k, v, float(scale), None, threads_arg(nt))
             self.policy.prefill(self.paged, layer, q, k, v, num_threads=nt)
             return out
         out = np.empty((T, c.n_heads * c.head_dim), dtype=np.float32)
@@ -214,13 +245,43 @@ class PolicyCache:
         return out
 
     def advance(self, T: int) -> None:
-        self.length += _int_arg(T, "T", minimum=1)
+        T = _int_arg(T, "T", minimum=1)
+        if self._core is not None:
+            self._core.advance(T)
+        self._length += T
+
+    @property
+    def length(self) -> int:
+        """Tokens fed so far (positions ``0 .. length-1``), whatever the policy evicted."""
+        return int(self._core.length) if self._core is not None else self._length
+
+    def _runtime_session(self, rt: Any, num_threads: int) -> Any:
+        """A runtime session over this cache (:mod:`sparseforge.runtime`): the whole step of
+        every layer in one core call. None for a Python policy (the Python loop runs)."""
+        if self._core is None:
+            return None
+        s = self._session
+        if s is None or s.model is not rt:
+            s = self._session = _core.runtime.RuntimeSession(rt, self._core, num_threads)
+        if s.num_threads != num_threads:
+            s.num_threads = num_threads
+        return s
 
     # -- accounting / lifecycle -------------------------------------------------------------
     @property
     def bytes_in_use(self) -> int:
-        """K/V bytes held by the cache's pages, measured from the pool."""
+        """Bytes the cache holds: its K/V pages (measured from the pool, :attr:`kv_bytes`)
+        plus the metadata (per slot the position and score, per page Quest's key bounds)."""
+        return self.paged.bytes_in_use + self.paged.metadata_bytes
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the K/V pages alone (whole pages of ``page_size`` tokens)."""
         return self.paged.bytes_in_use
+
+    @property
+    def metadata_bytes(self) -> int:
+        return self.paged.metadata_bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -232,10 +293,29 @@ class PolicyCache:
 
     def reset(self) -> None:
         """Forget the sequence (pages return to the free list; the policy's state too)."""
-        self.paged.clear()
-        self.paged.reset_peak()
-        self.policy.reset()
-        self.length = 0
+        if self._core is not None:
+            self._core.reset()
+        else:
+            self.paged.clear()
+            self.paged.reset_peak()
+            self.policy.reset()
+        self._length = 0
+
+    def fork(self) -> PolicyCache:
+        """An independent copy of this cache and its policy's state: ask several questions
+        of one (compressed) prefill. The copy has its own pages (``kv_bytes`` more memory);
+        feeding one never changes the other."""
+        new = copy.copy(self)
+        new._session = None
+        new.policy = copy.copy(self.policy)
+        if self._core is not None:
+            new._core = self._core.fork()
+            new.paged = PagedKVCache._wrap(new._core.cache, self.paged)
+            new.policy._impl = new._core.policy  # type: ignore[attr-defined]
+        else:
+            new.paged = PagedKVCache._wrap(self.paged._impl.copy(), self.paged)
+            new.policy = copy.deepcopy(self.policy)
+        return new
 
     def __repr__(self) -> str:
         return (

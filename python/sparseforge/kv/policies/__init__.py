@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..budgets import budget_from
 from .adakv import AdaKV
 from .base import KVPolicy
 from .full import FullCache
@@ -54,8 +55,22 @@ POLICIES: dict[str, type[KVPolicy]] = {
 }
 
 
-def make_policy(name: str, budget: Any = None, **options: Any) -> KVPolicy:
-    """A policy from :data:`POLICIES` by name (``"h2o"``, ``"quest"``, ...)."""
+def make_policy(
+    name: str,
+    budget: Any = None,
+    *,
+    tokens: int | None = None,
+    keep: float | None = None,
+    compression_ratio: float | None = None,
+    **options: Any,
+) -> KVPolicy:
+    """A policy from :data:`POLICIES` by name (``"h2o"``, ``"quest"``, ...).
+
+    The budget: ``budget`` (an int = tokens, a float = the kept fraction, a per-layer list or
+    a :class:`~sparseforge.kv.Budget`), or exactly one of ``tokens=``, ``keep=`` (kept
+    fraction) and ``compression_ratio=`` (kvpress: the fraction removed). ``evict="prefill"``
+    or ``"decode"`` chooses when an evicting policy holds its budget."""
     if name not in POLICIES:
         raise ValueError(f"name: unknown KV policy {name!r}; known: {sorted(POLICIES)}")
-    return POLICIES[name](budget, **options)
+    b = budget_from(budget, tokens=tokens, keep=keep, compression_ratio=compression_ratio)
+    return POLICIES[name](b, **options)

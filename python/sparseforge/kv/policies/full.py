@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .._common import GroupReduce
-from .base import KVPolicy
+from .base import _CorePolicy
 
 
-class FullCache(KVPolicy):
+class FullCache(_CorePolicy):
     """No eviction, dense attention: the baseline every metric compares against."""
 
     name = "full"
@@ -16,3 +16,4 @@ class FullCache(KVPolicy):
 
     def __init__(self, budget: Any = None, *, group_reduce: GroupReduce = "mean") -> None:
         super().__init__(None, group_reduce=group_reduce)
+        self._init_core(None)

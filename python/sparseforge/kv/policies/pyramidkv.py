@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from .._common import GroupReduce
-from ..budgets import pyramid_budgets
-from ..cache import PagedKVCache
+from .base import EvictAt
 from .snapkv import SnapKV
 
 
@@ -26,20 +25,19 @@ class PyramidKV(SnapKV):
         pooling: Literal["avg", "max"] = "avg",
         beta: float = 20.0,
         group_reduce: GroupReduce = "mean",
+        evict: EvictAt | None = None,
     ) -> None:
+        if beta < 1:
+            raise ValueError(f"beta: expected >= 1, got {beta}")
+        self.beta = float(beta)
         super().__init__(
             budget,
             window=window,
             kernel_size=kernel_size,
             pooling=pooling,
             group_reduce=group_reduce,
+            evict=evict,
         )
-        if beta < 1:
-            raise ValueError(f"beta: expected >= 1, got {beta}")
-        self.beta = float(beta)
 
-    def _fix_budget(self, cache: PagedKVCache, layer: int, context: int) -> int:
-        avg = super()._fix_budget(cache, layer, context)
-        b = pyramid_budgets(cache.num_layers, context, avg, window=self.window, beta=self.beta)
-        self._layer_budget[layer] = b[layer]
-        return b[layer]
+    def _snap_options(self) -> dict[str, Any]:
+        return {**super()._snap_options(), "beta": self.beta}

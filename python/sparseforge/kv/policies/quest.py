@@ -7,12 +7,11 @@ from typing import Any
 import numpy as np
 
 from .._common import GroupReduce, _int_arg
-from ..attention import quest_select
 from ..cache import PagedKVCache
-from .base import KVPolicy
+from .base import _CorePolicy
 
 
-class Quest(KVPolicy):
+class Quest(_CorePolicy):
     """Quest query-aware page selection (mit-han-lab/Quest): nothing is evicted; each decode
     step ranks pages by the upper bound of ``q . k`` from their key min/max
     (:func:`quest_select`) and attends only the top ``B // S`` pages (the newest page
@@ -27,30 +26,14 @@ class Quest(KVPolicy):
     ) -> None:
         super().__init__(budget, group_reduce=group_reduce)
         self.dense_layers = _int_arg(dense_layers, "dense_layers")
-        self.last_pages: np.ndarray | None = None
+        self._init_core(None, dense_layers=self.dense_layers)
+
+    @property
+    def last_pages(self) -> np.ndarray | None:
+        """(Hkv, B // S) int32: the pages the last decode step of a sparse layer attended
+        (-1 padded); None after a dense layer."""
+        lp: np.ndarray | None = self._impl.last_pages
+        return lp
 
     def page_budget(self, cache: PagedKVCache, layer: int) -> int:
         return max(1, self.layer_budget(cache, layer) // cache.page_size)
-
-    def _after_prefill(
-        self, cache: PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
-    ) -> None:
-        self._fix_budget(cache, layer, cache.last_position(layer) + 1)
-
-    def _decode_step(
-        self, cache: PagedKVCache, layer: int, q: np.ndarray, scale: float | None, nt: int | None
-    ) -> np.ndarray:
-        if layer < self.dense_layers:
-            self.last_pages = None
-            return super()._decode_step(cache, layer, q, scale, nt)
-        pages = quest_select(
-            cache,
-            layer,
-            q,
-            self.page_budget(cache, layer),
-            group_reduce=self.group_reduce,
-            num_threads=nt,
-        )
-        self.last_pages = pages
-        out: np.ndarray = cache.attend(layer, q, pages=pages, scale=scale, num_threads=nt)
-        return out

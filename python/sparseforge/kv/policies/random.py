@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .._common import GroupReduce, _int_arg
-from ..cache import PagedKVCache
-from .base import _ScorerPolicy
+from .base import EvictAt, _CoreScorer
 
 
-class RandomPolicy(_ScorerPolicy):
-    """Random scores (kvpress ``RandomPress``), seeded: the floor any scorer must beat."""
+class RandomPolicy(_CoreScorer):
+    """Random scores (kvpress ``RandomPress``), seeded: the floor any scorer must beat. The
+    core draws numpy's ``default_rng([seed, layer]).random((Hkv, T))`` (SeedSequence + PCG64,
+    reproduced bit for bit), so the kept tokens are numpy's."""
 
     name = "random"
 
-    def __init__(self, budget: Any, *, seed: int = 0, group_reduce: GroupReduce = "mean") -> None:
+    def __init__(
+        self,
+        budget: Any,
+        *,
+        seed: int = 0,
+        group_reduce: GroupReduce = "mean",
+        evict: EvictAt | None = None,
+    ) -> None:
         super().__init__(budget, group_reduce=group_reduce)
-        self.seed = _int_arg(seed, "seed")
-
-    def score(
-        self, cache: PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
-    ) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, layer])
-        return rng.random((cache.num_kv_heads, cache.length(layer, 0)))
+        self.seed = _int_arg(seed, "seed", maximum=2**64 - 1)
+        self._init_core(evict, seed=self.seed)

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from ..cache import PagedKVCache
-from .base import KVPolicy, _evict_oldest
+from .._common import GroupReduce
+from .base import EvictAt, _CorePolicy
 
 
-class SlidingWindow(KVPolicy):
-    """The newest ``B`` tokens (a window; no sinks)."""
+class SlidingWindow(_CorePolicy):
+    """The newest ``B`` tokens (a window; no sinks). Core: ``WindowPolicy`` with no sinks;
+    the decode step evicts the oldest token by filling its hole from the tail."""
 
     name = "sliding_window"
     decode_evicts = True
 
-    def _trim(self, cache: PagedKVCache, layer: int) -> None:
-        b = self.layer_budget(cache, layer)
-        for h in range(cache.num_kv_heads):
-            L = cache.length(layer, h)
-            if b < L:
-                _evict_oldest(cache, layer, h, L - b, 0)
-
-    def _after_prefill(
-        self, cache: PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
+    def __init__(
+        self, budget: Any, *, group_reduce: GroupReduce = "mean", evict: EvictAt | None = None
     ) -> None:
-        self._fix_budget(cache, layer, cache.last_position(layer) + 1)
-        self._trim(cache, layer)
-
-    def _decode_step(
-        self, cache: PagedKVCache, layer: int, q: np.ndarray, scale: float | None, nt: int | None
-    ) -> np.ndarray:
-        out = super()._decode_step(cache, layer, q, scale, nt)
-        self._trim(cache, layer)
-        return out
+        super().__init__(budget, group_reduce=group_reduce)
+        self._init_core(evict, sinks=0)
