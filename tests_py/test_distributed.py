@@ -61,11 +61,13 @@ def assert_same(a: sm.LlamaModel, b: sm.LlamaModel, ra: Any, rb: Any) -> None:
 @pytest.mark.parametrize(
     ("method", "kw"),
     [
-        ("wanda", dict(sparsity=0.5)),
+        ("wanda", dict(sparsity=0.5)),  # forward="auto": the core forward, a chain
         ("sparsegpt", dict(pattern="2:4")),
-        ("sparsegpt", dict(sparsity=0.6, sequential=False)),
+        ("sparsegpt", dict(pattern="2:4", forward="python")),  # parallel, inputs chained
+        ("sparsegpt", dict(sparsity=0.6, sequential=False, forward="python")),
+        ("wanda", dict(sparsity=0.6, sequential=False)),
         ("magnitude", dict(sparsity=0.3, error=False)),
-        ("wanda", dict(pattern="2:4", activations="bfloat16", workers=7)),
+        ("wanda", dict(pattern="2:4", activations="bfloat16", workers=7, forward="python")),
     ],
 )
 def test_bit_identical_to_single_process(cluster: Any, method: str, kw: dict[str, Any]) -> None:
@@ -149,6 +151,8 @@ def test_bad_arguments(cluster: Any) -> None:
         sm.prune_ray(m, CALIB, statistics="sum", **KW)
     with pytest.raises(ValueError, match="workers"):
         sm.prune_ray(m, CALIB, workers=0, **KW)
+    with pytest.raises(ValueError, match="forward"):
+        sm.prune_ray(m, CALIB, forward="gpu", **KW)
     with pytest.raises(ValueError, match="max_retries"):
         sm.prune_ray(m, CALIB, max_retries=-1, **KW)
     with pytest.raises(ValueError, match="method"):
