@@ -152,7 +152,7 @@ def _feeds(model: LlamaModel, i: int) -> dict[str, int]:
 def _new_stats(block: Mapping[str, Any], i: int, hessian: bool) -> dict[int, LayerStats]:
     """The 4 LayerStats of block ``i`` (q/k/v's, o's, gate/up's, down's inputs)."""
     p = f"model.layers.{i}."
-    sizes = {}
+    sizes: dict[int, int] = {}
     for suffix, g in _calibration.GROUP.items():
         sizes.setdefault(g, int(block[p + suffix].shape[1]))
     return {g: LayerStats(sizes[g], hessian) for g in range(4)}
