@@ -172,7 +172,7 @@ def run(
             label = "dense" if method == "dense" else f"{method} {setting}"
             ours = ours_nll(model, wins)
             t0 = time.perf_counter()
-            hf_nll, hf_diff = transformers_check(model, wins)
+            hf_nll, hf_diff = (np.nan, np.nan) if args.no_hf else transformers_check(model, wins)
             hf_s = time.perf_counter() - t0
             hf_rows.append(
                 (
@@ -186,8 +186,11 @@ def run(
                     f"{os.getloadavg()[0]:.1f}",
                 )
             )
-            print("HF | " + " | ".join(hf_rows[-1]), flush=True)
-            emit()
+            if args.no_hf:
+                hf_rows.pop()
+            else:
+                print("HF | " + " | ".join(hf_rows[-1]), flush=True)
+                emit()
             for dtype in dtypes:
                 with tempfile.TemporaryDirectory() as tmp:
                     gpath = Path(tmp) / "m.gguf"
@@ -229,6 +232,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="stories260K only")
     ap.add_argument("--smol-only", action="store_true", help="SmolLM2 only")
+    ap.add_argument(
+        "--settings",
+        default=None,
+        help="SmolLM2: method:pattern, e.g. wanda:2:4,sparsegpt:50%%",
+    )
+    ap.add_argument("--dtypes", default=None, help="SmolLM2 GGUF types, e.g. f32,bf16")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers check")
     ap.add_argument(
         "--smol-dense", action="store_true", help="also the dense SmolLM2 (F32/F16/BF16)"
     )
