@@ -35,6 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import _progress
+from .._validate import check_bool
 from . import _export_io as io
 from .export_hf import ExportReport, check_expressible
 from .gguf import _BLOCK_NAMES, _GLOBAL_NAMES
@@ -286,8 +287,7 @@ def export_gguf(
     target = io.check_out_file(out, overwrite)
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
-    if not isinstance(tokenizer, bool):
-        raise TypeError(f"tokenizer: expected a bool, got {type(tokenizer).__name__}")
+    check_bool(tokenizer, "tokenizer")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     _progress.check_progress(progress)
