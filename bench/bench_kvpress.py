@@ -65,6 +65,11 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=2)
     ap.add_argument("--ratios", default="0.5,0.75,0.9")
     ap.add_argument("--presses", default="", help="comma-separated subset (default: all)")
+    ap.add_argument(
+        "--ratios-for",
+        default="",
+        help="per-press ratios overriding --ratios, e.g. 'keydiff:0.75,cur:0.5/0.9'",
+    )
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--lag-size", type=int, default=128)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "kvpress.md"))
@@ -102,6 +107,10 @@ def main() -> None:
     pairs = P.pairs(window=window, qfilters=qf, duo=duo, lag_size=lag, lag_ratios=lag_ratios)
     names = [n.strip() for n in args.presses.split(",") if n.strip()] or list(pairs)
     ratios = [float(r) for r in args.ratios.split(",")]
+    ratios_for = {
+        n.strip(): [float(r) for r in rs.split("/")]
+        for n, rs in (x.split(":") for x in args.ratios_for.split(",") if x.strip())
+    }
 
     full_t = [P.kvpress_nll(hf, None, ids, T) for ids in seqs]
     full_o = [P.ours_nll(model, None, ids, T)[0] for ids in seqs]
@@ -111,7 +120,7 @@ def main() -> None:
     ppl_o = math.exp(np.concatenate(full_o).mean())
     rows.append(("full", "0", ppl_t, ppl_o, d_full, T, None))
     for name in names:
-        for r in pairs[name].ratios or ratios:
+        for r in ratios_for.get(name) or pairs[name].ratios or ratios:
             t0 = time.perf_counter()
             theirs, mine, kept, nbytes = [], [], [], []
             for ids in seqs:
