@@ -256,6 +256,11 @@ def pairs(
         ),
         Pair("cur", lambda r: kp.CURPress(r), lambda r, T, n: kv.CUR(n_kept(T, r))),
         Pair(
+            "block_keydiff",
+            lambda r: kp.BlockPress(kp.KeyDiffPress(r), block_size=w * 2),
+            lambda r, T, n: kv.Block(kv.KeyDiff(n_kept(T, r)), block_size=w * 2),
+        ),
+        Pair(
             "lagkv",
             lambda r: kp.LagKVPress(r, lag_size=lag_size),
             lambda r, T, n: kv.LagKV(n_kept(T, r), lag_size=lag_size),

@@ -466,3 +466,22 @@ def test_observed_attention_matches_kvpress():
     cache.append(0, k, v)
     np.testing.assert_allclose(pol.score(cache, 0, q, k, None), want, rtol=1e-5)
     _assert_kept(_prefill(kv.ObservedAttention(30), q, k, v), _top(want, 30))
+
+
+def test_block_matches_kvpress():
+    T, n, bs = 100, 30, 16
+    _, q, k, v = _data(14, T)
+    cache = _prefill(kv.Block(kv.KeyDiff(n), block_size=bs), q, k, v)
+    # kvpress BlockPress(KeyDiffPress): keep the first n, then rescore kept + each block
+    want = []
+    for h in range(HKV):
+        kept = np.arange(n)
+        for i in range(n, T, bs):
+            cur = np.r_[kept, np.arange(i, min(i + bs, T))]
+            sc = _keydiff_ref(k[cur])[h]
+            kept = cur[np.argsort(-sc, kind="stable")[:n]]
+        want.append(np.sort(kept))
+    _assert_kept(cache, want)
+    assert not np.array_equal(want[0], _top(_keydiff_ref(k), n)[0])  # differs from one shot
+    with pytest.raises(TypeError, match="scorer"):
+        kv.Block(kv.SnapKV(8))

@@ -75,6 +75,7 @@ PRESSES = {
     "duo_attention": (0.5,),
     "observed_attention": (0.5, 0.75),
     "per_layer": (0.5,),
+    "block_keydiff": (0.5, 0.75),
 }
 CASES = [(n, r) for n in CORE for r in RATIOS] + [(n, r) for n, rs in PRESSES.items() for r in rs]
 

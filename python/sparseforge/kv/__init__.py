@@ -62,6 +62,7 @@ from .policies import (
 from .policy_cache import PolicyCache, decode_nll
 from .presses import (
     CUR,
+    Block,
     ChunkKV,
     Composed,
     DuoAttention,
@@ -84,6 +85,7 @@ __all__ = [
     "POLICIES",
     "TOVA",
     "AdaKV",
+    "Block",
     "Budget",
     "ChunkKV",
     "Composed",

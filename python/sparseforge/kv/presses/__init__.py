@@ -2,12 +2,13 @@
 ``presses/*.py``): research scorers in Python on the ``score(cache, layer, q, k)`` path of
 the score-once policies, and the presses that rewrite what they keep (ThinK's channel
 pruning, merging, composition). The token presses are registered in
-:data:`sparseforge.kv.POLICIES`; ThinK and Composed take other presses and DuoAttention
+:data:`sparseforge.kv.POLICIES`; ThinK, Block and Composed take other presses and DuoAttention
 head scores, not a budget."""
 
 from __future__ import annotations
 
 from ..policies import POLICIES
+from .block import Block
 from .chunkkv import ChunkKV
 from .composed import Composed
 from .cur import CUR
@@ -22,6 +23,7 @@ from .think import ThinK
 
 __all__ = [
     "CUR",
+    "Block",
     "ChunkKV",
     "Composed",
     "DuoAttention",
