@@ -122,7 +122,15 @@ def smol_child(a: argparse.Namespace) -> None:
 
         m = sm.load(_smol_dir(), num_threads=a.threads)
         t0 = time.perf_counter()
-        rep = sm.prune(m, ids, method=a.method, pattern=pattern, sparsity=None, progress=False)
+        rep = sm.prune(
+            m,
+            ids,
+            method=a.method,
+            pattern=pattern,
+            sparsity=None,
+            error=not a.no_error,
+            progress=False,
+        )
         seconds = time.perf_counter() - t0
         method_s = sum(r.seconds for r in rep.layers)
         sm.export_hf(m, out, dtype="float32", overwrite=True)
@@ -203,6 +211,8 @@ def smol(a: argparse.Namespace) -> None:
                 cmd = [py, __file__, "smol-child", "--tool", tool, "--method", method]
                 cmd += ["--pattern", pattern or "none", "--ids", str(ids_path)]
                 cmd += ["--result-dir", str(res_dir), "--threads", str(thr)]
+                if not a.error:
+                    cmd.append("--no-error")
                 load0 = os.getloadavg()[0]
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if p.returncode != 0:
@@ -218,7 +228,7 @@ def smol(a: argparse.Namespace) -> None:
     cmdline = (
         f"python bench/bench_pipeline.py smol --runs {a.runs} --tools {a.tools} "
         f"--nsamples {a.nsamples} --seqlen {a.seqlen} --threads {a.threads} "
-        f"--eval-windows {a.eval_windows}"
+        f"--eval-windows {a.eval_windows}" + (" --error" if a.error else "")
     )
     lines = [
         f"## SmolLM2-135M, {a.nsamples} x {a.seqlen} calibration tokens, threads {a.threads}",
@@ -227,7 +237,11 @@ def smol(a: argparse.Namespace) -> None:
         f"{_git_rev()}). Each row is one process (loading excluded from the wall time; peak "
         "RSS of the process); the tools run back to back for each setting and thread "
         "count. Load average (os.getloadavg, 1 min) at the start / end of each run: the "
-        "machine is shared (2 cores), compare rows run side by side.",
+        "machine is shared (2 cores), compare rows run side by side. sparseforge: "
+        f"`sf.models.prune(model, ids, method=..., pattern=..., error={a.error})` "
+        "(the default core calibration forward); llm-compressor: `oneshot` with "
+        "`SparseGPTModifier(block_size=128, dampening_frac=0.01)` / `WandaPruningModifier`, "
+        "sequential pipeline, targets Linear, lm_head ignored.",
         "",
         "| setting | threads | tool | pruning wall s | of which the method s | speed-up | "
         "peak RSS GiB | load start / end |",
@@ -279,6 +293,77 @@ def _git_rev() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
+
+
+def _forward_times(thr: int, a: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
+    from sparseforge import models as sm
+    from sparseforge.calib import LayerStats
+    from sparseforge.models import _calibration as cal
+    from sparseforge.models.llama import LINEAR_SUFFIXES, Hooks
+
+    m = sm.load(_smol_dir(), num_threads=thr)
+    c = m.config
+    n = a.nsamples
+    h = np.random.default_rng(0).standard_normal((n * a.seqlen, c.dim)).astype(np.float32)
+
+    def fresh() -> list[LayerStats]:
+        return [LayerStats(w, True) for w in (c.dim, c.dim, c.dim, c.hidden_dim)]
+
+    def python() -> None:
+        st = dict(zip([LINEAR_SUFFIXES[k] for k in (0, 3, 4, 6)], fresh(), strict=True))
+
+        def cap(name: str, x: np.ndarray) -> None:
+            s = st.get(name[len("model.layers.0.") :])
+            if s is not None:
+                s.update(x, num_threads=thr)
+
+        cal.block_forward(m, 0, h, n, Hooks(linear_input=cap), True)
+
+    def core() -> None:
+        cal.block_forward_core(m, 0, h, n, fresh(), True)
+
+    best = {"python": float("inf"), "core": float("inf")}
+    loads = []
+    for _ in range(a.repeats):
+        for name, f in (("python", python), ("core", core)):
+            t0 = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            loads.append(os.getloadavg()[0])
+    return best, loads
+
+
+def forward_ab(a: argparse.Namespace) -> None:
+    """The calibration forward of one SmolLM2 block with its statistics, the core call
+    against the Python path (numpy GEMMs + LayerStats.update per linear input), interleaved
+    in one process, best of N each."""
+    rows = []
+    for thr in [int(t) for t in str(a.threads).split(",")]:
+        best, loads = _forward_times(thr, a)
+        rows.append((thr, best, min(loads), max(loads)))
+        print(thr, best, flush=True)
+    lines = [
+        f"## Calibration forward of one SmolLM2 block: core call vs Python path, "
+        f"{a.nsamples} x {a.seqlen} tokens",
+        "",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py forward "
+        f"--nsamples {a.nsamples} --threads {a.threads} --repeats {a.repeats}` (git "
+        f"{_git_rev()}): block 0 with its four LayerStats (X^T X and column norms), outputs "
+        "computed; interleaved in one process, best of "
+        f"{a.repeats} each. Python path: numpy (OpenBLAS) GEMMs, the core's norms / RoPE / "
+        "attention / gate, `LayerStats.update` per input. Shared machine: load range shown.",
+        "",
+        "| threads | Python path s | core call s | speed-up | load min / max |",
+        "| ---: | ---: | ---: | ---: | --- |",
+    ]
+    for thr, best, lo, hi in rows:
+        lines.append(
+            f"| {thr} | {best['python']:.3f} | {best['core']:.3f} | "
+            f"{best['python'] / best['core']:.2f}x | {lo:.1f} / {hi:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    _append(a.out, text)
 
 
 # -- random 1.1B / 7B shapes -----------------------------------------------------------------
@@ -601,12 +686,19 @@ def main() -> None:
     s.add_argument("--seqlen", type=int, default=512)
     s.add_argument("--threads", default="1,2")
     s.add_argument("--eval-windows", type=int, default=32)
+    s.add_argument(
+        "--error",
+        action="store_true",
+        help="also compute sparseforge's per-layer reconstruction error (prune's default "
+        "error=True; llm-compressor computes none): off unless given",
+    )
     s.add_argument("--python", default=str(ROOT / ".benchvenv" / "bin" / "python"))
     s.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
     c = sub.add_parser("smol-child")
     for k in ("tool", "method", "pattern", "ids", "result-dir"):
         c.add_argument(f"--{k}", required=True)
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--no-error", action="store_true")
     h = sub.add_parser("shape")
     h.add_argument("--shape", choices=list(SHAPES), required=True)
     h.add_argument("--nsamples", type=int, default=8)
@@ -615,6 +707,12 @@ def main() -> None:
     h.add_argument("--batch-tokens", type=int, default=8192)
     h.add_argument("--threads", type=int, default=2)
     h.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    f = sub.add_parser("forward")
+    f.add_argument("--nsamples", type=int, default=16)
+    f.add_argument("--seqlen", type=int, default=512)
+    f.add_argument("--threads", default="1,2")
+    f.add_argument("--repeats", type=int, default=7)
+    f.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
     b = sub.add_parser("shape-block")
     b.add_argument("--shape", choices=list(SHAPES), required=True)
     b.add_argument("--nsamples", type=int, default=4)
@@ -633,6 +731,7 @@ def main() -> None:
     {
         "smol": smol,
         "smol-child": smol_child,
+        "forward": forward_ab,
         "shape": shape_run,
         "shape-block": shape_block,
         "block-child": block_child,
