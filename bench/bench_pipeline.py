@@ -13,8 +13,15 @@
 
 Usage (run niced; the machine is shared)::
 
-    python bench/bench_pipeline.py smol --runs sparsegpt:2:4,wanda:2:4 --tools ours,llmc
-    python bench/bench_pipeline.py shape --shape tinyllama --nsamples 8 --seqlen 2048 --blocks 2
+    # the headline (SmolLM2, 32 x 512, 50% and 2:4, SparseGPT and Wanda, 1 and 2 threads,
+    # both tools, then one evaluator): about 35 min on a quiet 2-core machine
+    python bench/bench_pipeline.py smol
+    # the core block forward against the Python path (BLAS threads = the count given)
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_pipeline.py forward --threads 1
+    # real-size shapes: N blocks of the whole model streamed (resumable), and one block of
+    # the shape through both tools, each projected to the full depth
+    python bench/bench_pipeline.py shape --shape llama7b --nsamples 4 --seqlen 2048 --blocks 2
+    python bench/bench_pipeline.py shape-block --shape llama7b --nsamples 4 --seqlen 2048
 
 ``--python`` names the interpreter that has llm-compressor (a separate bench venv with
 ``torch==2.13.0`` installed first). Results are appended as markdown sections to
@@ -710,7 +717,7 @@ def main() -> None:
     f = sub.add_parser("forward")
     f.add_argument("--nsamples", type=int, default=16)
     f.add_argument("--seqlen", type=int, default=512)
-    f.add_argument("--threads", default="1,2")
+    f.add_argument("--threads", default="1")
     f.add_argument("--repeats", type=int, default=7)
     f.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
     b = sub.add_parser("shape-block")
