@@ -527,11 +527,17 @@ def block_child(a: argparse.Namespace) -> None:
             targets=["Linear"],
             ignore=["re:.*lm_head"],
         )
+        # The random directory has no tokenizer and llm-compressor wants one with a
+        # dataset (the ids are ready; it only passes through): SmolLM2's.
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(_smol_dir())
         t0 = time.perf_counter()
         oneshot(
             model=model,
             dataset=ds,
             recipe=recipe,
+            tokenizer=tok,
             num_calibration_samples=a.nsamples,
             max_seq_length=a.seqlen,
             pipeline="sequential",
