@@ -43,6 +43,7 @@ __all__ = [
     "block_forward_core",
     "core_unsupported",
     "prune_block",
+    "release_pages",
     "resolve_forward",
     "run_block",
 ]
@@ -177,6 +178,39 @@ def block_forward_core(
         _threads(model.num_threads),
     )
     return out
+
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def release_pages(a: Any) -> bool:
+    """Drop the resident pages of a read-only, file-backed (memory-mapped) array from this
+    process (``madvise(MADV_DONTNEED)`` on the whole pages inside it): they stay in the page
+    cache and are read again if the array is touched, so its values do not change. Called on
+    a block's source weights once they are replaced or written out, so the process's RSS
+    holds one block, not every block it has read. Returns whether anything was released
+    (False for arrays that own their memory, writeable ones, or off Linux)."""
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux") or not isinstance(a, np.ndarray):
+        return False
+    if a.flags.writeable or a.nbytes == 0 or not a.flags.c_contiguous:
+        return False
+    base: Any = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if not isinstance(base, mmap.mmap):
+        return False
+    page = mmap.PAGESIZE
+    start = a.ctypes.data
+    lo = (start + page - 1) // page * page
+    hi = (start + a.nbytes) // page * page
+    if hi <= lo:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)) == 0
 
 
 def activation_dtype(activations: Any) -> np.dtype[Any]:
