@@ -24,6 +24,7 @@ from typing import Any
 
 from . import ops
 from .config import LlamaConfig
+from .distributed import RayPruneError, prune_ray
 from .export_gguf import export_gguf
 from .export_hf import ExportReport, export_hf
 from .llama import DecodeCache, Hooks, KVCache, LlamaModel
@@ -53,6 +54,7 @@ __all__ = [
     "LlamaModel",
     "PerplexityResult",
     "PruneReport",
+    "RayPruneError",
     "SaveReport",
     "Tokenizer",
     "calibration_windows",
@@ -64,6 +66,7 @@ __all__ = [
     "ops",
     "perplexity",
     "prune",
+    "prune_ray",
     "prune_streaming",
     "register_method",
     "save",

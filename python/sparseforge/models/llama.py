@@ -156,7 +156,9 @@ class KVCache:
         self._k: F32Array | None = None
         self._v: F32Array | None = None
         self._length: int = 0
-        self._session: Any = None  # a _core.RuntimeSession while the session backs the cache
+        self._session: Any = (
+            None  # a _core.runtime.RuntimeSession while the session backs the cache
+        )
 
     @property
     def length(self) -> int:
@@ -217,7 +219,7 @@ class KVCache:
                 return None
             from .. import _core
 
-            self._session = _core.RuntimeSession(rt, self.capacity, num_threads)
+            self._session = _core.runtime.RuntimeSession(rt, self.capacity, num_threads)
             self._length = 0
         elif self._session.model is not rt:
             self._session.set_model(rt)
@@ -248,11 +250,11 @@ class KVCache:
         K[block, start : start + T] = k
         V[block, start : start + T] = v
         if T == 1:
-            a: F32Array = _core.decode_attention(
+            a: F32Array = _core.models.decode_attention(
                 q[0], K[block], V[block], start + 1, scale, None, num_threads
             )
             return a.reshape(1, -1)
-        out: F32Array = _core.attention(
+        out: F32Array = _core.models.attention(
             q, K[block, : start + T], V[block, : start + T], scale, None, num_threads
         )
         return out
@@ -445,8 +447,10 @@ class LlamaModel:
         return rt
 
     def _session_for(self, cache: Any) -> Any:
-        """The runtime session behind ``cache`` when the runtime serves this call."""
-        if not isinstance(cache, KVCache):
+        """The runtime session behind ``cache`` when the runtime serves this call (a
+        :class:`KVCache`, or a cache with a ``_runtime_session`` such as a
+        ``sparseforge.kv.PolicyCache`` with a built-in policy)."""
+        if not isinstance(cache, KVCache) and not hasattr(cache, "_runtime_session"):
             return None
         rt = self._runtime_model()
         if rt is None:
@@ -550,12 +554,12 @@ class LlamaModel:
         k = k.reshape(T, c.n_kv_heads, c.head_dim)
         v = v.reshape(T, c.n_kv_heads, c.head_dim)
         pos = np.arange(start, start + T, dtype=np.int64)
-        _core.rope(q, pos, c.rope_theta, c.rope_style, thr)
-        _core.rope(k, pos, c.rope_theta, c.rope_style, thr)
+        _core.models.rope(q, pos, c.rope_theta, c.rope_style, thr)
+        _core.models.rope(k, pos, c.rope_theta, c.rope_style, thr)
         if hooks is not None and hooks.attention is not None:
             hooks.attention(i, q, k, v)
         if cache is None:
-            a = _core.attention(q, k, v, self._scale, None, thr)
+            a = _core.models.attention(q, k, v, self._scale, None, thr)
         else:
             cache.reserve(T)
             a = cache.attend(i, q, k, v, self._scale, thr)
@@ -565,7 +569,7 @@ class LlamaModel:
         x = self._rms_norm(h, p + "post_attention_layernorm.weight", thr)
         g = self._linear(p + LINEAR_SUFFIXES[4], x, hooks)
         u = self._linear(p + LINEAR_SUFFIXES[5], x, hooks)
-        m = _core.swiglu_gate(g, u, g, thr)
+        m = _core.models.swiglu_gate(g, u, g, thr)
         if hooks is not None and hooks.mlp_hidden is not None:
             r = hooks.mlp_hidden(i, m)
             if r is not None:
@@ -592,7 +596,7 @@ class LlamaModel:
         if n != c.dim:
             eps = eps * c.dim / n
             w = w * np.float32(math.sqrt(c.dim / n))
-        out: F32Array = _core.rms_norm(h, w, eps, None, thr)
+        out: F32Array = _core.models.rms_norm(h, w, eps, None, thr)
         return out
 
     def _residual(self, name: str, h: F32Array) -> F32Array:
@@ -636,11 +640,13 @@ class LlamaModel:
         cache: DecodeCache,
         *,
         hooks: Hooks | None = None,
+        last_only: bool = False,
     ) -> F32Array:
         """Feed ``tokens`` after the ``cache.length`` cached ones; returns their logits
         float32 ``(T, vocab_size)`` and advances the cache by T. ``cache`` is a
         :class:`KVCache` or any :class:`DecodeCache` (e.g. a policy cache of
-        :mod:`sparseforge.kv`)."""
+        :mod:`sparseforge.kv`). ``last_only=True``: a prefill that computes the last
+        position's logits only, ``(1, vocab_size)`` (the head runs on one row)."""
         if not isinstance(cache, DecodeCache):
             raise TypeError(
                 f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
@@ -656,14 +662,14 @@ class LlamaModel:
         if hooks is None:
             session = self._session_for(cache)
             if session is not None:
-                logits: F32Array = session.prefill(ids.tolist(), False)
+                logits: F32Array = session.prefill(ids.tolist(), bool(last_only))
                 return logits
             hooks = self._default_hooks
         h = self.embed(ids)
         for i in range(self.config.n_layers):
             h = self.block(i, h, hooks=hooks, cache=cache)
         cache.advance(int(ids.size))
-        return self.final(h)
+        return self.final(h[-1:] if last_only else h)
 
     def nll(
         self,
@@ -692,7 +698,7 @@ class LlamaModel:
             _nll_rows(logits, target, out)
             return out
         # The runtime in chunks of prefill: logits of _NLL_CHUNK tokens at a time.
-        session = _core.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
+        session = _core.runtime.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
         for r0 in range(0, target.size, _NLL_CHUNK):
             r1 = min(target.size, r0 + _NLL_CHUNK)
             lg = session.prefill(ids[r0:r1].tolist(), False)
@@ -724,8 +730,11 @@ class LlamaModel:
         different streams, greedy tokens are the same. With ``stop_at_eos`` generation ends
         after the tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
         there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
-        must not exceed ``max_seq_len``. ``cache``: an empty :class:`DecodeCache` to decode
-        into (e.g. a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`.
+        must not exceed ``max_seq_len``. ``cache``: a :class:`DecodeCache` to decode into (e.g.
+        a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`. A cache that
+        already holds tokens (a prefilled, compressed context, or a fork of one) is continued:
+        the prompt follows its ``length`` cached tokens (``length + len(prompt) +
+        max_new_tokens - 1 <= max_seq_len``).
         """
         ids = check_token_ids(prompt, self.config.vocab_size, "prompt")
         if ids.size == 0:
@@ -742,23 +751,24 @@ class LlamaModel:
             raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
         if max_new_tokens == 0:
             return []
-        capacity = int(ids.size) + int(max_new_tokens) - 1
+        if cache is not None and not isinstance(cache, DecodeCache):
+            raise TypeError(
+                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
+            )
+        past = 0 if cache is None else int(cache.length)
+        capacity = past + int(ids.size) + int(max_new_tokens) - 1
         if capacity > self.config.max_seq_len:
             raise ValueError(
-                f"max_new_tokens: {ids.size} prompt + {max_new_tokens} new tokens exceed "
-                f"max_seq_len={self.config.max_seq_len} (by {capacity - self.config.max_seq_len})"
+                f"max_new_tokens: {f'{past} cached + ' if past else ''}{ids.size} prompt + "
+                f"{max_new_tokens} new "
+                f"tokens exceed max_seq_len={self.config.max_seq_len} "
+                f"(by {capacity - self.config.max_seq_len})"
             )
         stop: set[int] = set()
         if stop_at_eos and self.tokenizer is not None:
             stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
         if cache is None:
             cache = KVCache(self.config, capacity)
-        elif not isinstance(cache, DecodeCache):
-            raise TypeError(
-                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
-            )
-        elif cache.length:
-            raise ValueError(f"cache: expected an empty cache, it holds {cache.length} tokens")
         from .. import runtime as _runtime
 
         session = self._session_for(cache) if hooks is None else None
@@ -768,7 +778,7 @@ class LlamaModel:
             )
         _runtime.check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
         rng = np.random.default_rng(seed)
-        logits = self.step(ids, cache, hooks=hooks)[-1]
+        logits = self.step(ids, cache, hooks=hooks, last_only=True)[-1]
         out: list[int] = []
         while True:
             nxt = self._pick(logits, float(temperature), rng, int(top_k), float(top_p))
