@@ -19,9 +19,9 @@ namespace sf = sparseforge;
 
 namespace {
 
-constexpr size_t kOut = 128, kIn = 256;       // W: (out_features, in_features)
-constexpr size_t kChunks = 8, kChunk = 64;     // 512 calibration tokens, 64 at a time
-constexpr size_t kGroup = 16;                  // inputs sharing a component (correlated)
+constexpr size_t kOut = 128, kIn = 256;     // W: (out_features, in_features)
+constexpr size_t kChunks = 8, kChunk = 64;  // 512 calibration tokens, 64 at a time
+constexpr size_t kGroup = 16;               // inputs sharing a component (correlated)
 
 // splitmix64's i-th output (i from 0) as a float in [-1, 1): 24 random bits, exact.
 float uniform(uint64_t seed, uint64_t i) {
@@ -83,14 +83,15 @@ int main() {
   sf::prune::SparseGPTOptions nm;
   nm.pattern = {2, 4};
   sf::prune::sparsegpt(Wv, Hv, nm, out, mask, 0);
-  const sf::prune::NMViolations v = sf::prune::nm_violations(
-      sf::ConstMatrixView<float>(pruned.data(), kOut, kIn), {2, 4}, 5, 0);
+  const sf::prune::NMViolations v =
+      sf::prune::nm_violations(sf::ConstMatrixView<float>(pruned.data(), kOut, kIn), {2, 4}, 5, 0);
   const double err_gpt24 = sf::prune::reconstruction_error(Wv, out, Hv, 0);
 
   sf::prune::SparseGPTOptions half;
   half.sparsity = 0.5;
   sf::prune::sparsegpt(Wv, Hv, half, out, mask, 0);
-  const size_t zeros = sf::prune::count_zeros(sf::ConstMatrixView<float>(pruned.data(), kOut, kIn), 0);
+  const size_t zeros =
+      sf::prune::count_zeros(sf::ConstMatrixView<float>(pruned.data(), kOut, kIn), 0);
   const double err_gpt50 = sf::prune::reconstruction_error(Wv, out, Hv, 0);
 
   // 3. Magnitude 2:4 (no calibration) for comparison.

@@ -27,9 +27,7 @@ _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 def uniform(seed: int, i: np.ndarray) -> np.ndarray:
     """splitmix64's outputs number ``i`` as float32 in [-1, 1): 24 random bits, exact."""
     with np.errstate(over="ignore"):
-        z = np.uint64(seed) + (i.astype(np.uint64) + np.uint64(1)) * np.uint64(
-            0x9E3779B97F4A7C15
-        )
+        z = np.uint64(seed) + (i.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = (z ^ (z >> np.uint64(31))) & _M

@@ -11,8 +11,8 @@
 //   runtime/ a model in its stored formats (with TEAL thresholds) and a session that runs
 //           prefill, decode steps and generation over its KV cache in one call
 //   calib/  streaming calibration statistics (LayerStats); prune/ also Wanda, SparseGPT, OBS
-//   kvcache/ the paged KV cache and its attention; moe/ routing and expert dispatch;
-//   activation/ activation-sparsity predictors
+//   kvcache/ the paged KV cache, its attention and the KV policies (kv::Policy, PolicyCache); moe/
+//   routing and expert dispatch; activation/ activation-sparsity predictors
 // Every header under sparseforge/ is included here (tests_py/test_examples.py checks it).
 #pragma once
 
@@ -35,6 +35,8 @@
 #include "sparseforge/kernels/unstructured.h"
 #include "sparseforge/kvcache/attention.h"
 #include "sparseforge/kvcache/paged_cache.h"
+#include "sparseforge/kvcache/policy.h"
+#include "sparseforge/models/block_forward.h"
 #include "sparseforge/models/ops.h"
 #include "sparseforge/moe/dispatch.h"
 #include "sparseforge/moe/routing.h"
