@@ -330,3 +330,28 @@ def test_pyramid_fallback_rule_as_documented():
         got = kv.pyramid_budgets(30, T, b)
         assert (got[0], got[-1]) == (first, last), (T, b, got)
         assert got == sf._core.kvcache.pyramid_budgets(30, T, b, 64, 20.0)
+
+
+def test_kvpress_rules_tova_keep_last_and_pyramid_float_budget():
+    T = 60
+    q, k, v, *_ = _data(6, T, 0)
+    # TOVA(keep_last=True): the prompt's last token survives (kvpress pins it)
+    for keep_last in (False, True):
+        c = kv.PagedKVCache(1, HKV, D, page_size=S)
+        pol = kv.TOVA(4, keep_last=keep_last)
+        pol.prefill(c, 0, q, k, v)
+        if keep_last:
+            assert T - 1 in c.positions(0, 0)
+    # PyramidKV with compression_ratio: kvpress's float T * (1 - r) (15.999... here),
+    # rounded in the fallback (16), where a token count would floor it (15)
+    r = 0.9
+    assert kv.pyramid_budgets(2, 160, 160 * (1 - r), window=8) == [16, 16]
+    c = kv.PagedKVCache(2, HKV, D, page_size=S)
+    q, k, v, *_ = _data(7, 160, 0)
+    pol = kv.PyramidKV(kv.Budget(compression_ratio=r), window=8)
+    for layer in range(2):
+        pol.prefill(c, layer, q, k, v)
+        assert (c.lengths(layer) == 16).all()
+    # SnapKV's window scores are the prefix maximum + 1 (kvpress 0.5.5)
+    s = kv.SnapKV(20, window=8).score(c, 0, q, k, None)
+    assert (s[:, -8:] == s[:, :-8].max() + 1).all()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._validate import check_bool, check_number
 from .models.config import LlamaConfig
 from .models.llama import LINEAR_SUFFIXES, Hooks, LlamaModel, _is_compressed
 from .models.perplexity import _int_arg
@@ -557,8 +557,7 @@ def _slice_dim(c: LlamaConfig, dim: Any, sparsity: Any, round_to: int) -> int:
         if d != c.dim and d % round_to:
             raise ValueError(f"dim: d'={d} is not a multiple of round_to={round_to}")
         return d
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(f"sparsity: expected a number, got {type(sparsity).__name__}")
+    check_number(sparsity, "sparsity", finite=False)
     s = float(sparsity)
     if not (0.0 <= s < 1.0):
         raise ValueError(f"sparsity: expected 0 <= sparsity < 1, got {sparsity}")
@@ -633,12 +632,8 @@ def slicegpt(
     c = model.config
     rt = _int_arg(round_to, "round_to", 1)
     d_new = _slice_dim(c, dim, sparsity, rt)
-    if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
-        raise TypeError(f"damping: expected a number, got {type(damping).__name__}")
-    if not (math.isfinite(float(damping)) and float(damping) >= 0):
-        raise ValueError(f"damping: expected a finite number >= 0, got {damping}")
-    if not isinstance(slice_head, bool):
-        raise TypeError(f"slice_head: expected a bool, got {type(slice_head).__name__}")
+    check_number(damping, "damping", 0, None)
+    check_bool(slice_head, "slice_head")
     damp = float(damping)
     windows = _windows(model, calib, nsamples, seqlen, seed, bos)
     L, d = c.n_layers, c.dim

@@ -34,6 +34,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from .._validate import check_bool
 from . import _export_io as io
 from .export_hf import ExportReport, check_expressible
 from .gguf import _BLOCK_NAMES, _GLOBAL_NAMES
@@ -281,8 +282,7 @@ def export_gguf(
     target = io.check_out_file(out, overwrite)
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
-    if not isinstance(tokenizer, bool):
-        raise TypeError(f"tokenizer: expected a bool, got {type(tokenizer).__name__}")
+    check_bool(tokenizer, "tokenizer")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     check_expressible(model)

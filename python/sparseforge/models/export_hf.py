@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_bool
 from . import _export_io as io
 from . import compressed_tensors as ct
 from .llama import LlamaModel
@@ -346,8 +347,7 @@ def export_hf(
     target = io.check_out_dir(out, overwrite)
     dt = io.parse_dtype(dtype)
     limit = parse_size(max_shard_size)
-    if not isinstance(tokenizer, bool):
-        raise TypeError(f"tokenizer: expected a bool, got {type(tokenizer).__name__}")
+    check_bool(tokenizer, "tokenizer")
     if compression is not None and compression not in ("sparse-24-bitmask", "sparse-bitmask"):
         raise ValueError(
             "compression: expected None, 'sparse-24-bitmask' or 'sparse-bitmask', got "

@@ -67,6 +67,9 @@ struct Budget {
   void validate(size_t num_layers) const;
   // Tokens a layer keeps for a prompt of `context` tokens.
   size_t resolve(size_t layer, size_t context) const;
+  // The same before flooring: context * fraction for a fraction (kvpress's PyramidKV uses
+  // this float), the count for a token budget.
+  double resolve_real(size_t layer, size_t context) const;
   // True when every entry is a token count (no fractions).
   bool all_tokens() const;
 };
@@ -81,6 +84,7 @@ struct PolicyOptions {
   size_t window = 64;             // SnapKV / PyramidKV observation window
   size_t kernel_size = 5;         // SnapKV pooling (odd)
   bool max_pool = false;          // SnapKV: max pooling instead of avg
+  bool keep_last = false;         // TOVA: the prompt's last token is never evicted at prefill
   double beta = 20.0;             // PyramidKV
   double alpha_safeguard = 0.2;   // AdaKV
   std::string scorer = "snapkv";  // AdaKV's scorer: snapkv, key_norm, random
@@ -181,8 +185,10 @@ class ScorerPolicy : public Policy {
 // ties: the older position is kept. Order-preserving compaction.
 void keep_top(PagedKVCache& cache, size_t layer, const double* scores, size_t ld, size_t n_keep);
 
-// PyramidKV's per-layer budgets (kvpress get_layer_budget); see docs/kvcache.md.
-std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, size_t budget, size_t window,
+// PyramidKV's per-layer budgets (kvpress get_layer_budget); see docs/kvcache.md. `budget`
+// is the average per layer, a count or kvpress's float T * (1 - compression_ratio); the
+// uniform fallback is max(1, round(budget)) (half to even, Python's round).
+std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, double budget, size_t window,
                                     double beta);
 
 // numpy's default_rng([seed, layer]).random(n): SeedSequence + PCG64 + 53-bit doubles, so the
