@@ -13,8 +13,7 @@
 //   runtime/ a model in its stored formats (with TEAL thresholds) and a session that runs
 //           prefill, decode steps and generation over its KV cache in one call
 //   calib/  streaming calibration statistics (LayerStats); prune/ also Wanda, SparseGPT, OBS
-//   kvcache/ the paged KV cache, its attention and the KV policies (kv::Policy, PolicyCache); moe/
-//   routing and expert dispatch; activation/ activation-sparsity predictors
+//   moe/    routing and expert dispatch; activation/ activation-sparsity predictors
 // Every header under sparseforge/ is included here (tests_py/test_examples.py checks it).
 #pragma once
 
