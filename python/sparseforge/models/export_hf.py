@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _progress
 from .._validate import check_bool
 from . import _export_io as io
 from . import compressed_tensors as ct
@@ -300,6 +301,7 @@ def export_hf(
     overwrite: bool = False,
     tokenizer: bool = True,
     compression: str | None = None,
+    progress: bool | None = None,
 ) -> ExportReport:
     """Write ``model`` as a Hugging Face model directory that
     ``transformers.AutoModelForCausalLM.from_pretrained(out)`` loads.
@@ -329,6 +331,9 @@ def export_hf(
         dense. transformers reads these only through the compressed-tensors package
         (docs/export.md says which versions); :func:`sparseforge.models.load` reads them
         into compressed tensors.
+    progress : bool or None
+        A progress bar over the tensors on stderr (None: when stderr is a terminal or
+        ``SPARSEFORGE_PROGRESS=1``; False: quiet).
 
     Returns
     -------
@@ -353,6 +358,7 @@ def export_hf(
             "compression: expected None, 'sparse-24-bitmask' or 'sparse-bitmask', got "
             f"{compression!r}"
         )
+    _progress.check_progress(progress)
     check_expressible(model)
     tok_files = _tokenizer_files(model) if tokenizer and model.tokenizer is not None else {}
 
@@ -406,7 +412,8 @@ def export_hf(
 
     files: dict[str, int] = {}
     zeros = 0
-    with io.atomic_directory(target) as tmp:
+    bar = _progress.bar(len(names), "sparseforge export_hf", unit="tensors", progress=progress)
+    with bar, io.atomic_directory(target) as tmp:
         weight_map: dict[str, str] = {}
         for k, shard in enumerate(shards):
             fname = (
@@ -423,6 +430,7 @@ def export_hf(
                     arrays += ct.compressed_entries(model, n, str(compression), a)
                 else:
                     arrays.append((n, a))
+                bar.update()
             for key, _ in arrays:
                 weight_map[key] = fname
             with open(tmp / fname, "wb") as f:
