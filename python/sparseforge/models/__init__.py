@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ops
-from .config import LlamaConfig
+from .config import LlamaConfig, ModelConfig
 from .export_gguf import export_gguf
 from .export_hf import ExportReport, export_hf
 from .llama import DecodeCache, Hooks, KVCache, LlamaModel
@@ -51,6 +51,7 @@ __all__ = [
     "Llama2cTokenizer",
     "LlamaConfig",
     "LlamaModel",
+    "ModelConfig",
     "PerplexityResult",
     "PruneReport",
     "SaveReport",
