@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import sparseforge as sf
-from archmodels import FAMILIES, SEQ, hf_greedy, hf_logits, make_hf, rel_err
+from archmodels import FAMILIES, SEQ, hf_greedy, hf_logits, rel_err
 from sparseforge import models as sm
 from sparseforge.models.hf import read_hf_config
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import sparseforge as sf
-from sparseforge import models as sm
-
 from archmodels import FAMILIES, SEQ, hf_logits, rel_err
+from sparseforge import models as sm
 
 RUNTIME = [f for f in FAMILIES if f != "gemma2"]
 

@@ -224,9 +224,7 @@ def _config_json(
         del cfg["hidden_act"]
         cfg.update(
             hidden_activation="gelu_pytorch_tanh",
-            query_pre_attn_scalar=int(round(scalar))
-            if abs(scalar - round(scalar)) < 1e-4
-            else scalar,
+            query_pre_attn_scalar=round(scalar) if abs(scalar - round(scalar)) < 1e-4 else scalar,
             sliding_window=window,
             attn_logit_softcapping=c.attn_softcap or None,
             final_logit_softcapping=c.final_softcap or None,
