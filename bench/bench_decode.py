@@ -146,7 +146,7 @@ def _load(name: str) -> tuple[sm.LlamaModel, np.ndarray, Path | None]:
 
 def _probe(threads: int, buf: np.ndarray) -> float:
     t0 = time.perf_counter()
-    sf._core._read_probe(buf, threads)
+    sf._core.kernels._read_probe(buf, threads)
     return buf.nbytes / (time.perf_counter() - t0)
 
 

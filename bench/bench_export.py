@@ -1,13 +1,18 @@
-"""llama.cpp runs the GGUF files sparseforge exports: perplexity of pruned models through
-llama-cpp-python against sparseforge's own forward, over the same token windows.
+"""llama.cpp and transformers run the models sparseforge exports: perplexity of pruned
+models through llama-cpp-python (GGUF) and transformers (Hugging Face directory) against
+sparseforge's own forward, over the same token windows.
 
 For each model (stories260K on TinyStories, SmolLM2-135M on WikiText-2 when installed):
-prune with Wanda at 50 % (and 2:4), export GGUF (F32 and Q8_0), then score the same
-back-to-back windows (sparseforge's tokenization, one BOS at the start of the stream) with
+prune (stories260K: Wanda 50 % and 2:4; SmolLM2: Wanda and SparseGPT, 50 % and 2:4), export
+GGUF (stories260K: F32 and Q8_0; SmolLM2: F32, F16 and BF16) and a Hugging Face directory
+(float32), then score the same back-to-back windows (sparseforge's tokenization, one BOS at
+the start of the stream) with
 
-* sparseforge on the pruned model itself,
+* sparseforge on the pruned model itself and on the GGUF file read back,
 * llama.cpp (``llama_cpp.Llama(logits_all=True)``, ``eval`` of the window's ids, the
-  NLL of each next token from its logits).
+  NLL of each next token from its logits),
+* transformers (``AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)``, the
+  same NLL from its logits; and the largest logit difference to sparseforge's).
 
 Also checked: llama.cpp's own tokenizer gives sparseforge's ids on the evaluation text's
 first 2,000 characters, and the pruned weights' zeros are in the file. Writes
@@ -83,41 +88,109 @@ def llama_cpp_tokens(path: Path, text: str, bos: bool) -> list[int]:
     return list(llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False))
 
 
-def prune(model: sm.LlamaModel, calib: np.ndarray, setting: str) -> None:
+def prune(model: sm.LlamaModel, calib: np.ndarray, method: str, setting: str) -> None:
     kw = {"sparsity": 0.5} if setting == "50%" else {"pattern": setting}
-    sm.prune(model, calib, method="wanda", nsamples=16, seqlen=128, progress=False, **kw)
+    sm.prune(model, calib, method=method, nsamples=16, seqlen=128, progress=False, **kw)
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
+def transformers_check(model: sm.LlamaModel, wins: list[np.ndarray]) -> tuple[float, float]:
+    """export_hf (float32) read by transformers: (mean NLL over ``wins``, largest |logit
+    difference| to sparseforge's on the first window)."""
+    import torch
+    import transformers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sm.export_hf(model, Path(tmp) / "hf", dtype="float32")
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            Path(tmp) / "hf", dtype=torch.float32
+        )
+    hf.eval()
+    nll = []
+    diff = 0.0
+    with torch.no_grad():
+        for k, w in enumerate(wins):
+            logits = hf(torch.tensor([w.tolist()])).logits[0].double().numpy()
+            if k == 0:
+                diff = float(np.abs(logits - model.forward(w)).max())
+            m = logits.max(axis=1, keepdims=True)
+            lse = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))[:-1]
+            nll.append(lse - logits[np.arange(len(w) - 1), w[1:]])
+    return float(np.concatenate(nll).mean()), diff
+
+
+def run(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     rows: list[tuple[str, ...]] = []
+    hf_rows: list[tuple[str, ...]] = []
     cases = []
     stories = data_dir() / "stories260K" / "stories260K.bin"
     if stories.is_file():
         text = (data_dir() / "tinystories-valid-excerpt" / "tinystories_val.txt").read_text()
-        cases.append(("stories260K", stories, text[:200_000], text[200_000:], 256, 16))
+        settings = [("dense", "dense"), ("wanda", "50%"), ("wanda", "2:4")]
+        cases.append(
+            (
+                "stories260K",
+                stories,
+                text[:200_000],
+                text[200_000:],
+                256,
+                16,
+                settings,
+                ("f32", "q8_0"),
+            )
+        )
     smol = find_smollm2()
     wiki = data_dir() / "wikitext-2-raw" / "wiki.test.raw"
     if smol is not None and wiki.is_file() and not args.quick:
         text = wiki.read_text()
-        cases.append(("SmolLM2-135M", smol, text[:150_000], text[150_000:], 256, 8))
-    for name, path, calib_text, eval_text, seqlen, count in cases:
+        settings = [("dense", "dense")] if args.smol_dense else []
+        settings += [(m, p) for m in ("wanda", "sparsegpt") for p in ("50%", "2:4")]
+        cases.append(
+            (
+                "SmolLM2-135M",
+                smol,
+                text[:150_000],
+                text[150_000:],
+                256,
+                8,
+                settings,
+                ("f32", "f16", "bf16"),
+            )
+        )
+    for name, path, calib_text, eval_text, seqlen, count, settings, dtypes in cases:
         base = sm.load(path)
         calib = token_stream(base, calib_text)
         ids = token_stream(base, eval_text[:400_000])
         wins = windows(ids, seqlen, count)
-        for setting in ("dense", "50%", "2:4"):
+        for method, setting in settings:
             model = sm.load(path)
-            if setting != "dense":
-                prune(model, calib, setting)
+            if method != "dense":
+                prune(model, calib, method, setting)
+            label = "dense" if method == "dense" else f"{method} {setting}"
             ours = ours_nll(model, wins)
-            for dtype in ("f32", "q8_0"):
+            t0 = time.perf_counter()
+            hf_nll, hf_diff = transformers_check(model, wins)
+            hf_s = time.perf_counter() - t0
+            hf_rows.append(
+                (
+                    name,
+                    label,
+                    f"{np.exp(ours):.4f}",
+                    f"{np.exp(hf_nll):.4f}",
+                    f"{abs(np.exp(hf_nll) / np.exp(ours) - 1):.1e}",
+                    f"{hf_diff:.1e}",
+                    f"{hf_s:.1f}",
+                    f"{os.getloadavg()[0]:.1f}",
+                )
+            )
+            print("HF | " + " | ".join(hf_rows[-1]), flush=True)
+            for dtype in dtypes:
                 with tempfile.TemporaryDirectory() as tmp:
                     gpath = Path(tmp) / "m.gguf"
                     t0 = time.perf_counter()
                     rep = sm.export_gguf(model, gpath, dtype=dtype)
                     took = time.perf_counter() - t0
                     back = sm.load(gpath)
-                    ours_back = ours_nll(back, wins)
+                    ours_back = ours if dtype == "f32" else ours_nll(back, wins)
                     t0 = time.perf_counter()
                     theirs = llama_cpp_nll(gpath, wins, args.threads)
                     llama_s = time.perf_counter() - t0
@@ -129,7 +202,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
                 rows.append(
                     (
                         name,
-                        setting,
+                        label,
                         dtype,
                         f"{np.exp(ours):.4f}",
                         f"{np.exp(ours_back):.4f}",
@@ -143,13 +216,16 @@ def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
                     )
                 )
                 print(" | ".join(rows[-1]), flush=True)
-    return rows
+    return rows, hf_rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="stories260K only")
+    ap.add_argument(
+        "--smol-dense", action="store_true", help="also the dense SmolLM2 (F32/F16/BF16)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export.md"))
     args = ap.parse_args()
     try:
@@ -157,7 +233,7 @@ def main() -> int:
     except ImportError:
         print("llama-cpp-python is not installed (see this file's docstring)", file=sys.stderr)
         return 2
-    rows = run(args)
+    rows, hf_rows = run(args)
     header = (
         "model",
         "pruned",
@@ -173,11 +249,12 @@ def main() -> int:
         "load",
     )
     lines = [
-        "# Exported GGUF files in llama.cpp",
+        "# Exported models in llama.cpp and transformers",
         "",
         f"`{' '.join(['python', 'bench/bench_export.py', *sys.argv[1:]])}` — sparseforge "
         f"{sf.__version__}, llama-cpp-python {llama_cpp.__version__}, {args.threads} threads. "
-        "Wanda (16 x 128 calibration tokens), then `sf.models.export_gguf`; perplexity over "
+        "Wanda or SparseGPT (16 x 128 calibration tokens), then `sf.models.export_gguf`; "
+        "perplexity over "
         "the same back-to-back windows of sparseforge's token ids (stories260K: 16 x 256 "
         "tokens of the TinyStories excerpt after its first 200,000 characters; SmolLM2: 8 x "
         "256 tokens of WikiText-2 test after its first 150,000 characters). `ppl "
@@ -196,8 +273,21 @@ def main() -> int:
         "quantizes the activations to 8 bits, sparseforge dequantizes the weights and "
         "multiplies in float32, hence differences of a few 1e-3. `zeros in linears` "
         "counts exact zeros written to the block linears and the head: pruning keeps them "
-        "through F32 and Q8_0 alike (dense SmolLM2 has some from its 4-bit source).",
+        "through every type (dense SmolLM2 has some from its 4-bit source). F16/BF16 "
+        "files: sparseforge reads them back as stored and computes in float32 like "
+        "llama.cpp's CPU path, which converts per operation.",
+        "",
+        "## The Hugging Face export in transformers",
+        "",
+        "`sf.models.export_hf(model, dir, dtype='float32')`, then "
+        "`transformers.AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)` on "
+        "the same windows. `max |logit diff|` is over the first window's logits.",
+        "",
+        "| model | pruned | ppl sparseforge | ppl transformers | rel. diff | "
+        "max abs logit diff | export+load+eval s | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    lines += ["| " + " | ".join(r) + " |" for r in hf_rows]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0

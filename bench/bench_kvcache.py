@@ -159,8 +159,17 @@ def section_quest(ctx: Ctx) -> None:
     )
 
 
-class _TovaNumpy(kv.TOVA):
-    """TOVA's decode step with the selection in numpy (the pre-fusion path, for comparison)."""
+class _TovaNumpy(kv.KVPolicy):
+    """TOVA's decode step with the selection in numpy (the pre-fusion path, for comparison;
+    a Python policy, so it also pays the Python policy machinery the core policies skip)."""
+
+    name = "tova-numpy"
+    decode_evicts = True
+
+    def _after_prefill(
+        self, cache: kv.PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
+    ) -> None:
+        self._fix_budget(cache, layer, cache.last_position(layer) + 1)
 
     def _decode_step(
         self, cache: kv.PagedKVCache, layer: int, q: np.ndarray, scale: float | None, nt: int | None
@@ -202,8 +211,8 @@ def section_upkeep(ctx: Ctx) -> None:
             for layer in range(copies):
                 k = ctx.rng.standard_normal((L, HKV, D), dtype=np.float32)
                 if name == "h2o":  # prefill scores cost O(L^2): use the policy's decode path
-                    pol._fix_budget(c, layer, L)
                     c.append(layer, k, k)
+                    pol.layer_budget(c, layer)  # fixed at the context L
                 else:
                     pol.prefill(c, layer, qp, k, k)
             caches[name] = c

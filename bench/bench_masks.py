@@ -3,7 +3,7 @@
 Row 50%, layer 50% and 2:4 masks of float32 weights (4096x4096 and 11008x4096), timed
 interleaved in one run:
 
-* sparseforge's core mask functions (``_core.magnitude_mask`` / ``magnitude_nm_mask``,
+* sparseforge's core mask functions (``_core.prune.magnitude_mask`` / ``magnitude_nm_mask``,
   what ``sf.prune.magnitude`` calls) and the full ``sf.prune.magnitude`` (mask + pruned
   copy), each at num_threads=1 and 2;
 * numpy (single-threaded): per-row ``argpartition`` (fastest, ties arbitrary) and stable
@@ -120,8 +120,8 @@ def np_apply(W: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def sf_mask(op: str, W: np.ndarray, threads: int) -> np.ndarray:
     if op == "2:4":
-        return _core.magnitude_nm_mask(W, N, M, threads)
-    return _core.magnitude_mask(W, SPARSITY, op, threads)
+        return _core.prune.magnitude_nm_mask(W, N, M, threads)
+    return _core.prune.magnitude_mask(W, SPARSITY, op, threads)
 
 
 def sf_magnitude(op: str, W: np.ndarray, threads: int) -> sf.prune.PruneResult:

@@ -296,18 +296,18 @@ def test_predictor_fit_matches_numpy_reduced_rank_regression(rank: int) -> None:
 
 
 def test_predictor_bad_input() -> None:
-    st = sf._core.PredictorStats(4, 3)
+    st = sf._core.activation.PredictorStats(4, 3)
     with pytest.raises(ValueError, match="no tokens"):
-        sf._core.fit_low_rank_predictor(st, 1, 0.1)
+        sf._core.activation.fit_low_rank_predictor(st, 1, 0.1)
     with pytest.raises(ValueError, match="Y: expected 2 rows"):
         st.update(np.ones((2, 4), np.float32), np.ones((3, 3), np.float32), 0)
     with pytest.raises(sf.DTypeError):
         st.update(np.ones((2, 4)), np.ones((2, 3), np.float32), 0)
     st.update(np.ones((2, 4), np.float32), np.ones((2, 3), np.float32), 0)
     with pytest.raises(ValueError, match="rank"):
-        sf._core.fit_low_rank_predictor(st, 4, 0.1)
+        sf._core.activation.fit_low_rank_predictor(st, 4, 0.1)
     with pytest.raises(sf.NumericalError, match="singular"):
-        sf._core.fit_low_rank_predictor(st, 1, 0.0)
+        sf._core.activation.fit_low_rank_predictor(st, 1, 0.0)
 
 
 @needs_data

@@ -47,20 +47,20 @@ def test_gate_passes_the_callers_pointer(
         big[:, 3:4],
     ]
     for a in views:
-        assert _core._gate_address(a, writeable) == address(a) == a.ctypes.data
+        assert _core.core._gate_address(a, writeable) == address(a) == a.ctypes.data
 
 
 def test_gate_no_copy_for_memmap_and_foreign_buffers(tmp_path: Path) -> None:
     mm = np.lib.format.open_memmap(tmp_path / "w.npy", mode="w+", dtype=np.float32, shape=(8, 16))
     mm[...] = 1
-    assert _core._gate_address(mm) == address(mm)
+    assert _core.core._gate_address(mm) == address(mm)
     a = np.frombuffer(bytes(4 * 64), dtype=np.float32).reshape(8, 8)
     assert not a.flags.writeable
-    assert _core._gate_address(a) == address(a)  # read-only is fine for inputs
+    assert _core.core._gate_address(a) == address(a)  # read-only is fine for inputs
     with raises_exactly(
         ValueError, "a: expected a writeable array (modified in place), got a read-only one"
     ):
-        _core._gate_address(a, True)
+        _core.core._gate_address(a, True)
 
 
 def test_apply_mask_works_in_place(dtype: np.dtype, rng: np.random.Generator) -> None:
@@ -206,15 +206,15 @@ def test_refused_strided_layouts(rng: np.random.Generator) -> None:
         with pytest.raises(ValueError, match=r"^W: expected C-ordered rows"):
             prune.magnitude(W)
         with pytest.raises(ValueError, match=r"^a: expected C-ordered rows"):
-            _core._gate_address(W)
+            _core.core._gate_address(W)
 
 
 def test_padded_rows_are_views_not_copies(rng: np.random.Generator) -> None:
     base = ref.weights(rng, (8, 64), F32)
     padded = as_strided(base, shape=(8, 10), strides=(256, 4))  # == base[:, :10]
-    assert _core._gate_address(padded) == address(base)
+    assert _core.core._gate_address(padded) == address(base)
     every_other_row = base[::2]
-    assert _core._gate_address(every_other_row) == address(base)
+    assert _core.core._gate_address(every_other_row) == address(base)
     assert np.array_equal(
         prune.magnitude(every_other_row, 0.5).mask,
         ref.magnitude_row_mask(np.ascontiguousarray(every_other_row), 0.5),
@@ -247,7 +247,7 @@ def test_misaligned_buffers(dtype: np.dtype) -> None:
         (lambda: prune.check_pattern(W, "2:4"), "W"),
         (lambda: prune.magnitude_global([W], 0.5), "weights[0]"),
         (lambda: sf.cast(W, F32), "x"),
-        (lambda: _core._gate_address(W), "a"),
+        (lambda: _core.core._gate_address(W), "a"),
     ):
         with raises_exactly(
             ValueError, f"{name}: expected an aligned array, got a misaligned buffer"

@@ -452,3 +452,28 @@ def test_bad_in_features(bad: int) -> None:
         LayerStats(bad)
     with pytest.raises(TypeError, match="in_features"):
         LayerStats(2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hessian", [True, False])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_layerstats_pickles_its_exact_state(hessian: bool, precision: str) -> None:
+    """pickle (Ray's object store, multiprocessing) keeps the accumulators bit for bit: a
+    copy updated further equals the original updated the same way."""
+    import pickle
+
+    rng = np.random.default_rng(7)
+    st = sf.calib.LayerStats(37, hessian, precision=precision)
+    st.update((rng.standard_normal((300, 37)) * 3).astype(np.float32))
+    copy = pickle.loads(pickle.dumps(st))
+    assert isinstance(copy, sf.calib.LayerStats)
+    assert copy.tokens == 300
+    assert (copy.has_hessian, copy.precision) == (hessian, precision)
+    x = rng.standard_normal((50, 37)).astype(np.float32)
+    st.update(x)
+    copy.update(x)
+    assert np.array_equal(copy.sum_squares, st.sum_squares)
+    if hessian:
+        assert np.array_equal(copy.hessian, st.hessian)
+    empty = pickle.loads(pickle.dumps(sf.calib.LayerStats(5)))
+    assert empty.tokens == 0
+    assert empty.in_features == 5

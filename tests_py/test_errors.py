@@ -22,7 +22,7 @@ def test_cpp_exceptions_map_to_python(
     kind: str, exc: type[BaseException], message: str | None
 ) -> None:
     with pytest.raises(exc, match=message):
-        _core._raise_for_test(kind)
+        _core.core._raise_for_test(kind)
 
 
 def test_exception_hierarchy() -> None:
@@ -31,4 +31,4 @@ def test_exception_hierarchy() -> None:
     assert issubclass(sf.NumericalError, ArithmeticError)
     assert not issubclass(sf.NumericalError, ValueError)
     with pytest.raises(ValueError, match="kind: unknown 'nope'"):
-        _core._raise_for_test("nope")
+        _core.core._raise_for_test("nope")

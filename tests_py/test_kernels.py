@@ -463,7 +463,7 @@ def test_inputs_untouched_and_no_copy(dtype: np.dtype, rng: np.random.Generator)
     assert np.array_equal(ref.bits(W), ref.bits(Wb))
     assert np.array_equal(ref.bits(Wt), ref.bits(Wtb))
     assert np.array_equal(x, xb)
-    assert sf._core._gate_address(W) == W.__array_interface__["data"][0]
+    assert sf._core.core._gate_address(W) == W.__array_interface__["data"][0]
 
 
 def test_concurrent_python_threads(rng: np.random.Generator) -> None:

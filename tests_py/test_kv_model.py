@@ -101,7 +101,8 @@ def test_full_cache_reproduces_kvcache_on_stories260k():
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
     # measured bytes: ceil(90 / 16) pages per (layer, kv head), K and V of 8 fp32 dims
     c = m.config
-    assert pc.bytes_in_use == c.n_layers * c.n_kv_heads * 6 * 16 * 2 * c.head_dim * 4
+    assert pc.kv_bytes == c.n_layers * c.n_kv_heads * 6 * 16 * 2 * c.head_dim * 4
+    assert pc.bytes_in_use == pc.kv_bytes + pc.paged.metadata_bytes
     # decode_nll through the loop == the model's own NLL of the same tokens
     nll = kv.decode_nll(m, ids, kv.PolicyCache(m, "full"), prefill=40)
     np.testing.assert_allclose(nll, m.nll(ids)[39:], rtol=0, atol=1e-4)
@@ -163,7 +164,11 @@ def test_every_policy_respects_its_budget_in_the_loop(name):
         pages = sum(
             pc.paged.num_pages(layer, h) for layer in range(c.n_layers) for h in range(c.n_kv_heads)
         )
-        assert pc.bytes_in_use == pages * pc.paged.page_bytes
+        assert pc.kv_bytes == pages * pc.paged.page_bytes
+        # the reported memory includes the metadata: 12 bytes a slot (position, score) and
+        # Quest's bounds (2 * head_dim floats a page)
+        meta = 12 * int(pc.lengths().sum()) + pages * 2 * c.head_dim * 4
+        assert pc.bytes_in_use == pc.kv_bytes + meta
         assert pages == sum(math.ceil(n / pc.paged.page_size) for n in lens.reshape(-1))
     assert pc.length == prompt + steps
 

@@ -231,7 +231,7 @@ def test_evict_lowest_mean_errors():
     with pytest.raises(ValueError, match="layer"):
         cache._impl.evict_lowest_layer(3, 1, 0, 0)
     with pytest.raises(ValueError, match="q"):
-        _core.kv_decode_upkeep(
+        _core.kvcache.decode_upkeep(
             cache._impl, 0, np.zeros((3, 4), np.float32), True, 1, 0, "mean", 0.0, 1
         )
 

@@ -473,7 +473,7 @@ def test_row_sliced_views_work_without_copy(dtype: np.dtype, rng: np.random.Gene
     before = big.tobytes()
     for rows, cols in VIEW_SLICES:
         view = big[rows, cols]
-        assert sf._core._gate_address(view) == view.__array_interface__["data"][0]
+        assert sf._core.core._gate_address(view) == view.__array_interface__["data"][0]
         dense = np.ascontiguousarray(view)
         for s in (0.0, 0.4, 0.5):
             check_result(view, prune.magnitude(view, s), ref.magnitude_row_mask(dense, s))

@@ -264,13 +264,13 @@ def test_tensors_that_do_not_match_the_config() -> None:
     with pytest.raises(ValueError, match=r"q_proj\.weight: expected shape \(32, 32\), got"):
         core.validate()
     with pytest.raises(ValueError, match=r"q_proj\.weight: expected shape \(32, 32\), got"):
-        sf._core.RuntimeSession(core, 8, 1)
+        sf._core.runtime.RuntimeSession(core, 8, 1)
     with pytest.raises(ValueError, match=r"input_layernorm"):
         core.set_norms(1, np.zeros(31, np.float32), np.zeros(32, np.float32))
     with pytest.raises(ValueError, match="n_kv_heads"):
-        sf._core.RuntimeModel(32, 48, 2, 4, 3, 8, 50, 64, 1e-5, 1e4, "half", False, "llama")
+        sf._core.runtime.RuntimeModel(32, 48, 2, 4, 3, 8, 50, 64, 1e-5, 1e4, "half", False, "llama")
     core2 = rt.compile_model(model)
-    rt_session = sf._core.RuntimeSession(core2, 8, 1)
+    rt_session = sf._core.runtime.RuntimeSession(core2, 8, 1)
     with pytest.raises(ValueError, match="a session runs on this RuntimeModel"):
         core2.set_embed(np.zeros((c.vocab_size, c.dim), np.float32))
     del rt_session

@@ -1,4 +1,4 @@
-"""_core.pyi against the compiled module, parameter by parameter.
+"""The _core stubs (_core/<area>.pyi) against the compiled submodules, parameter by parameter.
 
 mypy.stubtest (run by .ci/run) finds missing and extra names, but pybind11 functions carry
 no __text_signature__, so it cannot compare parameters. pybind11 writes each signature on
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -17,19 +18,24 @@ import pytest
 import sparseforge
 from sparseforge import _core
 
-STUB = Path(sparseforge.__file__).with_name("_core.pyi")
+STUBS = Path(sparseforge.__file__).with_name("_core")
+AREAS = sorted(p.stem for p in STUBS.glob("*.pyi") if p.stem != "__init__")
 
 
 def stub_functions() -> dict[str, list[tuple[str, str | None]]]:
-    tree = ast.parse(STUB.read_text())
+    """{"<area>.<function>": [(parameter, default), ...]} for every stubbed function."""
     out = {}
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            args = node.args.args
-            defaults = [None] * (len(args) - len(node.args.defaults)) + [
-                ast.unparse(d) for d in node.args.defaults
-            ]
-            out[node.name] = [(a.arg, d) for a, d in zip(args, defaults, strict=True)]
+    for area in AREAS:
+        tree = ast.parse((STUBS / f"{area}.pyi").read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                args = node.args.args
+                defaults = [None] * (len(args) - len(node.args.defaults)) + [
+                    ast.unparse(d) for d in node.args.defaults
+                ]
+                out[f"{area}.{node.name}"] = [
+                    (a.arg, d) for a, d in zip(args, defaults, strict=True)
+                ]
     return out
 
 
@@ -58,13 +64,23 @@ def runtime_params(fn: object) -> list[tuple[str, str | None]]:
 STUBBED = stub_functions()
 
 
+def test_every_submodule_has_a_stub() -> None:
+    submodules = {n for n in dir(_core) if isinstance(getattr(_core, n), types.ModuleType)}
+    assert submodules == set(AREAS)
+
+
 def test_every_public_function_is_stubbed() -> None:
-    runtime = {n for n in dir(_core) if callable(getattr(_core, n)) and not n.startswith("__")}
-    runtime -= {n for n in runtime if isinstance(getattr(_core, n), type)}  # classes
-    runtime -= {"DTypeError", "NumericalError"}
+    runtime = set()
+    for area in AREAS:
+        sub = getattr(_core, area)
+        for n in dir(sub):
+            obj = getattr(sub, n)
+            if callable(obj) and not n.startswith("__") and not isinstance(obj, type):
+                runtime.add(f"{area}.{n}")
     assert runtime == set(STUBBED)
 
 
 @pytest.mark.parametrize("name", sorted(STUBBED))
 def test_parameters_match(name: str) -> None:
-    assert runtime_params(getattr(_core, name)) == STUBBED[name]
+    area, fn = name.split(".")
+    assert runtime_params(getattr(getattr(_core, area), fn)) == STUBBED[name]

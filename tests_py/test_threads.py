@@ -69,12 +69,12 @@ def heavy_W() -> np.ndarray:
 
 
 HEAVY_CALLS: dict[str, Callable[[np.ndarray], Any]] = {
-    "magnitude_row": lambda W: _core.magnitude_mask(W, 0.5, "row", 1),
-    "magnitude_layer": lambda W: _core.magnitude_mask(W, 0.5, "layer", 1),
-    "nm_generic": lambda W: _core.magnitude_nm_mask(W, 3, 16, 1),
-    "block": lambda W: _core.magnitude_block_mask(W, 0.5, 4, 4, "row", 1),
-    "global": lambda W: _core.magnitude_global_mask([W, W[:2048]], 0.5, 1),
-    "cast": lambda W: _core.cast(W, F16, 1),
+    "magnitude_row": lambda W: _core.prune.magnitude_mask(W, 0.5, "row", 1),
+    "magnitude_layer": lambda W: _core.prune.magnitude_mask(W, 0.5, "layer", 1),
+    "nm_generic": lambda W: _core.prune.magnitude_nm_mask(W, 3, 16, 1),
+    "block": lambda W: _core.prune.magnitude_block_mask(W, 0.5, 4, 4, "row", 1),
+    "global": lambda W: _core.prune.magnitude_global_mask([W, W[:2048]], 0.5, 1),
+    "cast": lambda W: _core.core.cast(W, F16, 1),
     "facade_magnitude": lambda W: prune.magnitude(W, pattern="5:16", num_threads=1),
 }
 

@@ -47,7 +47,7 @@ std::vector<int64_t> i64_in(const I64Array& a, const char* name) {
   return std::vector<int64_t>(a.data(), a.data() + a.size());
 }
 
-std::unique_ptr<skv::PagedKVCache> make_cache(size_t num_layers, size_t num_kv_heads,
+std::shared_ptr<skv::PagedKVCache> make_cache(size_t num_layers, size_t num_kv_heads,
                                               size_t head_dim, size_t value_dim, size_t page_size,
                                               py::handle dtype, bool latent, bool page_bounds,
                                               const std::string& rope_mode,
@@ -71,7 +71,7 @@ std::unique_ptr<skv::PagedKVCache> make_cache(size_t num_layers, size_t num_kv_h
   }
   c.rope_style = parse_style(rope_style);
   c.rope_theta = rope_theta;
-  return std::make_unique<skv::PagedKVCache>(c);
+  return std::make_shared<skv::PagedKVCache>(c);
 }
 
 py::tuple decode_attention(skv::PagedKVCache& cache, size_t layer, py::handle q_obj,
@@ -205,7 +205,7 @@ py::array apply_rope(py::handle x_obj, const I64Array& positions, const std::str
 
 void register_kvcache(py::module_& m) {
   using C = skv::PagedKVCache;
-  py::class_<C>(m, "PagedKVCache")
+  py::class_<C, std::shared_ptr<C>>(m, "PagedKVCache")
       .def(py::init(&make_cache), py::arg("num_layers"), py::arg("num_kv_heads"),
            py::arg("head_dim"), py::arg("value_dim"), py::arg("page_size"), py::arg("dtype"),
            py::arg("latent"), py::arg("page_bounds"), py::arg("rope_mode"), py::arg("rope_style"),
@@ -243,6 +243,11 @@ void register_kvcache(py::module_& m) {
           },
           py::arg("layer"), py::arg("mass"), py::arg("count"))
       .def("clear", locked(&C::clear))
+      .def("copy",
+           [](const C& c) {
+             ObjectLock lock(c.mutex());
+             return std::make_shared<C>(c);
+           })
       .def("trim", locked(&C::trim))
       .def("reset_peak", locked(&C::reset_peak))
       .def("length", locked(&C::length), py::arg("layer"), py::arg("head"))
@@ -311,20 +316,20 @@ void register_kvcache(py::module_& m) {
       .def_property_readonly("pages_in_use", locked(&C::pages_in_use))
       .def_property_readonly("tokens_in_use", locked(&C::tokens_in_use))
       .def_property_readonly("value_dim", locked(&C::value_dim));
-  m.def("kv_decode_attention", &decode_attention, py::arg("cache"), py::arg("layer"), py::arg("q"),
+  m.def("decode_attention", &decode_attention, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("pages"), py::arg("group_reduce"), py::arg("accumulate"), py::arg("scale"),
         py::arg("query_position"), py::arg("want_mass"), py::arg("num_threads"));
-  m.def("kv_decode_upkeep", &decode_upkeep, py::arg("cache"), py::arg("layer"), py::arg("q"),
+  m.def("decode_upkeep", &decode_upkeep, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("tova"), py::arg("budget"), py::arg("recent"), py::arg("group_reduce"),
         py::arg("scale"), py::arg("num_threads"));
-  m.def("kv_quest_select", &quest_select, py::arg("cache"), py::arg("layer"), py::arg("q"),
+  m.def("quest_select", &quest_select, py::arg("cache"), py::arg("layer"), py::arg("q"),
         py::arg("page_budget"), py::arg("group_reduce"), py::arg("num_threads"));
-  m.def("kv_quest_page_scores", &quest_page_scores, py::arg("cache"), py::arg("layer"),
-        py::arg("q"), py::arg("group_reduce"), py::arg("num_threads"));
-  m.def("kv_window_mass", &window_mass, py::arg("q"), py::arg("k"), py::arg("num_heads"),
+  m.def("quest_page_scores", &quest_page_scores, py::arg("cache"), py::arg("layer"), py::arg("q"),
+        py::arg("group_reduce"), py::arg("num_threads"));
+  m.def("window_mass", &window_mass, py::arg("q"), py::arg("k"), py::arg("num_heads"),
         py::arg("num_kv_heads"), py::arg("window"), py::arg("scale"), py::arg("group_reduce"),
         py::arg("num_threads"));
-  m.def("kv_apply_rope", &apply_rope, py::arg("x"), py::arg("positions"), py::arg("rope_style"),
+  m.def("apply_rope", &apply_rope, py::arg("x"), py::arg("positions"), py::arg("rope_style"),
         py::arg("rope_theta"));
 }
 

@@ -304,27 +304,27 @@ double z_loss(py::handle logits_obj) {
 
 void register_moe(py::module_& m) {
   using py::arg;
-  m.def("moe_route", &route, arg("logits"), arg("top_k"), arg("score"), arg("renormalize"),
+  m.def("route", &route, arg("logits"), arg("top_k"), arg("score"), arg("renormalize"),
         arg("routed_scaling_factor"), arg("bias"), arg("n_group"), arg("topk_group"),
         arg("group_score"), arg("num_threads"),
         "Top-k routing: (expert_ids (T, k) int32, weights (T, k) float32, scores (T, E)).");
-  m.def("moe_assign_capacity", &assign_capacity, arg("expert_ids"), arg("num_experts"),
+  m.def("assign_capacity", &assign_capacity, arg("expert_ids"), arg("num_experts"),
         arg("priority_values"), arg("capacity_mode"), arg("capacity_factor"), arg("capacity"),
         arg("priority"), "Capacity and dropping: (locations, load, kept, capacity, num_dropped).");
-  m.def("moe_dispatch_plan", &dispatch_plan, arg("expert_ids"), arg("locations"),
-        arg("num_experts"), "CSR plan by expert: (offsets (E+1,), token_of (N,), row_of (T, k)).");
-  m.def("moe_gather", &gather, arg("x"), arg("token_of"), arg("num_threads"),
+  m.def("dispatch_plan", &dispatch_plan, arg("expert_ids"), arg("locations"), arg("num_experts"),
+        "CSR plan by expert: (offsets (E+1,), token_of (N,), row_of (T, k)).");
+  m.def("gather", &gather, arg("x"), arg("token_of"), arg("num_threads"),
         "buffer[r] = x[token_of[r]] (zeros for -1).");
-  m.def("moe_combine", &combine, arg("buffer"), arg("row_of"), arg("weights"), arg("out"),
+  m.def("combine", &combine, arg("buffer"), arg("row_of"), arg("weights"), arg("out"),
         arg("accumulate"), arg("num_threads"),
         "y[t] = sum_j weights[t, j] * buffer[row_of[t, j]] over kept slots.");
-  m.def("moe_swiglu_ffn", &swiglu_ffn, arg("x"), arg("offsets"), arg("token_of"), arg("row_of"),
+  m.def("swiglu_ffn", &swiglu_ffn, arg("x"), arg("offsets"), arg("token_of"), arg("row_of"),
         arg("weights"), arg("w_gate"), arg("w_up"), arg("w_down"), arg("want_norms"),
         arg("num_threads"), "SwiGLU MoE FFN over a dispatch plan: (y, row_norms or None).");
-  m.def("moe_load_balancing_loss", &load_balancing_loss, arg("logits"), arg("num_layers"),
-        arg("top_k"), arg("kind"), arg("expert_ids"), arg("token_mask"),
+  m.def("load_balancing_loss", &load_balancing_loss, arg("logits"), arg("num_layers"), arg("top_k"),
+        arg("kind"), arg("expert_ids"), arg("token_mask"),
         "Load-balancing loss without the coefficient (kinds switch / mixtral / megablocks).");
-  m.def("moe_z_loss", &z_loss, arg("logits"), "Router z-loss: mean logsumexp(logits)^2.");
+  m.def("z_loss", &z_loss, arg("logits"), "Router z-loss: mean logsumexp(logits)^2.");
 }
 
 }  // namespace sfpy

@@ -18,6 +18,7 @@ void register_format_unstructured(
 void register_kernels(pybind11::module_& m);     // dense and activation-sparse kernels
 void register_models(pybind11::module_& m);      // forward ops: RMSNorm, RoPE, attention
 void register_kvcache(pybind11::module_& m);     // PagedKVCache, decode attention, Quest
+void register_kvpolicy(pybind11::module_& m);    // KV policies and PolicyCache (kvcache/policy.h)
 void register_moe(pybind11::module_& m);         // MoE routing, capacity, dispatch/combine, losses
 void register_activation(pybind11::module_& m);  // Deja Vu predictor statistics and fit
 void register_runtime(pybind11::module_& m);     // RuntimeModel, RuntimeSession: the decode loop

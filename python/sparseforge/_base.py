@@ -25,7 +25,7 @@ def build_info() -> dict[str, str]:
         simd_detected, simd_active, openmp, default_threads, hardware_threads, eigen,
         sanitized, pybind11, python, numpy, ml_dtypes, machine, cpu.
     """
-    info = dict(_core.build_info())
+    info = dict(_core.core.build_info())
     info["python"] = platform.python_version()
     info["numpy"] = np.__version__
     try:
@@ -53,12 +53,12 @@ def _cpu_model() -> str:
 
 def simd_level() -> str:
     """The SIMD level kernels use now: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
-    return str(_core.simd_level())
+    return str(_core.core.simd_level())
 
 
 def detected_simd_level() -> str:
     """The highest SIMD level this CPU (and build) supports."""
-    return str(_core.detected_simd_level())
+    return str(_core.core.detected_simd_level())
 
 
 def set_simd_level(level: str) -> None:
@@ -75,12 +75,12 @@ def set_simd_level(level: str) -> None:
     """
     if not isinstance(level, str):
         raise TypeError(f"level: expected a str, got {type(level).__name__}")
-    _core.set_simd_level(level)
+    _core.core.set_simd_level(level)
 
 
 def default_num_threads() -> int:
     """Threads used when ``num_threads=None`` (``OMP_NUM_THREADS``, else all cores)."""
-    return int(_core.default_num_threads())
+    return int(_core.core.default_num_threads())
 
 
 MAX_THREADS = 4096  # the core's limit (resolve_num_threads)
@@ -113,4 +113,4 @@ def cast(x: np.ndarray, dtype: Any, *, num_threads: int | None = None) -> np.nda
         A new array of ``x``'s shape and the requested dtype (a copy, even when the dtype
         is unchanged). Identical to numpy's / ml_dtypes' ``astype`` except for NaN payloads.
     """
-    return _core.cast(x, dtype, threads_arg(num_threads))
+    return _core.core.cast(x, dtype, threads_arg(num_threads))

@@ -111,7 +111,7 @@ class _UnstructuredTensor:
     """What BitmapTensor and CSRTensor share (not public)."""
 
     __slots__ = ("_m",)
-    _m: Any  # the compiled _core.BitmapMatrix / _core.CSRMatrix that owns the data
+    _m: Any  # the compiled _core.format.BitmapMatrix / _core.format.CSRMatrix that owns the data
     _sf_kind: ClassVar[str]
     _components: ClassVar[tuple[str, ...]]
 
@@ -251,7 +251,7 @@ class BitmapTensor(_UnstructuredTensor):
         BitmapTensor
             With W's dtype; owns a copy of the data.
         """
-        return cls._wrap(_core.bitmap_from_dense(W, mask, threads_arg(num_threads)))
+        return cls._wrap(_core.format.bitmap_from_dense(W, mask, threads_arg(num_threads)))
 
     @classmethod
     def from_components(
@@ -284,7 +284,7 @@ class BitmapTensor(_UnstructuredTensor):
         offsets = (
             None if row_offsets is None else _index_array(row_offsets, "row_offsets", np.int64)
         )
-        return cls._wrap(_core.bitmap_from_components(rows, cols, bitmap, values, offsets))
+        return cls._wrap(_core.format.bitmap_from_components(rows, cols, bitmap, values, offsets))
 
     def _sf_gemv_sparse_input(
         self, x: np.ndarray, threshold: float, out: np.ndarray | None, num_threads: int | None
@@ -323,7 +323,7 @@ class CSRTensor(_UnstructuredTensor):
     ) -> CSRTensor:
         """Compress a dense weight; parameters as :meth:`BitmapTensor.from_dense`.
         ``cols`` must fit int32 column indices."""
-        return cls._wrap(_core.csr_from_dense(W, mask, threads_arg(num_threads)))
+        return cls._wrap(_core.format.csr_from_dense(W, mask, threads_arg(num_threads)))
 
     @classmethod
     def from_components(
@@ -354,7 +354,7 @@ class CSRTensor(_UnstructuredTensor):
         """
         rows, cols = _check_shape(shape)
         return cls._wrap(
-            _core.csr_from_components(
+            _core.format.csr_from_components(
                 rows,
                 cols,
                 _index_array(indptr, "indptr", np.int64),

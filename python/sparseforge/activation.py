@@ -920,13 +920,13 @@ def fit_predictor(
     r = check_int(rank, "rank", 1, max(min(int(X.shape[1]) + 1, out), 1))
     ridge = check_number(ridge, "ridge", 0.0)
     k = out if keep is None else check_int(keep, "keep", 1, out)
-    st = _core.PredictorStats(int(X.shape[1]), out)
+    st = _core.activation.PredictorStats(int(X.shape[1]), out)
     st.update(
         np.ascontiguousarray(X, np.float32),
         np.ascontiguousarray(Y, np.float32),
         threads_arg(num_threads),
     )
-    A, a, B = _core.fit_low_rank_predictor(st, r, ridge)
+    A, a, B = _core.activation.fit_low_rank_predictor(st, r, ridge)
     return LayerPredictor(A, a, B, k)
 
 
@@ -1018,8 +1018,8 @@ def train_dejavu(
     t_mlp = [stats.linear[model.linear_names(i)[6]].threshold(s_m) for i in range(c.n_layers)]
     t_head = [stats.heads[i].threshold(s_h) for i in range(c.n_layers)]
     d = c.dim
-    ps_m = [_core.PredictorStats(d, c.hidden_dim) for _ in range(c.n_layers)]
-    ps_h = [_core.PredictorStats(d, c.n_heads) for _ in range(c.n_layers)]
+    ps_m = [_core.activation.PredictorStats(d, c.hidden_dim) for _ in range(c.n_layers)]
+    ps_h = [_core.activation.PredictorStats(d, c.n_heads) for _ in range(c.n_layers)]
     for w in _windows(model, ids, seqlen, max_windows):
         cap = _dejavu_capture(model, w)
         for i in range(c.n_layers):
@@ -1031,9 +1031,13 @@ def train_dejavu(
     keep_h = max(1, round((1 - s_h) * c.n_heads))
     mlp, heads = [], []
     for i in range(c.n_layers):
-        A, a, B = _core.fit_low_rank_predictor(ps_m[i], min(rank, d + 1, c.hidden_dim), ridge)
+        A, a, B = _core.activation.fit_low_rank_predictor(
+            ps_m[i], min(rank, d + 1, c.hidden_dim), ridge
+        )
         mlp.append(LayerPredictor(A, a, B, keep_m))
-        A, a, B = _core.fit_low_rank_predictor(ps_h[i], min(rank, d + 1, c.n_heads), ridge)
+        A, a, B = _core.activation.fit_low_rank_predictor(
+            ps_h[i], min(rank, d + 1, c.n_heads), ridge
+        )
         heads.append(LayerPredictor(A, a, B, keep_h))
     pred = DejaVuPredictors(mlp, heads, lookahead, s_m, s_h, model_signature(model))
     if eval_ids is not None:

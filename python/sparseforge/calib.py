@@ -49,7 +49,7 @@ class LayerStats:
         squares are float64 either way. Results do not depend on ``num_threads``.
     """
 
-    _impl: _core.LayerStats
+    _impl: _core.calib.LayerStats
 
     def __init__(
         self, in_features: int, hessian: bool = True, *, precision: str = "float32"
@@ -62,10 +62,10 @@ class LayerStats:
             raise TypeError(f"hessian: expected a bool, got {type(hessian).__name__}")
         if precision not in ("float32", "float64"):
             raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
-        self._impl = _core.LayerStats(int(in_features), hessian, precision == "float64")
+        self._impl = _core.calib.LayerStats(int(in_features), hessian, precision == "float64")
 
     @classmethod
-    def _wrap(cls, core: _core.LayerStats) -> LayerStats:
+    def _wrap(cls, core: _core.calib.LayerStats) -> LayerStats:
         obj = cls.__new__(cls)
         obj._impl = core
         return obj
@@ -119,6 +119,20 @@ class LayerStats:
     def hessian(self) -> np.ndarray:
         """(in_features, in_features) float64: ``X^T X / tokens``, symmetric (a new array)."""
         return self._impl.hessian()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickling (multiprocessing, Ray's object store): the exact accumulator state.
+        return (
+            _from_state,
+            (
+                self.in_features,
+                self.has_hessian,
+                bool(self._impl.float64),
+                self.tokens,
+                self._impl.sum_squares(),
+                self._impl.xtx_lower(),
+            ),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -176,7 +190,7 @@ class LayerStats:
             if not np.isfinite(arr).all():
                 raise ValueError(f"{path}: {key}: contains NaN or Inf")
         try:
-            core = _core.LayerStats.from_state(
+            core = _core.calib.LayerStats.from_state(
                 int(data["in_features"]),
                 bool(data["hessian"]),
                 str(data.get("precision", "float32")) == "float64",
@@ -187,6 +201,26 @@ class LayerStats:
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{path}: inconsistent LayerStats ({err})") from err
         return cls._wrap(core)
+
+
+def _from_state(
+    in_features: int,
+    hessian: bool,
+    float64: bool,
+    tokens: int,
+    sum_squares: np.ndarray,
+    xtx_lower: np.ndarray,
+) -> LayerStats:
+    return LayerStats._wrap(
+        _core.calib.LayerStats.from_state(
+            int(in_features),
+            bool(hessian),
+            bool(float64),
+            int(tokens),
+            np.ascontiguousarray(sum_squares, dtype=np.float64),
+            np.ascontiguousarray(xtx_lower, dtype=np.float64),
+        )
+    )
 
 
 def __dir__() -> list[str]:

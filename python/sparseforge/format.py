@@ -57,8 +57,8 @@ class NMTensor:
 
     __slots__ = ("_m",)
 
-    def __init__(self, matrix: _core.NMMatrix) -> None:
-        if not isinstance(matrix, _core.NMMatrix):
+    def __init__(self, matrix: _core.format.NMMatrix) -> None:
+        if not isinstance(matrix, _core.format.NMMatrix):
             raise TypeError("NMTensor: build it with NMTensor.from_dense or from_components")
         self._m = matrix
 
@@ -88,7 +88,9 @@ class NMTensor:
             raise ValueError(f"prune: expected None or 'magnitude', got {prune!r}")
         _check_nm(n, m)
         return cls(
-            _core.NMMatrix.from_dense(W, n, m, prune == "magnitude", threads_arg(num_threads))
+            _core.format.NMMatrix.from_dense(
+                W, n, m, prune == "magnitude", threads_arg(num_threads)
+            )
         )
 
     @classmethod
@@ -111,7 +113,9 @@ class NMTensor:
                 f"{getattr(values, 'shape', type(values).__name__)}"
             )
         return cls(
-            _core.NMMatrix.from_canonical(values, codes, cols, n, m, threads_arg(num_threads))
+            _core.format.NMMatrix.from_canonical(
+                values, codes, cols, n, m, threads_arg(num_threads)
+            )
         )
 
     # -- properties -------------------------------------------------------------------

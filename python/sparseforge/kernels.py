@@ -142,7 +142,7 @@ def gemv(
             )
         return fn(x, out, _dispatch_threads(num_threads))
     _check_out(out, A=A, x=x)
-    return _core.gemv(A, x, out, _threads(num_threads))
+    return _core.kernels.gemv(A, x, out, _threads(num_threads))
 
 
 def gemm(
@@ -176,7 +176,7 @@ def gemm(
             )
         return fn(X, out, _dispatch_threads(num_threads))
     _check_out(out, A=A, X=X)
-    return _core.gemm(A, X, out, _threads(num_threads))
+    return _core.kernels.gemm(A, X, out, _threads(num_threads))
 
 
 def gemv_rows(
@@ -207,7 +207,7 @@ def gemv_rows(
     """
     sel = _selection(rows, "rows")
     _check_out(out, W=W, x=x, rows=sel)
-    y, _ = _core.gemv_rows(W, x, sel, out, _threads(num_threads))
+    y, _ = _core.kernels.gemv_rows(W, x, sel, out, _threads(num_threads))
     return y
 
 
@@ -293,7 +293,7 @@ def gemv_sparse_input(
             return y, SparseInputInfo(active, int(Wt.shape[0]))
         return y
     _check_out(out, Wt=Wt, x=x)
-    y, active = _core.gemv_sparse_input(Wt, x, t, out, _threads(num_threads))
+    y, active = _core.kernels.gemv_sparse_input(Wt, x, t, out, _threads(num_threads))
     if return_info:
         return y, SparseInputInfo(active, int(Wt.shape[0]))
     return y
@@ -326,7 +326,7 @@ def gemv_active_input(
     """
     sel = _selection(active, "active")
     _check_out(out, Wt=Wt, x=x, active=sel)
-    y, _ = _core.gemv_active_input(Wt, x, sel, out, _threads(num_threads))
+    y, _ = _core.kernels.gemv_active_input(Wt, x, sel, out, _threads(num_threads))
     return y
 
 
@@ -370,7 +370,7 @@ def gemm_sparse_input(
     if not gain >= 1.0:
         raise ValueError(f"min_gain: expected a number >= 1 (inf: always dense), got {gain}")
     _check_out(out, Wt=Wt, X=X)
-    Y, active, dense = _core.gemm_sparse_input(Wt, X, t, gain, out, _threads(num_threads))
+    Y, active, dense = _core.kernels.gemm_sparse_input(Wt, X, t, gain, out, _threads(num_threads))
     if return_info:
         return Y, SparseInputInfo(active, int(Wt.shape[0]), bool(dense))
     return Y
@@ -618,7 +618,7 @@ class SparseSwiGLU:
         if th != 0.0 and self._mode == "dense":
             raise ValueError(f"t_h: mode 'dense' takes no threshold, got {th}")
         _check_out(out, x=x, gate=self._gate, up=self._up, down=self._down)
-        y, xa, ha = _core.swiglu(
+        y, xa, ha = _core.kernels.swiglu(
             self._mode, self._gate, self._up, self._down, x, tx, th, out, _threads(num_threads)
         )
         if return_info:
@@ -638,7 +638,7 @@ class SparseSwiGLU:
 def _read_probe(buf: F32Array, num_threads: int | None = None) -> float:
     """Sum of a float32 buffer read with the widest SIMD loads: the benchmarks' same-run
     read-bandwidth probe (private)."""
-    return float(_core._read_probe(buf, _threads(num_threads)))
+    return float(_core.kernels._read_probe(buf, _threads(num_threads)))
 
 
 def __dir__() -> list[str]:

@@ -463,7 +463,7 @@ class Router:
             return self.assign(
                 empty, empty.astype(np.float32), scores=np.zeros((0, n_experts), np.float32)
             )
-        ids, weights, scores = _core.moe_route(
+        ids, weights, scores = _core.moe.route(
             x,
             self.top_k,
             self.score,
@@ -522,10 +522,10 @@ class Router:
             prio = np.ascontiguousarray(s.max(axis=1), dtype=np.float32)
         cf = 1.0 if self.capacity_factor is None else float(self.capacity_factor)
         cap = -1 if self.capacity is None else int(self.capacity)
-        loc, load, kept, capacity, dropped = _core.moe_assign_capacity(
+        loc, load, kept, capacity, dropped = _core.moe.assign_capacity(
             ids, n_experts, prio, self.capacity_mode, cf, cap, self.priority
         )
-        offsets, token_of, row_of = _core.moe_dispatch_plan(ids, loc, n_experts)
+        offsets, token_of, row_of = _core.moe.dispatch_plan(ids, loc, n_experts)
         return RoutingResult(
             expert_ids=ids,
             weights=w,
@@ -635,9 +635,9 @@ def dispatch(
         shape = (0, x.shape[1]) if layout == "compact" else (routing.num_experts, 0, x.shape[1])
         return np.zeros(shape, np.float32)
     if layout == "compact":
-        return _core.moe_gather(x, routing.token_of, threads)
+        return _core.moe.gather(x, routing.token_of, threads)
     tok = _padded_token_of(routing)
-    buf = _core.moe_gather(x, tok, threads)
+    buf = _core.moe.gather(x, tok, threads)
     return cast(F32Array, buf.reshape(routing.num_experts, routing.capacity, x.shape[1]))
 
 
@@ -700,7 +700,7 @@ def combine(
         raise TypeError("accumulate: expected a bool")
     if routing.num_tokens == 0:
         return np.zeros((0, buf.shape[1]), np.float32) if out is None else out
-    return _core.moe_combine(buf, rows, routing.weights, out, accumulate, threads_arg(num_threads))
+    return _core.moe.combine(buf, rows, routing.weights, out, accumulate, threads_arg(num_threads))
 
 
 def _experts(experts: Any) -> Experts:
@@ -789,7 +789,7 @@ def moe_ffn(
                 f"w_gate: expected shape ({r.num_experts}, H, {x.shape[1]}) = (E, H, D), got "
                 f"{g.shape}"
             )
-        y, _ = _core.moe_swiglu_ffn(
+        y, _ = _core.moe.swiglu_ffn(
             x,
             _pad_offsets(r, g.shape[0]),
             r.token_of,
@@ -903,7 +903,7 @@ def load_balancing_loss(
                 f"token_mask: expected shape ({x.shape[0] // n_layers},), got {token_mask.shape}"
             )
         token_mask = np.ascontiguousarray(token_mask)
-    return a * float(_core.moe_load_balancing_loss(x, n_layers, k, kind, ids, token_mask))
+    return a * float(_core.moe.load_balancing_loss(x, n_layers, k, kind, ids, token_mask))
 
 
 def z_loss(logits: F32Array | Sequence[F32Array], *, alpha: float = 1.0) -> float:
@@ -913,7 +913,7 @@ def z_loss(logits: F32Array | Sequence[F32Array], *, alpha: float = 1.0) -> floa
     SwitchTransformers uses ``alpha = 0.001``). float64 accumulation.
     """
     x, _ = _stack_layers(logits)
-    return _float(alpha, "alpha") * float(_core.moe_z_loss(x))
+    return _float(alpha, "alpha") * float(_core.moe.z_loss(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1005,7 +1005,7 @@ def expert_importance(
                 norms[a:b] = np.linalg.norm(np.asarray(experts(e, buf[a:b]), np.float64), axis=1)
     else:
         g, u, d = _experts(experts)
-        _, n32 = _core.moe_swiglu_ffn(
+        _, n32 = _core.moe.swiglu_ffn(
             x,
             _pad_offsets(r, g.shape[0]),
             r.token_of,

@@ -83,7 +83,7 @@ def parse_pattern(pattern: str | NMPattern | tuple[int, int]) -> NMPattern:
     if isinstance(pattern, NMPattern):
         return pattern
     if isinstance(pattern, str):
-        n, m = _core.parse_nm(pattern)
+        n, m = _core.prune.parse_nm(pattern)
         return NMPattern(n, m)
     if isinstance(pattern, tuple) and len(pattern) == 2:
         return NMPattern(*pattern)
@@ -156,7 +156,7 @@ def _check_scope(scope: Any) -> str:
 
 
 def _result(W: np.ndarray, mask: np.ndarray, info: dict[str, Any], threads: int) -> PruneResult:
-    weight, zeros = _core.masked_copy(W, mask, threads)  # one pass: copy, mask, count
+    weight, zeros = _core.prune.masked_copy(W, mask, threads)  # one pass: copy, mask, count
     info["pruned"] = int(mask.size - np.count_nonzero(mask))
     return PruneResult(weight=weight, mask=mask, sparsity=zeros / weight.size, info=info)
 
@@ -166,7 +166,7 @@ def _finish(
 ) -> PruneResult:
     """A PruneResult for a weight the core has already computed (with updates)."""
     info["pruned"] = int(mask.size - np.count_nonzero(mask))
-    zeros = _core.count_zeros(weight, threads)
+    zeros = _core.prune.count_zeros(weight, threads)
     return PruneResult(weight=weight, mask=mask, sparsity=zeros / weight.size, info=info)
 
 
@@ -233,7 +233,7 @@ def magnitude(
                 f"sparsity: pattern {p} implies sparsity {p.sparsity:g}, got {sparsity!r}; "
                 "leave sparsity unset with a pattern"
             )
-        mask = _core.magnitude_nm_mask(W, p.n, p.m, threads)
+        mask = _core.prune.magnitude_nm_mask(W, p.n, p.m, threads)
         info: dict[str, Any] = {
             "method": "magnitude",
             "pattern": str(p),
@@ -241,7 +241,7 @@ def magnitude(
         }
         return _result(W, mask, info, threads)
     s = _check_sparsity(0.5 if sparsity is None else sparsity)
-    mask = _core.magnitude_mask(W, s, scope, threads)
+    mask = _core.prune.magnitude_mask(W, s, scope, threads)
     info = {"method": "magnitude", "scope": scope, "target_sparsity": s}
     return _result(W, mask, info, threads)
 
@@ -272,7 +272,7 @@ def magnitude_global(
     if len(weights) == 0:
         raise ValueError("weights: expected at least one matrix, got none")
     s = _check_sparsity(sparsity)
-    masks = _core.magnitude_global_mask(list(weights), s, threads)
+    masks = _core.prune.magnitude_global_mask(list(weights), s, threads)
     results = []
     for i, (W, mask) in enumerate(zip(weights, masks, strict=True)):
         info = {"method": "magnitude_global", "target_sparsity": s, "index": i}
@@ -320,7 +320,7 @@ def block_magnitude(
         raise TypeError(f"block: expected an int or a (rows, cols) tuple of ints, got {block!r}")
     if br < 1 or bc < 1:
         raise ValueError(f"block: expected positive sizes, got ({br}, {bc})")
-    mask = _core.magnitude_block_mask(W, s, br, bc, scope, threads)
+    mask = _core.prune.magnitude_block_mask(W, s, br, bc, scope, threads)
     info = {"method": "block_magnitude", "block": (br, bc), "scope": scope, "target_sparsity": s}
     return _result(W, mask, info, threads)
 
@@ -340,7 +340,7 @@ def apply_mask_(W: np.ndarray, mask: np.ndarray, *, num_threads: int | None = No
     ndarray
         ``W`` itself (the same object), for chaining.
     """
-    _core.apply_mask_(W, mask, threads_arg(num_threads))
+    _core.prune.apply_mask_(W, mask, threads_arg(num_threads))
     return W
 
 
@@ -395,7 +395,7 @@ def check_pattern(
         raise TypeError(f"max_report: expected an int, got {type(max_report).__name__}")
     if max_report < 0:
         raise ValueError(f"max_report: expected >= 0, got {max_report}")
-    groups, violating, first = _core.nm_violations(
+    groups, violating, first = _core.prune.nm_violations(
         W, p.n, p.m, int(max_report), threads_arg(num_threads)
     )
     return PatternReport(p, int(groups), int(violating), [(int(r), int(c)) for r, c in first])
@@ -416,7 +416,7 @@ def sparsity(W: np.ndarray, *, num_threads: int | None = None) -> float:
         raise ValueError(f"W: expected a non-empty array, got shape {W.shape}")
     threads = threads_arg(num_threads)
     if _core_takes(W):
-        return _core.count_zeros(W, threads) / W.size
+        return _core.prune.count_zeros(W, threads) / W.size
     if W.dtype.kind not in "biufc" and W.dtype.name != "bfloat16":
         raise TypeError(f"W: expected a numeric array, got dtype {W.dtype}")
     return float(np.count_nonzero(W == 0)) / W.size
@@ -469,7 +469,7 @@ def _norms_arg(col_norms: Any) -> np.ndarray:
 
 def _dead_columns(H: Any) -> list[int]:
     """Inputs that never fired (H_jj == 0): SparseGPT zeroes those columns of W."""
-    if isinstance(H, _core.LayerStats):
+    if isinstance(H, _core.calib.LayerStats):
         return [int(j) for j in np.flatnonzero(H.hessian_diag() == 0)]
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
         return []  # the core reports the shape error
@@ -504,13 +504,13 @@ class HessianFactor:
     ``in_features**2`` float32 values for a float32 sweep, float64 otherwise).
     """
 
-    _impl: _core.HessianFactor
+    _impl: _core.prune.HessianFactor
 
     def __init__(self) -> None:
         raise TypeError("HessianFactor: make one with sparseforge.prune.factor_hessian(H)")
 
     @classmethod
-    def _wrap(cls, core: _core.HessianFactor) -> HessianFactor:
+    def _wrap(cls, core: _core.prune.HessianFactor) -> HessianFactor:
         obj = cls.__new__(cls)
         obj._impl = core
         return obj
@@ -590,7 +590,7 @@ def factor_hessian(
     mpd = _check_percdamp(max_percdamp, "max_percdamp")
     prec = _choice(precision, "precision", ("float32", "float64"))
     fprec = _choice(factor_precision, "factor_precision", ("float64", "float32"))
-    core = _core.factor_hessian(
+    core = _core.prune.factor_hessian(
         Hm, pd, mpd, fprec == "float32", prec == "float64", threads_arg(num_threads)
     )
     return HessianFactor._wrap(core)
@@ -642,12 +642,12 @@ def wanda(
     if variant:
         if p is not None:
             raise ValueError("variant: the cumulative-score variant is unstructured; drop pattern")
-        mask, alpha, iterations, _achieved = _core.wanda_variant_mask(W, norms, s, threads)
+        mask, alpha, iterations, _achieved = _core.prune.wanda_variant_mask(W, norms, s, threads)
         info.update(variant=True, alpha=float(alpha), iterations=int(iterations))
         return _result(W, mask, info, threads)
     if p is not None:
         info["pattern"] = str(p)
-    mask = _core.wanda_mask(W, norms, s, p.n if p else 0, p.m if p else 0, threads)
+    mask = _core.prune.wanda_mask(W, norms, s, p.n if p else 0, p.m if p else 0, threads)
     return _result(W, mask, info, threads)
 
 
@@ -749,7 +749,7 @@ def sparsegpt(
         Hm = _hessian_arg(H)
         dead = None
     count = _choice(block_count, "block_count", ("reference", "exact"))
-    weight, mask, core_info = _core.sparsegpt(
+    weight, mask, core_info = _core.prune.sparsegpt(
         W,
         Hm,
         s,
@@ -798,7 +798,7 @@ def obs(
     s, p = _sparsity_and_pattern(sparsity, pattern)
     pd = _check_percdamp(percdamp, "percdamp")
     mpd = _check_percdamp(max_percdamp, "max_percdamp")
-    weight, mask, core_info = _core.obs(
+    weight, mask, core_info = _core.prune.obs(
         W, Hm, s, p.n if p else 0, p.m if p else 0, pd, mpd, threads
     )
     info: dict[str, Any] = {"method": "obs", "target_sparsity": s, **core_info}
@@ -822,7 +822,7 @@ def obd(
     threads = threads_arg(num_threads)
     Hm = _hessian_arg(H)
     s, p = _sparsity_and_pattern(sparsity, pattern)
-    mask = _core.obd_mask(W, Hm, s, p.n if p else 0, p.m if p else 0, threads)
+    mask = _core.prune.obd_mask(W, Hm, s, p.n if p else 0, p.m if p else 0, threads)
     info: dict[str, Any] = {"method": "obd", "target_sparsity": s}
     if p is not None:
         info["pattern"] = str(p)
@@ -867,14 +867,14 @@ def reconstruct(
     prec = _choice(precision, "precision", ("float32", "float64"))
     info: dict[str, Any] = {"method": f"reconstruct:{meth}"}
     if meth == "exact":
-        weight, core_info = _core.reconstruct_exact(W, Hm, mask, pd, threads)
+        weight, core_info = _core.prune.reconstruct_exact(W, Hm, mask, pd, threads)
         info.update(core_info, dead_columns=_dead_columns(Hm))
         return _finish(weight, np.array(mask, dtype=bool, copy=True), info, threads)
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
         raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}")
     if block_size < 1:
         raise ValueError(f"block_size: expected >= 1, got {block_size}")
-    weight, keep, core_info = _core.sparsegpt(
+    weight, keep, core_info = _core.prune.sparsegpt(
         W, Hm, 0.0, 0, 0, int(block_size), pd, 1.0, prec == "float64", False, False, mask, threads
     )
     info.update(core_info, precision=prec, dead_columns=_dead_columns(Hm))
@@ -903,10 +903,10 @@ def reconstruction_error(
         raise ValueError(f"W_hat: expected shape {W.shape}, got {W_hat.shape}")
     Hm = _hessian_arg(H)
     n = int(W.shape[1])
-    shape = (Hm.in_features,) * 2 if isinstance(Hm, _core.LayerStats) else Hm.shape
+    shape = (Hm.in_features,) * 2 if isinstance(Hm, _core.calib.LayerStats) else Hm.shape
     if tuple(shape) != (n, n):
         raise ValueError(f"H: expected shape ({n}, {n}), got {tuple(shape)}")
-    return float(_core.reconstruction_error(W, W_hat, Hm, threads_arg(num_threads)))
+    return float(_core.prune.reconstruction_error(W, W_hat, Hm, threads_arg(num_threads)))
 
 
 def __dir__() -> list[str]:

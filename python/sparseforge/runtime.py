@@ -3,7 +3,7 @@
 :func:`compile_model` gathers a :class:`~sparseforge.models.LlamaModel`'s weights, each in
 the format it is stored in (dense float32/float16/bfloat16 arrays, ``NMTensor``,
 ``BitmapTensor``), its norms and embeddings, and optionally TEAL thresholds with the
-transposed weights that column skip reads, into a ``_core.RuntimeModel`` made of views:
+transposed weights that column skip reads, into a ``_core.runtime.RuntimeModel`` made of views:
 no weight is copied (norms and biases that are not float32 are converted, they are
 vectors). A :class:`Session` owns a contiguous KV cache and runs ``prefill(tokens)``,
 ``step(token) -> logits`` and ``generate`` for all layers in one call each, with the GIL
@@ -86,7 +86,7 @@ def compile_model(
     thresholds: Thresholds | None = None,
     transposed: Mapping[str, Any] | None = None,
 ) -> Any:
-    """A ``_core.RuntimeModel`` of ``model``'s current weights (views, no copy).
+    """A ``_core.runtime.RuntimeModel`` of ``model``'s current weights (views, no copy).
 
     Parameters
     ----------
@@ -127,7 +127,7 @@ def compile_model(
     if wts and thresholds is None:
         raise ValueError("transposed: column-skip weights need TEAL thresholds")
     c = model.config
-    rt = _core.RuntimeModel(
+    rt = _core.runtime.RuntimeModel(
         dim=c.dim,
         hidden_dim=c.hidden_dim,
         n_layers=c.n_layers,
@@ -191,7 +191,7 @@ def load(
     path: str | os.PathLike[str], *, verify: bool = True, num_threads: int | None = None
 ) -> Any:
     """Read a file written by :func:`sparseforge.models.save` with the core's own reader
-    (``sparseforge::runtime::SavedModel``, no Python in the loop): a ``_core.RuntimeModel``
+    (``sparseforge::runtime::SavedModel``, no Python in the loop): a ``_core.runtime.RuntimeModel``
     for :class:`Session`. Dense weights are views of the memory-mapped file; N:M and bitmap
     tensors are built in their execution layouts. ``verify`` checks every tensor's CRC-32.
 
@@ -201,7 +201,7 @@ def load(
         Naming the file: not a sparseforge model file, corrupt, weights that disagree with
         the config, formats the runtime does not read (CSR, sliced models).
     """
-    return _core.RuntimeModel.load(os.fspath(path), bool(verify), _threads(num_threads))
+    return _core.runtime.RuntimeModel.load(os.fspath(path), bool(verify), _threads(num_threads))
 
 
 def _ids(tokens: Any, vocab: int, name: str) -> list[int]:
@@ -218,7 +218,7 @@ class Session:
 
     Parameters
     ----------
-    model : LlamaModel or _core.RuntimeModel
+    model : LlamaModel or _core.runtime.RuntimeModel
         A model (compiled here, its weights viewed), or one read by :func:`load`.
     capacity : int
         Tokens the cache holds, ``1 <= capacity <= max_seq_len``.
@@ -234,7 +234,7 @@ class Session:
 
     def __init__(
         self,
-        model: LlamaModel | _core.RuntimeModel,
+        model: LlamaModel | _core.runtime.RuntimeModel,
         capacity: int,
         *,
         thresholds: Thresholds | None = None,
@@ -243,14 +243,14 @@ class Session:
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
             raise TypeError(f"capacity: expected an int, got {type(capacity).__name__}")
-        if isinstance(model, _core.RuntimeModel):
+        if isinstance(model, _core.runtime.RuntimeModel):
             if thresholds is not None or transposed is not None:
                 raise ValueError("thresholds: a loaded RuntimeModel takes no TEAL arguments")
-            self._rt: _core.RuntimeModel = model
+            self._rt: _core.runtime.RuntimeModel = model
         else:
             self._rt = compile_model(model, thresholds=thresholds, transposed=transposed)
         self._vocab: int = int(self._rt.vocab_size)
-        self._s: _core.RuntimeSession = _core.RuntimeSession(
+        self._s: _core.runtime.RuntimeSession = _core.runtime.RuntimeSession(
             self._rt, int(capacity), _threads(num_threads)
         )
 
@@ -335,7 +335,7 @@ def sample(
     seed: Any,
     stop: Sequence[int],
 ) -> list[int]:
-    """Validated arguments -> ``_core.RuntimeSession.generate`` (shared with LlamaModel)."""
+    """Validated arguments -> ``_core.runtime.RuntimeSession.generate`` (shared with LlamaModel)."""
     s = check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     out: list[int] = session.generate(
         ids,

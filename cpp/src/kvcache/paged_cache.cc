@@ -114,6 +114,28 @@ PagedKVCache::PagedKVCache(const CacheConfig& config) : cfg_(config) {
   last_pos_.assign(cfg_.num_layers, -1);
 }
 
+PagedKVCache::PagedKVCache(const PagedKVCache& o) : PagedKVCache(o.cfg_) {
+  // delegated: the destructor frees what was taken if a later allocation throws
+  last_pos_ = o.last_pos_;
+  rope_table_ = o.rope_table_;
+  rope_rows_ = o.rope_rows_;
+  for (size_t i = 0; i < heads_.size(); ++i) {
+    const Head& src = o.heads_[i];
+    Head& dst = heads_[i];
+    dst.length = src.length;
+    dst.positions = src.positions;
+    dst.scores = src.scores;
+    dst.bounds = src.bounds;
+    dst.pages.reserve(src.pages.size());
+    for (uint32_t id : src.pages) {
+      const uint32_t nid = take_page();
+      dst.pages.push_back(nid);
+      std::memcpy(pool_[nid], o.pool_[id], page_bytes_);
+    }
+  }
+  peak_pages_ = pages_in_use_;
+}
+
 PagedKVCache::~PagedKVCache() {
   for (char* p : pool_) std::free(p);
 }

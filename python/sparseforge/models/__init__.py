@@ -24,6 +24,7 @@ from typing import Any
 
 from . import ops
 from .config import LlamaConfig, ModelConfig
+from .distributed import RayPruneError, prune_ray
 from .export_gguf import export_gguf
 from .export_hf import ExportReport, export_hf
 from .llama import DecodeCache, Hooks, KVCache, LlamaModel
@@ -54,6 +55,7 @@ __all__ = [
     "ModelConfig",
     "PerplexityResult",
     "PruneReport",
+    "RayPruneError",
     "SaveReport",
     "Tokenizer",
     "calibration_windows",
@@ -65,6 +67,7 @@ __all__ = [
     "ops",
     "perplexity",
     "prune",
+    "prune_ray",
     "prune_streaming",
     "register_method",
     "save",

@@ -156,7 +156,7 @@ class KVCache:
         self._k: F32Array | None = None
         self._v: F32Array | None = None
         self._length: int = 0
-        self._session: Any = None  # a _core.RuntimeSession while the session backs the cache
+        self._session: Any = None  # a _core.runtime.RuntimeSession backing the cache
         self._windows: list[int] = [0] * config.n_layers  # per layer sliding window (0: none)
         self._softcap = 0.0
 
@@ -219,7 +219,7 @@ class KVCache:
                 return None
             from .. import _core
 
-            self._session = _core.RuntimeSession(rt, self.capacity, num_threads)
+            self._session = _core.runtime.RuntimeSession(rt, self.capacity, num_threads)
             self._length = 0
         elif self._session.model is not rt:
             self._session.set_model(rt)
@@ -257,11 +257,11 @@ class KVCache:
                 q, K[block, : start + T], V[block, : start + T], scale, window, self._softcap
             )
         if T == 1:
-            a: F32Array = _core.decode_attention(
+            a: F32Array = _core.models.decode_attention(
                 q[0], K[block], V[block], start + 1, scale, None, num_threads, window
             )
             return a.reshape(1, -1)
-        out: F32Array = _core.attention(
+        out: F32Array = _core.models.attention(
             q, K[block, : start + T], V[block, : start + T], scale, None, num_threads, window
         )
         return out
@@ -599,10 +599,10 @@ class LlamaModel:
         if c.qk_norm:
             for a, name in ((q, "self_attn.q_norm.weight"), (k, "self_attn.k_norm.weight")):
                 flat = a.reshape(-1, c.head_dim)
-                _core.rms_norm(flat, self._norm_weight(p + name), float(c.norm_eps), flat, thr)
+                _core.models.rms_norm(flat, self._norm_weight(p + name), float(c.norm_eps), flat, thr)
         theta = c.layer_rope_theta(i)
-        _core.rope(q, pos, theta, c.rope_style, thr)
-        _core.rope(k, pos, theta, c.rope_style, thr)
+        _core.models.rope(q, pos, theta, c.rope_style, thr)
+        _core.models.rope(k, pos, theta, c.rope_style, thr)
         return q, k, v
 
     def _attention(
@@ -616,7 +616,7 @@ class LlamaModel:
                 out[...] = a
                 return out
             return a
-        r: F32Array = _core.attention(q, k, v, self._scale, out, thr, c.layer_window(i))
+        r: F32Array = _core.models.attention(q, k, v, self._scale, out, thr, c.layer_window(i))
         return r
 
     def _attn_residual(
@@ -634,9 +634,9 @@ class LlamaModel:
     def _gate(self, g: F32Array, u: F32Array, thr: int) -> F32Array:
         """The MLP's ``act(g) * u`` into ``g`` (SwiGLU or GeGLU)."""
         if self.config.activation == "gelu_tanh":
-            r: F32Array = _core.geglu_gate(g, u, g, thr)
+            r: F32Array = _core.models.geglu_gate(g, u, g, thr)
         else:
-            r = _core.swiglu_gate(g, u, g, thr)
+            r = _core.models.swiglu_gate(g, u, g, thr)
         return r
 
     def _mlp_residual(
@@ -670,7 +670,7 @@ class LlamaModel:
         if n != c.dim:
             eps = eps * c.dim / n
             w = w * np.float32(math.sqrt(c.dim / n))
-        out: F32Array = _core.rms_norm(h, w, eps, None, thr)
+        out: F32Array = _core.models.rms_norm(h, w, eps, None, thr)
         return out
 
     def _residual(self, name: str, h: F32Array) -> F32Array:
@@ -793,7 +793,7 @@ class LlamaModel:
             _nll_rows(logits, target, out)
             return out
         # The runtime in chunks of prefill: logits of _NLL_CHUNK tokens at a time.
-        session = _core.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
+        session = _core.runtime.RuntimeSession(rt, int(ids.size), _threads(self.num_threads))
         for r0 in range(0, target.size, _NLL_CHUNK):
             r1 = min(target.size, r0 + _NLL_CHUNK)
             lg = session.prefill(ids[r0:r1].tolist(), False)
@@ -825,8 +825,11 @@ class LlamaModel:
         different streams, greedy tokens are the same. With ``stop_at_eos`` generation ends
         after the tokenizer's EOS or BOS (llama2.c models emit BOS between stories; run.c stops
         there), which is then the last token returned. ``len(prompt) + max_new_tokens - 1``
-        must not exceed ``max_seq_len``. ``cache``: an empty :class:`DecodeCache` to decode
-        into (e.g. a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`.
+        must not exceed ``max_seq_len``. ``cache``: a :class:`DecodeCache` to decode into (e.g.
+        a policy cache of :mod:`sparseforge.kv`); default a new :class:`KVCache`. A cache that
+        already holds tokens (a prefilled, compressed context, or a fork of one) is continued:
+        the prompt follows its ``length`` cached tokens (``length + len(prompt) +
+        max_new_tokens - 1 <= max_seq_len``).
         """
         ids = check_token_ids(prompt, self.config.vocab_size, "prompt")
         if ids.size == 0:
@@ -843,23 +846,24 @@ class LlamaModel:
             raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
         if max_new_tokens == 0:
             return []
-        capacity = int(ids.size) + int(max_new_tokens) - 1
+        if cache is not None and not isinstance(cache, DecodeCache):
+            raise TypeError(
+                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
+            )
+        past = 0 if cache is None else int(cache.length)
+        capacity = past + int(ids.size) + int(max_new_tokens) - 1
         if capacity > self.config.max_seq_len:
             raise ValueError(
-                f"max_new_tokens: {ids.size} prompt + {max_new_tokens} new tokens exceed "
-                f"max_seq_len={self.config.max_seq_len} (by {capacity - self.config.max_seq_len})"
+                f"max_new_tokens: {f'{past} cached + ' if past else ''}{ids.size} prompt + "
+                f"{max_new_tokens} new "
+                f"tokens exceed max_seq_len={self.config.max_seq_len} "
+                f"(by {capacity - self.config.max_seq_len})"
             )
         stop: set[int] = set()
         if stop_at_eos and self.tokenizer is not None:
             stop = {t for t in (self.tokenizer.eos_id, self.tokenizer.bos_id) if t is not None}
         if cache is None:
             cache = KVCache(self.config, capacity)
-        elif not isinstance(cache, DecodeCache):
-            raise TypeError(
-                f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
-            )
-        elif cache.length:
-            raise ValueError(f"cache: expected an empty cache, it holds {cache.length} tokens")
         from .. import runtime as _runtime
 
         session = self._session_for(cache) if hooks is None else None

@@ -52,7 +52,7 @@ def rms_norm(
     ndarray (T, dim), float32: a new array, or ``out``. The mean of squares is accumulated
     in float64.
     """
-    return _core.rms_norm(x, weight, _real(eps, "eps"), out, _threads(num_threads))
+    return _core.models.rms_norm(x, weight, _real(eps, "eps"), out, _threads(num_threads))
 
 
 def rope(
@@ -82,7 +82,7 @@ def rope(
     if arr.size and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"positions: expected integers, got dtype {arr.dtype}")
     pos = np.ascontiguousarray(arr, dtype=np.int64)
-    _core.rope(x, pos, _real(theta, "theta"), style, _threads(num_threads))
+    _core.models.rope(x, pos, _real(theta, "theta"), style, _threads(num_threads))
     return x
 
 
@@ -131,7 +131,7 @@ def attention(
     """
     s = _scale(scale, _head_dim(q, "q"))
     _check_out(out, q=q, k=k, v=v)
-    return _core.attention(q, k, v, s, out, _threads(num_threads))
+    return _core.models.attention(q, k, v, s, out, _threads(num_threads))
 
 
 def decode_attention(
@@ -166,7 +166,9 @@ def decode_attention(
         raise ValueError(f"length: expected >= 1, got {length}")
     s = _scale(scale, _head_dim(q, "q"))
     _check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
-    return _core.decode_attention(q, k_cache, v_cache, int(length), s, out, _threads(num_threads))
+    return _core.models.decode_attention(
+        q, k_cache, v_cache, int(length), s, out, _threads(num_threads)
+    )
 
 
 def swiglu_gate(
@@ -179,4 +181,4 @@ def swiglu_gate(
     g, u : ndarray (T, hidden), float32, unit-stride rows.
     out : ndarray (T, hidden), float32, optional; may be ``g`` or ``u`` (in place).
     """
-    return _core.swiglu_gate(g, u, out, _threads(num_threads))
+    return _core.models.swiglu_gate(g, u, out, _threads(num_threads))

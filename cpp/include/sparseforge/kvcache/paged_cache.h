@@ -86,7 +86,9 @@ class PagedKVCache {
   // page_size, rope_theta, latent) when the configuration is invalid.
   explicit PagedKVCache(const CacheConfig& config);
   ~PagedKVCache();
-  PagedKVCache(const PagedKVCache&) = delete;
+  // A deep copy (a fork of the sequence): its own pages holding the same slots, positions,
+  // scores and bounds; no free list; peak = the pages in use. O(bytes_in_use) copied.
+  PagedKVCache(const PagedKVCache& other);
   PagedKVCache& operator=(const PagedKVCache&) = delete;
 
   const CacheConfig& config() const { return cfg_; }

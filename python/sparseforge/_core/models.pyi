@@ -1,0 +1,49 @@
+# sparseforge._core.models: forward ops (bind_models.cc).
+import numpy as np
+import numpy.typing as npt
+
+def rms_norm(
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32],
+    eps: float,
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def rope(
+    x: npt.NDArray[np.float32],
+    positions: npt.NDArray[np.int64],
+    theta: float,
+    style: str,
+    num_threads: int = 0,
+) -> None: ...
+def attention(
+    q: npt.NDArray[np.float32],
+    k: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    scale: float,
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+    window: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def decode_attention(
+    q: npt.NDArray[np.float32],
+    k_cache: npt.NDArray[np.float32],
+    v_cache: npt.NDArray[np.float32],
+    length: int,
+    scale: float,
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+    window: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def swiglu_gate(
+    g: npt.NDArray[np.float32],
+    u: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def geglu_gate(
+    g: npt.NDArray[np.float32],
+    u: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...

@@ -1,0 +1,25 @@
+"""TOVA: Token Omission Via Attention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._common import GroupReduce
+from .base import EvictAt, _CorePolicy
+
+
+class TOVA(_CorePolicy):
+    """Token Omission Via Attention (schwartz-lab-NLP/TOVA ``src/tova_cache.py``): after each
+    attention call, while the cache holds more than ``B`` tokens, drop the token with the
+    lowest attention from the last query, averaged over all heads of the layer. Same tokens
+    in every kv head (the kv heads' slot layouts stay identical). No sinks, no recent window;
+    the new token may itself be dropped, as in the reference. Ties: the newer token goes."""
+
+    name = "tova"
+    decode_evicts = True
+
+    def __init__(
+        self, budget: Any, *, group_reduce: GroupReduce = "mean", evict: EvictAt | None = None
+    ) -> None:
+        super().__init__(budget, group_reduce=group_reduce)
+        self._init_core(evict)
