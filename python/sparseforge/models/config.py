@@ -223,6 +223,11 @@ class LlamaConfig:
                 )
             if "sliding_attention" in types and not self.sliding_window:
                 raise ValueError("layer_types: sliding layers need sliding_window >= 1")
+        for name in ("rope_theta_local", "embed_scale", "norm_offset", "query_scale",
+                     "attn_softcap", "final_softcap"):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, numbers.Real) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))  # plain floats (JSON, equality)
         _positive_float(self.rope_theta_local, "rope_theta_local", allow_zero=True)
         _positive_float(self.embed_scale, "embed_scale")
         for name in ("norm_offset",):

@@ -102,6 +102,11 @@ class DecodeCache(Protocol):
     evict or select under a policy. Per step over T new tokens the model calls
     ``check_model`` and ``reserve(T)`` once, ``attend`` once per block, then
     ``advance(T)``.
+
+    ``attend`` receives no window: on a model with a sliding window (or attention
+    soft-capping) :meth:`LlamaModel.step` refuses a cache other than :class:`KVCache` once
+    the sequence passes the window, unless the cache sets ``supports_model_family = True``
+    (it then reads the windows from ``config.layer_window(block)`` in ``check_model``).
     """
 
     length: int  # tokens fed so far: the new tokens take positions length .. length+T-1
@@ -599,7 +604,8 @@ class LlamaModel:
         if c.qk_norm:
             for a, name in ((q, "self_attn.q_norm.weight"), (k, "self_attn.k_norm.weight")):
                 flat = a.reshape(-1, c.head_dim)
-                _core.models.rms_norm(flat, self._norm_weight(p + name), float(c.norm_eps), flat, thr)
+                w = self._norm_weight(p + name)
+                _core.models.rms_norm(flat, w, float(c.norm_eps), flat, thr)
         theta = c.layer_rope_theta(i)
         _core.models.rope(q, pos, theta, c.rope_style, thr)
         _core.models.rope(k, pos, theta, c.rope_style, thr)
