@@ -16,10 +16,11 @@ tensor at a time (memory stays at about one weight):
 * the Q/K rows of ``llama`` files permuted the way ``convert_hf_to_gguf.py`` does
   (:func:`sparseforge.models.gguf.permute_qk`, the inverse of what our loader undoes);
   llama2.c models, already in that order, are written as they are;
-* the tokenizer: a byte-level BPE (SmolLM2, Llama 3, Qwen2...) as ``tokenizer.ggml.model =
-  "gpt2"`` with its merges and the ``pre`` name llama.cpp knows for its pre-tokenizer; a
-  llama2.c tokenizer as ``"llama"`` (SentencePiece) with its scores, byte pieces and
-  ``<s>``/``</s>``.
+* the tokenizer: one read from a GGUF file (Gemma 3's SentencePiece...) written back as its
+  ``tokenizer.ggml.*`` entries were; a byte-level BPE (SmolLM2, Llama 3, Qwen2...) as
+  ``tokenizer.ggml.model = "gpt2"`` with its merges and the ``pre`` name llama.cpp knows for
+  its pre-tokenizer; a llama2.c tokenizer as ``"llama"`` (SentencePiece) with its scores,
+  byte pieces and ``<s>``/``</s>``.
 
 Refused with ``ValueError`` before anything is written: SliceGPT models, other families,
 what llama.cpp would compute differently (a sliding window on ``llama``/``qwen2``/``qwen3``,
@@ -31,6 +32,7 @@ base or query scale differ from the values llama.cpp fixes), tokenizers without 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from typing import Any
@@ -217,6 +219,9 @@ def _tokenizer_meta(model: LlamaModel) -> dict[str, Any]:
     if tok is None:
         raise ValueError("model: has no tokenizer to write; pass tokenizer=False")
     vocab = model.config.vocab_size
+    source = getattr(tok, "gguf_meta", None)
+    if source and len(source.get("tokenizer.ggml.tokens") or ()) == vocab:
+        return {"passthrough": source}  # read from a GGUF file: written back as it was
     if isinstance(tok, Llama2cTokenizer):
         out = _llama2c_vocab(tok, vocab)
         out.update(bos=tok.BOS, eos=tok.EOS, unk=0, add_bos=True)
@@ -237,6 +242,17 @@ def _tokenizer_meta(model: LlamaModel) -> dict[str, Any]:
 
 
 def _add_tokenizer(w: Any, meta: dict[str, Any]) -> None:
+    if "passthrough" in meta:
+        for key, value in meta["passthrough"].items():
+            if isinstance(value, (bool, np.bool_)):
+                w.add_bool(key, bool(value))
+            elif isinstance(value, numbers.Integral):
+                w.add_uint32(key, int(value))
+            elif isinstance(value, str):
+                w.add_string(key, value)
+            elif isinstance(value, list) and value:
+                w.add_array(key, value)
+        return
     w.add_tokenizer_model(meta["model"])
     if "pre" in meta:
         w.add_tokenizer_pre(meta["pre"])
