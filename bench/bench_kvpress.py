@@ -7,7 +7,8 @@ through sparseforge (``LlamaModel.step`` + ``sf.kv.PolicyCache``); both score th
 continuation after the compressed context (protocol: ``tests_py/kvpress_parity.py``).
 Reported per row: kvpress's and our perplexity (over all contexts), the largest per-context
 |ΔNLL| in nats (target < 1e-3), the tokens our cache holds per (layer, kv head) after the
-prefill, and our cache's bytes in use (pages measured from the pool).
+prefill, and our cache's bytes in use (``PolicyCache.bytes_in_use``: K/V pages from the pool
+plus metadata).
 
 Needs kvpress 0.5.5 (``transformers<5.3``) beside sparseforge, e.g. a bench venv::
 
@@ -96,7 +97,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kvpress-parity-"))
     hf = P.hf_model(model, tmp)
     qf = P.calibrate_qfilters(model, calib)
-    pairs = P.pairs(window=window, qfilters=qf, lag_size=lag, lag_ratios=lag_ratios)
+    sink, recent = (16, 32) if args.quick else (128, 256)  # kvpress's on-the-fly sizes
+    duo = (sf.kv.duo_attention_scores(model, [calib], q_len=500), sink, recent)
+    pairs = P.pairs(window=window, qfilters=qf, duo=duo, lag_size=lag, lag_ratios=lag_ratios)
     names = [n.strip() for n in args.presses.split(",") if n.strip()] or list(pairs)
     ratios = [float(r) for r in args.ratios.split(",")]
 
@@ -156,7 +159,8 @@ def main() -> None:
         f"but keeps part of the window at r = 0.9 on {T} tokens; ours refuses B < window), "
         f"LagKV lag {lag} at ratios where its rank ties do not straddle the cut, ThinK "
         f"window 32, Q-Filters calibrated (SVD of our queries on {T} other tokens) and "
-        f"handed to both. Command: "
+        f"DuoAttention head scores (kvpress's on-the-fly method on the same tokens, sink "
+        f"{sink} + recent {recent}; r = fraction of streaming heads) handed to both. Command: "
         f"`{' '.join(['python', 'bench/bench_kvpress.py', *sys.argv[1:]])}`.",
         "",
         "| press | compression ratio | kvpress ppl | ours ppl | max per-context "

@@ -38,7 +38,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("SPARSEFORGE_DATA", ROOT.parent / "shared" / "data"))
+_DATA_DIRS = [ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data"]
+DATA = Path(
+    os.environ.get("SPARSEFORGE_DATA", next((d for d in _DATA_DIRS if d.is_dir()), _DATA_DIRS[0]))
+)
 WORK = Path(os.environ.get("SF_BENCH_WORK", tempfile.gettempdir())) / "sf-bench-pipeline"
 
 
@@ -75,9 +78,10 @@ def _calib_ids(nsamples: int, seqlen: int) -> np.ndarray:
 _EVAL_IDS: list[np.ndarray] = []
 
 
-def _evaluate(path: Path, windows: int) -> float:
-    """WikiText-2 test perplexity (windows of 512), the text encoded once by the dense
-    model's tokenizer (llm-compressor's output directory has none)."""
+def _evaluate(path: Path, windows: int) -> np.ndarray:
+    """Per-window mean NLL (nats/token) on WikiText-2 test, consecutive windows of 512 from
+    the start, the text encoded once by the dense model's tokenizer (llm-compressor's
+    output directory has none). One evaluator (``sf.models.perplexity``) for every tool."""
     from sparseforge import models as sm
     from sparseforge.models.perplexity import token_stream
 
@@ -85,9 +89,27 @@ def _evaluate(path: Path, windows: int) -> float:
         dense = sm.load(_smol_dir())
         text = (DATA / "wikitext-2-raw" / "wiki.test.raw").read_text()
         _EVAL_IDS.append(token_stream(dense, text, bos=True))
-    m = sm.load(path, tokenizer=False)
-    res = sm.perplexity(m, _EVAL_IDS[0], seqlen=512, max_windows=windows, progress=False)
-    return float(res.ppl)
+    ids = _EVAL_IDS[0]
+    if ids.size < windows * 512:
+        raise SystemExit(f"--eval-windows {windows}: WikiText-2 test has {ids.size // 512} windows")
+    m = sm.load(path, tokenizer=False, num_threads=2)
+    out = np.empty(windows)
+    for w in range(windows):
+        r = sm.perplexity(m, ids[w * 512 : (w + 1) * 512], seqlen=512, bos=False, progress=False)
+        out[w] = r.nll_mean
+    return out
+
+
+def _ppl(nll: np.ndarray) -> str:
+    return f"{np.exp(nll.mean()):.3f}"
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> str:
+    """ppl(a) / ppl(b) - 1 in %, with two standard errors of the paired per-window
+    difference (the same windows for both)."""
+    d = a - b
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    return f"{100 * np.expm1(d.mean()):+.2f}% (±{100 * 2 * se:.2f})"
 
 
 def smol_child(a: argparse.Namespace) -> None:
@@ -147,69 +169,116 @@ def smol_child(a: argparse.Namespace) -> None:
     )
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def smol(a: argparse.Namespace) -> None:
+    """The headline: every (setting, thread count), the tools back to back (one process
+    each), then one evaluator over the 1-thread results."""
     WORK.mkdir(parents=True, exist_ok=True)
     _smol_dir()
     ids = _calib_ids(a.nsamples, a.seqlen)
-    ids_path = WORK / "calib_ids.npy"
+    ids_path = WORK / f"calib_ids{a.nsamples}x{a.seqlen}.npy"
     np.save(ids_path, ids)
-    dense = _evaluate(_smol_dir(), a.eval_windows)
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
-    env["MKL_NUM_THREADS"] = str(a.threads)
+    threads = [int(t) for t in str(a.threads).split(",")]
+    tools = a.tools.split(",")
+    names = {"ours": "sparseforge", "llmc": "llm-compressor"}
     rows = []
-    for run in a.runs.split(","):
-        method, _, pattern = run.partition(":")
-        for tool in a.tools.split(","):
-            py = sys.executable if tool == "ours" else a.python
-            res_dir = WORK / f"out-{tool}-{method}-{pattern.replace(':', '_')}"
-            cmd = [
-                py,
-                __file__,
-                "smol-child",
-                "--tool",
-                tool,
-                "--method",
-                method,
-                "--pattern",
-                pattern or "none",
-                "--ids",
-                str(ids_path),
-                "--result-dir",
-                str(res_dir),
-                "--threads",
-                str(a.threads),
-            ]
-            load0 = os.getloadavg()[0]
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if p.returncode != 0:
-                print(p.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{tool} {run} failed")
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            r["ppl"] = _evaluate(res_dir, a.eval_windows)  # one evaluator for every tool
-            name = {"ours": "sparseforge", "llmc": "llm-compressor"}[tool]
+    outputs: dict[tuple[str, str], dict[int, Path]] = {}
+    for thr in threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(thr), OPENBLAS_NUM_THREADS=str(thr))
+        env["MKL_NUM_THREADS"] = str(thr)
+        for run in a.runs.split(","):
+            method, _, pattern = run.partition(":")
             label = f"{method} {pattern or '50%'}"
-            rows.append((label, name, r, load0))
-            print(label, name, r, flush=True)
+            for tool in tools:
+                py = sys.executable if tool == "ours" else a.python
+                res_dir = WORK / f"out-{tool}-{method}-{pattern.replace(':', '_')}-t{thr}"
+                cmd = [py, __file__, "smol-child", "--tool", tool, "--method", method]
+                cmd += ["--pattern", pattern or "none", "--ids", str(ids_path)]
+                cmd += ["--result-dir", str(res_dir), "--threads", str(thr)]
+                load0 = os.getloadavg()[0]
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if p.returncode != 0:
+                    print(p.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{tool} {run} {thr} threads failed")
+                r = json.loads(p.stdout.strip().splitlines()[-1])
+                outputs.setdefault((label, tool), {})[thr] = res_dir
+                rows.append((label, thr, tool, r, load0))
+                print(label, thr, names[tool], r, f"load {load0:.1f}", flush=True)
+    dense = _evaluate(_smol_dir(), a.eval_windows)
+    nll = {k: _evaluate(v[min(v)], a.eval_windows) for k, v in outputs.items()}
+    same = {k: len({_digest(p) for p in v.values()}) == 1 for k, v in outputs.items() if len(v) > 1}
+    cmdline = (
+        f"python bench/bench_pipeline.py smol --runs {a.runs} --tools {a.tools} "
+        f"--nsamples {a.nsamples} --seqlen {a.seqlen} --threads {a.threads} "
+        f"--eval-windows {a.eval_windows}"
+    )
     lines = [
-        f"## SmolLM2-135M, {a.nsamples} x {a.seqlen} calibration tokens, {a.threads} thread(s)",
+        f"## SmolLM2-135M, {a.nsamples} x {a.seqlen} calibration tokens, threads {a.threads}",
         "",
-        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py smol "
-        f"--runs {a.runs} --tools {a.tools} --nsamples {a.nsamples} --threads {a.threads}`. "
-        f"Dense WikiText-2 perplexity (same evaluator, {a.eval_windows} windows of 512): "
-        f"{dense:.3f}. The machine was shared (load average at start / end of each run "
-        "shown): compare only rows run back to back.",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `{cmdline}` (git "
+        f"{_git_rev()}). Each row is one process (loading excluded from the wall time; peak "
+        "RSS of the process); the tools run back to back for each setting and thread "
+        "count. Load average (os.getloadavg, 1 min) at the start / end of each run: the "
+        "machine is shared (2 cores), compare rows run side by side.",
         "",
-        "| setting | tool | pruning wall s | of which the method s | peak RSS GiB | "
-        "WikiText-2 ppl | load start / end |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| setting | threads | tool | pruning wall s | of which the method s | speed-up | "
+        "peak RSS GiB | load start / end |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    for label, name, r, load0 in rows:
+    base: dict[tuple[str, int], float] = {
+        (label, thr): r["seconds"] for label, thr, tool, r, _ in rows if tool == "llmc"
+    }
+    for label, thr, tool, r, load0 in rows:
         ms = "-" if r["method_s"] != r["method_s"] else f"{r['method_s']:.1f}"
+        b = base.get((label, thr))
+        sp = f"{b / r['seconds']:.2f}x" if tool == "ours" and b else "-"
         lines.append(
-            f"| {label} | {name} | {r['seconds']:.1f} | {ms} | {r['rss_gib']:.2f} | "
-            f"{r['ppl']:.3f} | {load0:.1f} / {r['load']:.1f} |"
+            f"| {label} | {thr} | {names[tool]} | {r['seconds']:.1f} | {ms} | {sp} | "
+            f"{r['rss_gib']:.2f} | {load0:.1f} / {r['load']:.1f} |"
         )
-    _append(a.out, "\n".join(lines) + "\n")
+    lines += [
+        "",
+        f"WikiText-2 test perplexity, one evaluator (`sf.models.perplexity`, {a.eval_windows} "
+        f"consecutive windows of 512 tokens from the start, {a.eval_windows * 511} scored "
+        f"tokens) on the 1-thread results. Dense: {_ppl(dense)}. The differences are paired "
+        "(the same windows): mean of the per-window NLL difference, ± two standard errors of "
+        "it across windows.",
+        "",
+        "| setting | tool | ppl | vs dense | sparseforge vs llm-compressor | "
+        "1 and N threads bitwise equal |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for (label, tool), v in nll.items():
+        other = nll.get((label, "llmc"))
+        rel = _paired(v, other) if tool == "ours" and other is not None else "-"
+        eq = same.get((label, tool))
+        lines.append(
+            f"| {label} | {names[tool]} | {_ppl(v)} | {_paired(v, dense)} | {rel} | "
+            f"{'-' if eq is None else ('yes' if eq else 'no')} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    _append(a.out, text)
+
+
+def _git_rev() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
 
 
 # -- random 1.1B / 7B shapes -----------------------------------------------------------------
@@ -311,6 +380,131 @@ def _write_random(shape: str) -> Path:
     return d
 
 
+def _one_block_dir(shape: str) -> Path:
+    """A 1-block model of ``shape`` (random init by transformers, seed 0) as a bf16 HF
+    directory: the unit both tools are timed on per block."""
+    d = WORK / f"random-{shape}-1block"
+    if (d / "config.json").is_file():
+        return d
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        max_position_embeddings=4096, **{**SHAPES[shape], "num_hidden_layers": 1}
+    )
+    torch.manual_seed(0)
+    m = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    m.save_pretrained(d, safe_serialization=True)
+    return d
+
+
+def block_child(a: argparse.Namespace) -> None:
+    """One tool prunes the 1-block model (SparseGPT 50%) in this process: one JSON line."""
+    d = _one_block_dir(a.shape)
+    ids = np.random.default_rng(0).integers(1, 32000, size=(a.nsamples, a.seqlen))
+    if a.tool == "ours":
+        import shutil
+
+        from sparseforge.models.streaming import prune_streaming
+
+        out = WORK / f"pruned-{a.shape}-1block"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        rep = prune_streaming(
+            d, out, ids, method="sparsegpt", error=False, num_threads=a.threads, progress=False
+        )
+        seconds = time.perf_counter() - t0
+        method_s = sum(r.seconds for r in rep.layers)
+    else:
+        import torch
+        from datasets import Dataset
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.pruning import SparseGPTModifier
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(a.threads)
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
+        ds = Dataset.from_dict(
+            {"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()}
+        )
+        recipe = SparseGPTModifier(
+            sparsity=0.5,
+            mask_structure="0:0",
+            block_size=128,
+            dampening_frac=0.01,
+            targets=["Linear"],
+            ignore=["re:.*lm_head"],
+        )
+        t0 = time.perf_counter()
+        oneshot(
+            model=model,
+            dataset=ds,
+            recipe=recipe,
+            num_calibration_samples=a.nsamples,
+            max_seq_length=a.seqlen,
+            pipeline="sequential",
+        )
+        seconds = time.perf_counter() - t0
+        method_s = float("nan")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "method_s": method_s,
+                "rss_gib": _rss_gib(),
+                "load": os.getloadavg()[0],
+            }
+        ),
+        flush=True,
+    )
+
+
+def shape_block(a: argparse.Namespace) -> None:
+    """Per-block time of both tools on a 1-block model of the shape, then each projected
+    to the full depth (blocks are sequential and alike)."""
+    _one_block_dir(a.shape)
+    L = SHAPES[a.shape]["num_hidden_layers"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+    env["MKL_NUM_THREADS"] = str(a.threads)
+    rows = []
+    for tool in a.tools.split(","):
+        py = sys.executable if tool == "ours" else a.python
+        cmd = [py, __file__, "block-child", "--tool", tool, "--shape", a.shape]
+        cmd += ["--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)]
+        cmd += ["--threads", str(a.threads)]
+        load0 = os.getloadavg()[0]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            print(p.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{tool} failed")
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        rows.append((tool, r, load0))
+        print(tool, r, f"load {load0:.1f}", flush=True)
+    names = {"ours": "sparseforge (prune_streaming, error=False)", "llmc": "llm-compressor"}
+    lines = [
+        f"## One {a.shape}-shaped block, SparseGPT 50%, {a.nsamples} x {a.seqlen} "
+        f"calibration tokens, {a.threads} thread(s), both tools",
+        "",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py "
+        f"shape-block --shape {a.shape} --nsamples {a.nsamples} --seqlen {a.seqlen} "
+        f"--threads {a.threads}` (git {_git_rev()}): a 1-block model of the shape (random "
+        "init by transformers, bf16 safetensors), the same token ids, one process per tool; "
+        f"the wall time of the whole pruning call (one block, embeddings included), projected "
+        f"x {L} blocks. Shared machine: load beside each row.",
+        "",
+        "| tool | wall s (1 block) | projected total min | peak RSS GiB | load start / end |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for tool, r, load0 in rows:
+        lines.append(
+            f"| {names[tool]} | {r['seconds']:.1f} | {r['seconds'] * L / 60:.1f} | "
+            f"{r['rss_gib']:.2f} | {load0:.1f} / {r['load']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    _append(a.out, text)
+
+
 def _formula(shape: str, n: int, T: int, batch_tokens: int) -> dict[str, float]:
     c = SHAPES[shape]
     dim, hid = c["hidden_size"], c["intermediate_size"]
@@ -405,8 +599,8 @@ def main() -> None:
     s.add_argument("--tools", default="ours,llmc")
     s.add_argument("--nsamples", type=int, default=32)
     s.add_argument("--seqlen", type=int, default=512)
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--eval-windows", type=int, default=40)
+    s.add_argument("--threads", default="1,2")
+    s.add_argument("--eval-windows", type=int, default=32)
     s.add_argument("--python", default=str(ROOT / ".benchvenv" / "bin" / "python"))
     s.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
     c = sub.add_parser("smol-child")
@@ -421,8 +615,28 @@ def main() -> None:
     h.add_argument("--batch-tokens", type=int, default=8192)
     h.add_argument("--threads", type=int, default=2)
     h.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    b = sub.add_parser("shape-block")
+    b.add_argument("--shape", choices=list(SHAPES), required=True)
+    b.add_argument("--nsamples", type=int, default=4)
+    b.add_argument("--seqlen", type=int, default=2048)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--tools", default="ours,llmc")
+    b.add_argument("--python", default=str(ROOT / ".benchvenv" / "bin" / "python"))
+    b.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    bc = sub.add_parser("block-child")
+    for k in ("tool", "shape"):
+        bc.add_argument(f"--{k}", required=True)
+    bc.add_argument("--nsamples", type=int, default=4)
+    bc.add_argument("--seqlen", type=int, default=2048)
+    bc.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    {"smol": smol, "smol-child": smol_child, "shape": shape_run}[a.cmd](a)
+    {
+        "smol": smol,
+        "smol-child": smol_child,
+        "shape": shape_run,
+        "shape-block": shape_block,
+        "block-child": block_child,
+    }[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ class SnapKV(_ScorerPolicy):
     ``window`` queries attend causally to the prompt; the probabilities of the prefix keys
     are averaged over the window (``mean``), pooled along positions per query head (avg
     pool with zero padding, ``count_include_pad``, or max pool), averaged over each kv head's
-    group (SnapKV issue #22), and the window itself gets the maximum score so it is always
+    group (SnapKV issue #22), and the window itself gets the maximum score + 1 so it is always
     kept. Top ``B`` per kv head (``B`` includes the window). Needs ``B >= window`` and a
     prompt longer than the window."""
 
@@ -400,7 +400,7 @@ class SnapKV(_ScorerPolicy):
         s = mass[:, : T - w].astype(np.float64) / w
         s = _pool1d(s, self.kernel_size, self.pooling)
         s = s.reshape(hkv, H // hkv, T - w).mean(axis=1)
-        return np.concatenate([s, np.full((hkv, w), s.max())], axis=1)
+        return np.concatenate([s, np.full((hkv, w), s.max() + 1)], axis=1)
 
     def _check_context(self, cache: PagedKVCache, layer: int, b: int) -> None:
         super()._check_context(cache, layer, b)

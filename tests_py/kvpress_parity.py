@@ -9,7 +9,7 @@ Protocol ("perplexity per context"), the same on both sides:
    our ``PolicyCache`` prefill);
 2. the continuation ``ids[T:]`` is fed after it at positions ``T, T+1, ...`` (kvpress's
    ``pipeline.generate_answer``: explicit ``position_ids``; nothing more is evicted --
-   kvpress presses are prefill-only, so decode-time policies run as :class:`PrefillOnly`);
+   kvpress presses are prefill-only, so decode-time policies run with ``evict="prefill"``);
 3. the result is the mean NLL (nats) of ``ids[T+1:]``, each token predicted from the
    logits of the token before it.
 
@@ -41,25 +41,6 @@ def n_kept(k_len: int, compression_ratio: float) -> int:
     if compression_ratio >= 1.0:
         return 0
     return max(1, int(k_len * (1 - compression_ratio)))
-
-
-class PrefillOnly(kv.KVPolicy):
-    """Compress the prompt with ``inner``'s prefill, then decode densely with no eviction
-    (kvpress semantics for every press: compression at prefill only)."""
-
-    name = "prefill_only"
-
-    def __init__(self, inner: kv.KVPolicy) -> None:
-        super().__init__(None, group_reduce=inner.group_reduce)
-        self.budget = inner.budget
-        self.inner = inner
-
-    def _after_prefill(self, cache: Any, layer: int, q: Any, k: Any, nt: Any) -> None:
-        self.inner._after_prefill(cache, layer, q, k, nt)
-
-    def reset(self) -> None:
-        super().reset()
-        self.inner.reset()
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,16 +167,33 @@ def _qfilter_press(kp: Any, r: float, filters: np.ndarray) -> Any:
     return press
 
 
+def _duo_press(kp: Any, r: float, scores: np.ndarray, sink: int, recent: int) -> Any:
+    import torch
+
+    press = kp.DuoAttentionPress(head_compression_ratio=r)
+    press.sink_size, press.recent_size = sink, recent
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    n = round(scores.size * r)
+    if n > 0:  # kvpress post_init_from_model, with our scores instead of the hub's
+        idx = np.argsort(scores, axis=None, kind="stable")[:n]
+        mask[np.unravel_index(idx, scores.shape)] = True
+    press.streaming_mask = mask
+    press.post_init_from_model = lambda model: None
+    return press
+
+
 def pairs(
     window: int = 64,
     qfilters: np.ndarray | None = None,
+    duo: tuple[np.ndarray, int, int] | None = None,
     lag_size: int = 128,
     lag_ratios: tuple[float, ...] = (0.25, 0.5),
 ) -> dict[str, Pair]:
     """(kvpress press, our policy) by name. ``qfilters`` (n_layers, Hkv, D) enables the
-    Q-Filter pair. LagKV's rank scores tie across partitions and torch.topk breaks ties in
-    no documented order, so its pair runs at ``lag_ratios`` where the cut falls between
-    tie groups (see the LagKV docstring)."""
+    Q-Filter pair, ``duo`` (head scores, sink, recent) the DuoAttention pair (``r`` is then
+    the fraction of streaming heads). LagKV's rank scores tie across partitions and
+    torch.topk breaks ties in no documented order, so its pair runs at ``lag_ratios`` where
+    the cut falls between tie groups (see the LagKV docstring)."""
     kp = import_kvpress()
 
     w = window
@@ -213,9 +211,13 @@ def pairs(
         Pair(
             "streaming_llm",
             lambda r: kp.StreamingLLMPress(r, n_sink=4),
-            lambda r, T, n: PrefillOnly(kv.StreamingLLM(n_kept(T, r), sinks=4)),
+            lambda r, T, n: kv.StreamingLLM(n_kept(T, r), sinks=4, evict="prefill"),
         ),
-        Pair("tova", lambda r: kp.TOVAPress(r), lambda r, T, n: PrefillOnly(kv.TOVA(n_kept(T, r)))),
+        Pair(
+            "tova",
+            lambda r: kp.TOVAPress(r),
+            lambda r, T, n: kv.TOVA(n_kept(T, r), evict="prefill"),
+        ),
         Pair("key_norm", lambda r: kp.KnormPress(r), lambda r, T, n: kv.KeyNorm(n_kept(T, r))),
         Pair(
             "pyramidkv",
@@ -277,6 +279,18 @@ def pairs(
                 "qfilter",
                 lambda r: _qfilter_press(kp, r, f),
                 lambda r, T, n: kv.QFilter(n_kept(T, r), filters=f),
+            )
+        )
+    if duo is not None:
+        hs, sink, recent = duo
+        out.append(
+            Pair(
+                "duo_attention",
+                lambda r: _duo_press(kp, r, hs, sink, recent),
+                lambda r, T, n: kv.DuoAttention(
+                    hs, head_compression_ratio=r, sink_size=sink, recent_size=recent
+                ),
+                tokens=False,
             )
         )
     return {p.name: p for p in out}

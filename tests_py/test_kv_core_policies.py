@@ -63,7 +63,7 @@ def _state(cache: kv.PagedKVCache, layers: int):
 
 
 @pytest.mark.parametrize("budget", [24, 0.3], ids=["tokens", "keep"])
-@pytest.mark.parametrize("name", sorted(kv.POLICIES))
+@pytest.mark.parametrize("name", sorted(kv_oracle.POLICIES))
 def test_core_policy_equals_numpy_oracle(name, budget):
     T, steps, layers = 70, 14, 3
     q, k, v, dq, dk, dv = _data(hash(name) % 1000, T, steps)
@@ -119,22 +119,45 @@ def _tiny_model(seed=0, n_kv_heads=2):
     )
 
 
-@pytest.mark.parametrize("name", sorted(kv.POLICIES))
+@pytest.mark.parametrize("name", sorted(kv_oracle.POLICIES))
 def test_policy_cache_core_equals_python_loop(name):
+    # Python forward (hooks given): the core policy cache against the Python loop over the
+    # numpy oracle, bitwise; the runtime (no hooks: the whole step in one core call through
+    # RuntimeSession) against it within the runtime's tolerance, with the same kept tokens
     m = _tiny_model()
     ids = np.random.default_rng(5).integers(0, 97, size=80)
+    hooks = sf.models.Hooks()
     core, ref = _pair(name, 24)
     a = kv.PolicyCache(m, core)
     b = kv.PolicyCache(m, ref)
+    rt = kv.PolicyCache(m, _pair(name, 24)[0])
     assert a._core is not None
     assert b._core is None
-    la = m.step(ids[:60], a)
-    lb = m.step(ids[:60], b)
-    np.testing.assert_array_equal(la, lb)
+    la = m.step(ids[:60], a, hooks=hooks)
+    np.testing.assert_array_equal(la, m.step(ids[:60], b, hooks=hooks))
+    np.testing.assert_allclose(m.step(ids[:60], rt), la, rtol=1e-5, atol=2e-5)
+    assert rt._session is not None  # it ran on the runtime
     for t in range(60, 80):
-        np.testing.assert_array_equal(m.step(ids[t : t + 1], a), m.step(ids[t : t + 1], b))
+        la = m.step(ids[t : t + 1], a, hooks=hooks)
+        np.testing.assert_array_equal(la, m.step(ids[t : t + 1], b, hooks=hooks))
+        np.testing.assert_allclose(m.step(ids[t : t + 1], rt), la, rtol=1e-5, atol=2e-5)
     np.testing.assert_array_equal(a.lengths(), b.lengths())
-    assert a.bytes_in_use == b.bytes_in_use
+    np.testing.assert_array_equal(a.lengths(), rt.lengths())
+    for layer in range(m.config.n_layers):
+        for h in range(m.config.n_kv_heads):
+            np.testing.assert_array_equal(a.paged.positions(layer, h), rt.paged.positions(layer, h))
+    assert a.bytes_in_use == b.bytes_in_use == rt.bytes_in_use
+    assert rt.length == a.length == 80
+
+
+def test_prefill_last_only_logits():
+    m = _tiny_model()
+    ids = np.arange(40) % 97
+    for hooks in (None, sf.models.Hooks()):
+        full = m.step(ids, kv.PolicyCache(m, "h2o", 16), hooks=hooks)
+        last = m.step(ids, kv.PolicyCache(m, "h2o", 16), hooks=hooks, last_only=True)
+        assert last.shape == (1, 97)
+        np.testing.assert_allclose(last[0], full[-1], rtol=1e-6, atol=1e-6)
 
 
 def test_budget_names_cannot_be_confused():
@@ -160,7 +183,7 @@ def test_budget_names_cannot_be_confused():
 def test_eviction_choice_prefill_or_decode():
     T, steps, B = 60, 10, 20
     q, k, v, dq, dk, dv = _data(8, T, steps)
-    for name in sorted(kv.POLICIES):
+    for name in sorted(kv_oracle.POLICIES):
         if not kv.POLICIES[name].evicts:
             continue
         for evict in ("prefill", "decode"):
@@ -307,3 +330,28 @@ def test_pyramid_fallback_rule_as_documented():
         got = kv.pyramid_budgets(30, T, b)
         assert (got[0], got[-1]) == (first, last), (T, b, got)
         assert got == sf._core.kvcache.pyramid_budgets(30, T, b, 64, 20.0)
+
+
+def test_kvpress_rules_tova_keep_last_and_pyramid_float_budget():
+    T = 60
+    q, k, v, *_ = _data(6, T, 0)
+    # TOVA(keep_last=True): the prompt's last token survives (kvpress pins it)
+    for keep_last in (False, True):
+        c = kv.PagedKVCache(1, HKV, D, page_size=S)
+        pol = kv.TOVA(4, keep_last=keep_last)
+        pol.prefill(c, 0, q, k, v)
+        if keep_last:
+            assert T - 1 in c.positions(0, 0)
+    # PyramidKV with compression_ratio: kvpress's float T * (1 - r) (15.999... here),
+    # rounded in the fallback (16), where a token count would floor it (15)
+    r = 0.9
+    assert kv.pyramid_budgets(2, 160, 160 * (1 - r), window=8) == [16, 16]
+    c = kv.PagedKVCache(2, HKV, D, page_size=S)
+    q, k, v, *_ = _data(7, 160, 0)
+    pol = kv.PyramidKV(kv.Budget(compression_ratio=r), window=8)
+    for layer in range(2):
+        pol.prefill(c, layer, q, k, v)
+        assert (c.lengths(layer) == 16).all()
+    # SnapKV's window scores are the prefix maximum + 1 (kvpress 0.5.5)
+    s = kv.SnapKV(20, window=8).score(c, 0, q, k, None)
+    assert (s[:, -8:] == s[:, :-8].max() + 1).all()

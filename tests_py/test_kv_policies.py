@@ -209,7 +209,7 @@ def _snapkv_reference(q, k, w, kernel, pooling, n_kept):
         win = np.lib.stride_tricks.sliding_window_view(pad, kernel)
         scores.append(win.mean(1) if pooling == "avg" else win.max(1))
     s = np.array(scores).reshape(HKV, G, T - w).mean(1)
-    s = np.concatenate([s, np.full((HKV, w), s.max())], axis=1)
+    s = np.concatenate([s, np.full((HKV, w), s.max() + 1)], axis=1)
     return [np.sort(np.argsort(-s[h], kind="stable")[:n_kept]) for h in range(HKV)], s
 
 

@@ -374,3 +374,78 @@ def test_presses_work_inside_adakv_and_the_model_loop():
     cache = _prefill(pol, q, k, v)
     with pytest.raises(ValueError, match="whole prompt"):
         pol.prefill(cache, 0, q, k, v)
+
+
+def test_duo_attention_streaming_heads_keep_sinks_and_window():
+    T = 90
+    _, q, k, v = _data(12, T)
+    scores = np.array([[0.9, 0.1], [0.3, 0.7]])
+    pol = kv.DuoAttention(scores, head_compression_ratio=0.5, sink_size=4, recent_size=20)
+    cache = kv.PagedKVCache(2, HKV, D, page_size=S)
+    for layer in range(2):
+        pol.prefill(cache, layer, q, k, v)
+    # kvpress: n_pruned = round(4 * 0.5) = 2 lowest scores -> (0, 1) and (1, 0) stream
+    want_stream = np.r_[0:4, T - 20 : T]
+    for layer, h, streaming in ((0, 0, False), (0, 1, True), (1, 0, True), (1, 1, False)):
+        got = np.sort(cache.positions(layer, h))
+        np.testing.assert_array_equal(got, want_stream if streaming else np.arange(T))
+    free = kv.PagedKVCache(2, HKV, D, page_size=S)
+    for layer in range(2):
+        kv.FullCache().prefill(free, layer, q, k, v)
+    assert cache.bytes_in_use < free.bytes_in_use  # evicted for real
+    with pytest.raises(ValueError, match="head_scores"):
+        kv.DuoAttention(np.ones(3))
+
+
+def test_duo_attention_scores_match_kvpress_on_the_fly():
+    import tinymodels
+
+    model = tinymodels.random_model(2)
+    c = model.config
+    ids = [np.arange(30) % 80, (np.arange(25) * 7) % 80]
+    got = kv.duo_attention_scores(model, ids, q_len=50)
+    # oracle: kvpress duo_attention_on_the_fly on the same q/k (captured by hooks), HF RoPE
+    want = np.zeros((c.n_layers, c.n_kv_heads))
+    Gm = c.n_heads // c.n_kv_heads
+    Dm = c.head_dim
+
+    class Rec(kv.KVPolicy):
+        evicts = False
+
+        def __init__(self):
+            super().__init__(None)
+            self.qk = {}
+
+        def _after_prefill(self, cache, layer, q, k, nt):
+            self.qk[layer] = (q.astype(np.float64), k.astype(np.float64))
+
+    for seq in ids:
+        r = Rec()
+        model.step(seq, kv.PolicyCache(model, r))
+        rec = r.qk
+        pos = np.arange(len(seq), dtype=np.float64)
+        inv = 1.0 / c.rope_theta ** (np.arange(0, Dm, 2) / Dm)
+        for layer in range(c.n_layers):
+            q, k = rec[layer]
+            # undo HF RoPE: x = x_rot * cos - rotate_half(x_rot) * sin
+            f = pos[:, None] * inv[None]
+            cos = np.cos(np.concatenate([f, f], -1))[:, None]
+            sin = np.sin(np.concatenate([f, f], -1))[:, None]
+
+            def rh(x):
+                return np.concatenate([-x[..., Dm // 2 :], x[..., : Dm // 2]], -1)
+
+            qm = (q * cos - rh(q) * sin).mean(0)
+            km = (k * cos - rh(k) * sin).mean(0)
+            p2 = np.arange(50, dtype=np.float64)
+            f2 = p2[:, None] * inv[None]
+            c2 = np.cos(np.concatenate([f2, f2], -1))[:, None]
+            s2 = np.sin(np.concatenate([f2, f2], -1))[:, None]
+            Q = qm[None] * c2 + rh(qm[None]) * s2  # (50, H, D)
+            K = km[None] * c2 + rh(km[None]) * s2
+            K = np.repeat(K, Gm, axis=1)
+            a = np.einsum("hd,phd->hp", Q[-1], K) / Dm**0.5
+            a = _softmax(a)
+            s = np.cumsum(a, axis=1).mean(1).reshape(-1, Gm).mean(1)
+            want[layer] += s / len(ids)
+    np.testing.assert_allclose(got, want, rtol=1e-9)

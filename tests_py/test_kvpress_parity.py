@@ -71,13 +71,15 @@ PRESSES = {
     "snapkv+think": (0.5,),
     "key_norm+keydiff": (0.5,),
     "qfilter": (0.5, 0.75),
+    "duo_attention": (0.5,),
 }
 CASES = [(n, r) for n in CORE for r in RATIOS] + [(n, r) for n, rs in PRESSES.items() for r in rs]
 
 
 def _pairs(kp_, model, ids):
     f = kp_.calibrate_qfilters(model, ids[:T])
-    return kp_.pairs(window=WINDOW, qfilters=f, lag_size=32)
+    duo = (kp_.kv.duo_attention_scores(model, [ids[:T]], q_len=T), 16, 32)
+    return kp_.pairs(window=WINDOW, qfilters=f, duo=duo, lag_size=32)
 
 
 @pytest.mark.parametrize(

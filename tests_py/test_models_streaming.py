@@ -202,9 +202,51 @@ def test_shards_that_disagree_with_the_index(
     assert not (tmp_path / "out").exists()
 
 
+def test_source_rewritten_with_other_weights_is_refused(
+    tmp_path: Path, bf16_dir: Path, ids: np.ndarray
+) -> None:
+    """Same config, same shapes, same shard headers, other weights: not the same run."""
+    src = tmp_path / "src"
+    shutil.copytree(bf16_dir, src)
+    out = tmp_path / "out"
+    prune_streaming(src, out, ids, method="wanda", stop_after=1, **KW)
+    shutil.rmtree(src)
+    _write_model(src, torch.bfloat16, seed=1)
+    state = (out / RUN_DIR / "run.json").read_text()
+    with pytest.raises(ValueError, match="different run"):
+        prune_streaming(src, out, ids, method="wanda", **KW)
+    assert (out / RUN_DIR / "run.json").read_text() == state
+
+
+def test_missing_or_extra_shard_tensors(tmp_path: Path, bf16_dir: Path, ids: np.ndarray) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(bf16_dir, src)
+    index_path = src / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    # A shard the index lists is gone.
+    victim = sorted(set(index["weight_map"].values()))[-1]
+    (src / victim).rename(tmp_path / victim)
+    with pytest.raises(ValueError, match=f"lists shard '{victim}', which is missing"):
+        prune_streaming(src, tmp_path / "out", ids, method="wanda", **KW)
+    (tmp_path / victim).rename(src / victim)
+    # The index forgets a tensor that a (still listed) shard holds.
+    files = list(index["weight_map"].values())
+    name = next(n for n, f in sorted(index["weight_map"].items()) if files.count(f) > 1)
+    del index["weight_map"][name]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="disagree"):
+        prune_streaming(src, tmp_path / "out", ids, method="wanda", **KW)
+    assert not (tmp_path / "out").exists()
+
+
 def test_calibration_too_short(tmp_path: Path, bf16_dir: Path) -> None:
     with pytest.raises(ValueError, match="shorter than one calibration window"):
         prune_streaming(bf16_dir, tmp_path / "o", np.arange(1, 20), seqlen=64, **KW)
+    # Long enough for one window, not for nsamples distinct ones (70 tokens: 7 starts).
+    with pytest.raises(
+        ValueError, match="only 7 distinct windows of seqlen=64, fewer than nsamples=8"
+    ):
+        prune_streaming(bf16_dir, tmp_path / "o", np.arange(1, 71), nsamples=8, seqlen=64, **KW)
     assert not (tmp_path / "o").exists()
 
 

@@ -59,7 +59,7 @@ std::shared_ptr<skv::Policy> make(const std::string& name, const py::object& bud
                                   const std::string& evict, size_t sinks, double recent_ratio,
                                   size_t window, size_t kernel_size, bool max_pool, double beta,
                                   double alpha_safeguard, const std::string& scorer,
-                                  size_t dense_layers, uint64_t seed) {
+                                  size_t dense_layers, uint64_t seed, bool keep_last) {
   skv::PolicyOptions o;
   o.reduce = reduce_of(reduce);
   o.reduce_given = reduce_given;
@@ -74,6 +74,7 @@ std::shared_ptr<skv::Policy> make(const std::string& name, const py::object& bud
   o.scorer = scorer;
   o.dense_layers = dense_layers;
   o.seed = seed;
+  o.keep_last = keep_last;
   return std::shared_ptr<skv::Policy>(skv::make_policy(name, budget_of(budget, per_layer), o));
 }
 
@@ -185,7 +186,7 @@ void register_kvpolicy(py::module_& m) {
            py::arg("group_reduce"), py::arg("reduce_given"), py::arg("evict"), py::arg("sinks"),
            py::arg("recent_ratio"), py::arg("window"), py::arg("kernel_size"), py::arg("max_pool"),
            py::arg("beta"), py::arg("alpha_safeguard"), py::arg("scorer"), py::arg("dense_layers"),
-           py::arg("seed"))
+           py::arg("seed"), py::arg("keep_last"))
       .def("prefill", &prefill, py::arg("cache"), py::arg("layer"), py::arg("q"), py::arg("k"),
            py::arg("v"), py::arg("positions"), py::arg("num_threads"))
       .def("decode", &decode, py::arg("cache"), py::arg("layer"), py::arg("q"), py::arg("k"),
@@ -232,7 +233,7 @@ void register_kvpolicy(py::module_& m) {
       py::arg("cache"), py::arg("layer"), py::arg("scores"), py::arg("n_keep"));
   m.def(
       "pyramid_budgets",
-      [](size_t n, size_t context, size_t budget, size_t window, double beta) {
+      [](size_t n, size_t context, double budget, size_t window, double beta) {
         return skv::pyramid_budgets(n, context, budget, window, beta);
       },
       py::arg("num_layers"), py::arg("context"), py::arg("budget"), py::arg("window"),

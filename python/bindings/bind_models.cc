@@ -5,12 +5,18 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "bindings.h"
 #include "numpy_view.h"
+#include "sparseforge/calib/layer_stats.h"
 #include "sparseforge/core/error.h"
+#include "sparseforge/models/block_forward.h"
 #include "sparseforge/models/ops.h"
 
 namespace py = pybind11;
@@ -151,6 +157,71 @@ py::array geglu_gate(py::handle g_obj, py::handle u_obj, const py::object& out, 
   return y;
 }
 
+// The calibration forward of one block (block_forward.h). weights: [attn_norm, q, k, v, o,
+// mlp_norm, gate, up, down] (float32; norms 1-D, linears 2-D (out, in)); biases: 7 entries,
+// None or a float32 (out,) vector; stats: 4 entries, None or a LayerStats (core object), for
+// q/k/v's, o's, gate/up's and down's inputs. Returns the (tokens, dim) outputs, or None
+// when need_output is false.
+py::object calib_block_forward(py::handle h_obj, size_t seqlen, size_t n_heads, size_t n_kv_heads,
+                               size_t head_dim, double rope_theta, const std::string& rope_style,
+                               float norm_eps, float scale, const py::sequence& weights,
+                               const py::sequence& biases, const py::sequence& stats,
+                               bool need_output, int num_threads) {
+  const sf::ConstMatrixView<float> h = matrix_in(h_obj, "h", kF32).as<float>();
+  if (py::len(weights) != 9) fail("weights: expected 9 arrays (2 norms, 7 linears)");
+  if (py::len(biases) != 7) fail("biases: expected 7 entries (None or a vector)");
+  if (py::len(stats) != 4) fail("stats: expected 4 entries (None or a LayerStats)");
+  static const char* const kNames[9] = {"input_layernorm", "q_proj",  "k_proj",
+                                        "v_proj",          "o_proj",  "post_attention_layernorm",
+                                        "gate_proj",       "up_proj", "down_proj"};
+  sm::BlockWeights w;
+  std::array<sf::ConstMatrixView<float>, 9> mats{};
+  for (int i = 0; i < 9; ++i) {
+    if (i == 0 || i == 5) continue;
+    mats[i] = matrix_in(weights[i], kNames[i], kF32).as<float>();
+  }
+  const size_t dim = h.cols;
+  w.attn_norm = vector_f32_in(weights[0], kNames[0], dim);
+  w.mlp_norm = vector_f32_in(weights[5], kNames[5], dim);
+  const int lin[7] = {1, 2, 3, 4, 6, 7, 8};
+  for (int j = 0; j < 7; ++j) {
+    w.w[j] = mats[lin[j]];
+    if (!biases[j].is_none())
+      w.bias[j] = vector_f32_in(biases[j], kNames[lin[j]], mats[lin[j]].rows);
+  }
+  std::array<sf::calib::LayerStats*, sm::kNumBlockInputs> st{};
+  std::vector<sf::calib::LayerStats*> distinct;
+  for (int i = 0; i < 4; ++i) {
+    if (stats[i].is_none()) continue;
+    st[i] = stats[i].cast<sf::calib::LayerStats*>();
+    if (std::find(distinct.begin(), distinct.end(), st[i]) != distinct.end()) {
+      fail("stats: expected 4 distinct LayerStats objects (or None)");
+    }
+    distinct.push_back(st[i]);
+  }
+  sm::BlockShape shape;
+  shape.dim = dim;
+  shape.hidden = mats[6].rows;
+  shape.attn = {n_heads, n_kv_heads, head_dim};
+  shape.rope_theta = rope_theta;
+  shape.rope_style = sm::parse_rope_style(rope_style);
+  shape.norm_eps = norm_eps;
+  shape.attn_scale = scale;
+  const int threads = threads_arg(num_threads);
+  py::array y;
+  sf::MatrixView<float> yv{nullptr, 0, dim, dim};
+  if (need_output) yv = out_matrix(py::none(), h.rows, dim, &y);
+  std::sort(distinct.begin(), distinct.end());  // locks in address order
+  std::vector<std::unique_ptr<ObjectLock>> locks;
+  for (auto* p : distinct) locks.push_back(std::make_unique<ObjectLock>(p->mutex()));
+  {
+    py::gil_scoped_release release;
+    sm::calibration_block_forward(h, seqlen, shape, w, st, yv, threads);
+  }
+  if (!need_output) return py::none();
+  return std::move(y);
+}
+
 }  // namespace
 
 void register_models(py::module_& m) {
@@ -171,6 +242,12 @@ void register_models(py::module_& m) {
         py::arg("num_threads") = 0, "silu(g) * u elementwise (float32 (T, hidden)).");
   m.def("geglu_gate", &geglu_gate, py::arg("g"), py::arg("u"), py::arg("out") = py::none(),
         py::arg("num_threads") = 0, "gelu_tanh(g) * u elementwise (float32 (T, hidden)).");
+  m.def("calib_block_forward", &calib_block_forward, py::arg("h"), py::arg("seqlen"),
+        py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("rope_theta"),
+        py::arg("rope_style"), py::arg("norm_eps"), py::arg("scale"), py::arg("weights"),
+        py::arg("biases"), py::arg("stats"), py::arg("need_output"), py::arg("num_threads") = 0,
+        "One Llama block over windows of `seqlen` tokens stacked in h (tokens, dim), feeding "
+        "each linear's input into its LayerStats; returns the outputs or None.");
 }
 
 }  // namespace sfpy

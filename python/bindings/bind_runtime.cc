@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -217,12 +218,38 @@ std::unique_ptr<PySession> make_session(const py::object& model_obj, size_t capa
   return s;
 }
 
+// A policy session (kvcache/policy.h): the paged cache and policy are shared with the
+// sparseforge.kv facade, so each call also holds their locks (policy cache, policy, paged
+// cache: the order every kv binding takes them), taken with the GIL held (ObjectLock).
+std::unique_ptr<PySession> make_policy_session(const py::object& model_obj,
+                                               std::shared_ptr<sparseforge::kv::PolicyCache> pc,
+                                               int num_threads) {
+  PyModel& m = model_obj.cast<PyModel&>();
+  auto s = std::make_unique<PySession>();
+  s->session = std::make_unique<sr::Session>(m.model, std::move(pc), threads_arg(num_threads));
+  s->model_ref = model_obj;
+  m.frozen = true;
+  return s;
+}
+
+struct PolicyLocks {
+  explicit PolicyLocks(const sr::Session& s) {
+    if (const auto& pc = s.policy_cache()) {
+      a.emplace(pc->mutex());
+      b.emplace(pc->policy().mutex());
+      c.emplace(pc->cache().mutex());
+    }
+  }
+  std::optional<ObjectLock> a, b, c;
+};
+
 py::array_t<float> prefill(PySession& s, const std::vector<int64_t>& tokens, bool last_only) {
   const size_t vocab = s.session->model().config.vocab_size;
   const size_t rows = last_only ? 1 : tokens.size();
   py::array_t<float> logits({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(vocab)});
   float* out = logits.mutable_data();
   {
+    PolicyLocks locks(*s.session);
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(s.mutex);
     s.session->prefill(tokens.data(), tokens.size(), out, last_only);
@@ -264,6 +291,8 @@ void register_runtime(py::module_& m) {
                         "A KV cache and the decode loop (sparseforge.runtime).")
       .def(py::init(&make_session), py::arg("model"), py::arg("capacity"),
            py::arg("num_threads") = 0)
+      .def(py::init(&make_policy_session), py::arg("model"), py::arg("policy_cache"),
+           py::arg("num_threads") = 0)
       .def("prefill", &prefill, py::arg("tokens"), py::arg("last_only") = false)
       .def(
           "step",
@@ -280,6 +309,7 @@ void register_runtime(py::module_& m) {
             cfg.top_k = top_k;
             cfg.top_p = top_p;
             cfg.seed = seed;
+            PolicyLocks locks(*s.session);
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(s.mutex);
             return s.session->generate(prompt.data(), prompt.size(), max_new, cfg, stop);
@@ -311,6 +341,7 @@ void register_runtime(py::module_& m) {
           py::arg("model"))
       .def("reset",
            [](PySession& s) {
+             PolicyLocks locks(*s.session);
              std::lock_guard<std::mutex> lock(s.mutex);
              s.session->reset();
            })

@@ -7,6 +7,8 @@
 //   kernels/ dense GEMV/GEMM, row skip, column skip (TEAL), sparse SwiGLU
 //   format/ + kernels/unstructured.h: bitmap and CSR weights, their GEMV/GEMM
 //   models/ the per-token ops of a Llama-family forward (RMSNorm, RoPE, attention)
+//   kvcache/ the paged KV cache, decode attention, Quest, and the eleven KV policies
+//           (make_policy, PolicyCache) that runtime::Session runs with a model
 //   format/container.h: the on-disk container (safetensors-compatible, CRC-checked) reader
 //   runtime/ a model in its stored formats (with TEAL thresholds) and a session that runs
 //           prefill, decode steps and generation over its KV cache in one call
@@ -24,6 +26,9 @@
 #include "sparseforge/kernels/activation.h"
 #include "sparseforge/kernels/dense.h"
 #include "sparseforge/kernels/unstructured.h"
+#include "sparseforge/kvcache/attention.h"
+#include "sparseforge/kvcache/paged_cache.h"
+#include "sparseforge/kvcache/policy.h"
 #include "sparseforge/models/ops.h"
 #include "sparseforge/prune/magnitude.h"
 #include "sparseforge/prune/mask.h"

@@ -75,6 +75,12 @@ size_t Budget::resolve(size_t layer, size_t context) const {
   return static_cast<size_t>(e->value);
 }
 
+double Budget::resolve_real(size_t layer, size_t context) const {
+  SF_CHECK_ARG(given, "budget: this policy needs a budget");
+  const BudgetEntry& e = per_layer.empty() ? uniform : per_layer.at(layer);
+  return e.fraction ? static_cast<double>(context) * e.value : e.value;
+}
+
 bool Budget::all_tokens() const {
   if (!per_layer.empty()) {
     return std::none_of(per_layer.begin(), per_layer.end(),
@@ -161,17 +167,18 @@ void keep_top(PagedKVCache& cache, size_t layer, const double* scores, size_t ld
   }
 }
 
-std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, size_t budget, size_t window,
-                                    double beta) {
+std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, double budget,
+                                    size_t window, double beta) {
   const double T = static_cast<double>(context), w = static_cast<double>(window);
-  const double cap = w + static_cast<double>(budget);
+  const double cap = w + budget;
   double lo = (cap - w) / beta;
   double hi = (cap - w) * 2 - lo;
   if (hi >= T - w) {
     hi = T - w;
     lo = (cap - w) * 2 - hi;
   }
-  std::vector<size_t> out(num_layers, budget);
+  std::vector<size_t> out(num_layers,
+                          std::max<size_t>(1, static_cast<size_t>(round_half_even(budget))));
   if (!(T >= hi && hi >= lo && lo >= w) || num_layers == 1) return out;
   const double steps = (hi - lo) / static_cast<double>(num_layers - 1);
   for (size_t l = 0; l < num_layers; ++l)
@@ -456,7 +463,7 @@ void require_fresh(const PagedKVCache& c, size_t layer, const char* who) {
 
 class TOVAPolicy final : public Policy {
  public:
-  TOVAPolicy(const Budget& b, const PolicyOptions& o) : Policy(b, o) {
+  TOVAPolicy(const Budget& b, const PolicyOptions& o) : Policy(b, o), keep_last_(o.keep_last) {
     SF_CHECK_ARG(budget_.given, "budget: this policy needs a budget");
     if (evict_at_ == EvictAt::kDefault) evict_at_ = EvictAt::kDecode;
   }
@@ -475,6 +482,10 @@ class TOVAPolicy final : public Policy {
     window_attention_mass(AnyConstMatrix(q), k, q.cols / D, Hkv, 1, 0.0f, GroupReduce::kMean,
                           MatrixView<float>(mass.data(), Hkv, T), thr);
     const size_t b = layer_budget(c, layer), L = c.length(layer, 0);
+    if (keep_last_) {
+      // kvpress's TOVAPress pins the prompt's last token (score above every other)
+      for (size_t h = 0; h < Hkv; ++h) mass[h * T + T - 1] = std::numeric_limits<float>::max();
+    }
     if (b < L) c.evict_lowest_mean(layer, ConstMatrixView<float>(mass.data(), Hkv, T), L - b);
   }
   void decode_step(PagedKVCache& c, size_t layer, ConstMatrixView<float> q, MatrixView<float> out,
@@ -489,6 +500,7 @@ class TOVAPolicy final : public Policy {
     o.num_threads = thr;
     decode_attention_tova(c, layer, q, out, layer_budget(c, layer), o);
   }
+  bool keep_last_;
 };
 
 class QuestPolicy final : public Policy {
@@ -686,8 +698,9 @@ class SnapKVPolicy : public ScorerPolicy {
         mx = std::max(mx, a);
       }
     }
+    // the window gets max + 1 (kvpress: strictly above every prefix token)
     for (size_t h = 0; h < Hkv; ++h)
-      for (size_t t = n; t < T; ++t) out[h * T + t] = mx;
+      for (size_t t = n; t < T; ++t) out[h * T + t] = mx + 1.0;
   }
   size_t window() const { return window_; }
 
@@ -708,7 +721,8 @@ class PyramidKVPolicy final : public SnapKVPolicy {
 
  protected:
   size_t peek_budget(const PagedKVCache& c, size_t layer, size_t context) const override {
-    const size_t avg = budget_.resolve(layer, context);
+    // a kept fraction reaches the schedule as kvpress's float T * (1 - r)
+    const double avg = budget_.resolve_real(layer, context);
     return pyramid_budgets(c.config().num_layers, context, avg, window_, beta_)[layer];
   }
   double beta_;
@@ -841,6 +855,21 @@ PolicyCache::PolicyCache(const PolicyCache& o)
       num_heads_(o.num_heads_),
       length_(o.length_),
       prefill_compress_(o.prefill_compress_) {}
+
+void Policy::check_prefill_at(const PagedKVCache& cache, size_t layer, size_t T) const {
+  check_cache(cache);
+  const size_t context = static_cast<size_t>(cache.last_position(layer) + 1) + T;
+  const size_t b = budget_.given ? peek_budget(cache, layer, context) : 0;
+  check_prefill(cache, layer, T, context, b);
+}
+
+void PolicyCache::check_attend(size_t T) const {
+  policy_->check_cache(*cache_);
+  if (T > 1 && length_ == 0 && prefill_compress_) {
+    for (size_t l = 0; l < cache_->config().num_layers; ++l)
+      policy_->check_prefill_at(*cache_, l, T);
+  }
+}
 
 void PolicyCache::reset() {
   cache_->clear();

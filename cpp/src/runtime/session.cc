@@ -216,7 +216,37 @@ Session::Session(const Model& model, size_t capacity, int num_threads)
   v_.assign(c.n_layers * capacity * c.kv_dim(), 0.0f);
 }
 
+Session::Session(const Model& model, std::shared_ptr<kv::PolicyCache> cache, int num_threads)
+    : model_(&model), capacity_(0), ldk_(0), num_threads_(0), scratch_(new Scratch) {
+  model.validate();
+  SF_CHECK_ARG(cache != nullptr, "cache: expected a policy cache");
+  const ModelConfig& c = model.config;
+  const kv::CacheConfig& k = cache->cache().config();
+  SF_CHECK_ARG(k.num_layers == c.n_layers && k.num_kv_heads == c.n_kv_heads &&
+                   k.head_dim == c.head_dim && cache->cache().value_dim() == c.head_dim &&
+                   cache->num_heads() == c.n_heads && !k.latent,
+               "cache: built for (%zu layers, %zu/%zu heads of %zu), the model has (%zu layers, "
+               "%zu/%zu heads of %zu)",
+               k.num_layers, cache->num_heads(), k.num_kv_heads, k.head_dim, c.n_layers, c.n_heads,
+               c.n_kv_heads, c.head_dim);
+  const bool half = c.rope_style == models::RopeStyle::kHalf;
+  SF_CHECK_ARG(k.rope_mode == kv::RopeMode::kOriginal ||
+                   ((k.rope_style == kv::RopeStyle::kHalf) == half && k.rope_theta == c.rope_theta),
+               "cache: its RoPE (style / theta) differs from the model's");
+  SF_CHECK_ARG(cache->length() <= c.max_seq_len,
+               "cache: holds %zu positions, more than max_seq_len=%zu", cache->length(),
+               c.max_seq_len);
+  capacity_ = c.max_seq_len;
+  policy_ = std::move(cache);
+  set_num_threads(num_threads);
+}
+
 Session::~Session() = default;
+
+void Session::reset() {
+  if (policy_) policy_->reset();
+  length_ = 0;
+}
 
 void Session::set_model(const Model& model) {
   model.validate();
@@ -233,7 +263,10 @@ void Session::set_model(const Model& model) {
 
 void Session::set_num_threads(int num_threads) { num_threads_ = resolve_num_threads(num_threads); }
 
-size_t Session::kv_bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+size_t Session::kv_bytes() const {
+  if (policy_) return policy_->bytes_in_use();
+  return (k_.size() + v_.size()) * sizeof(float);
+}
 
 void Session::check_tokens(const int64_t* tokens, size_t T, const char* name) const {
   const ModelConfig& c = model_->config;
@@ -244,9 +277,28 @@ void Session::check_tokens(const int64_t* tokens, size_t T, const char* name) co
                  "%s: token id %lld at index %zu is outside [0, vocab_size=%zu)", name,
                  static_cast<long long>(tokens[t]), t, c.vocab_size);
   }
-  SF_CHECK_ARG(length_ + T <= capacity_,
-               "%s: %zu more tokens do not fit the cache (%zu of %zu used)", name, T, length_,
+  SF_CHECK_ARG(length() + T <= capacity_,
+               "%s: %zu more tokens do not fit the cache (%zu of %zu used)", name, T, length(),
                capacity_);
+  // a policy's own checks (a budget larger than the prompt, ...) for every layer before
+  // the first one appends anything
+  if (policy_) policy_->check_attend(T);
+  check_window(length() + T);
+}
+
+void Session::check_window(size_t total) const {
+  // A policy cache attends every token it keeps: exact on a sliding-window model only
+  // while the sequence fits the window.
+  const ModelConfig& c = model_->config;
+  if (!policy_ || !c.windowed()) return;
+  size_t w = 0;
+  for (size_t i = 0; i < c.n_layers; ++i) {
+    if (c.window(i) > 0) w = w == 0 ? c.window(i) : std::min(w, c.window(i));
+  }
+  SF_CHECK_ARG(total <= w,
+               "tokens: a KV policy cache attends every token it keeps, but this model has a "
+               "sliding window of %zu tokens (exceeded at %zu tokens); use the contiguous cache",
+               w, total);
 }
 
 void Session::prefill(const int64_t* tokens, size_t T, float* logits, bool last_only) {
@@ -262,6 +314,7 @@ void Session::forward(const int64_t* tokens, size_t T, float* logits, bool last_
   const ModelConfig& c = m.config;
   Scratch& s = *scratch_;
   s.reserve(c, T);
+  if (policy_) length_ = policy_->length();
   for (size_t t = 0; t < T; ++t) s.pos[t] = static_cast<int64_t>(length_ + t);
   // Embeddings, widened to float32 (exact).
   visit_dtype(m.embed.dtype, [&](auto tag) {
@@ -295,6 +348,7 @@ void Session::forward(const int64_t* tokens, size_t T, float* logits, bool last_
       for (size_t j = 0; j < c.vocab_size; ++j) row[j] = cap * std::tanh(row[j] / cap);
     }
   }
+  if (policy_) policy_->advance(T);
   length_ += T;
 }
 
@@ -322,15 +376,21 @@ void Session::block(size_t i, size_t T) {
   }
   models::rope(q, Hq, D, s.pos.data(), c.theta(i), c.rope_style, thr);
   models::rope(k, Hkv, D, s.pos.data(), c.theta(i), c.rope_style, thr);
-  float* kt = k_.data() + i * c.kv_dim() * ldk_;
-  float* vc = v_.data() + i * capacity_ * c.kv_dim();
-  models::store_transposed_keys(k, Hkv, D, length_, kt, ldk_);
-  std::copy(s.v.begin(), s.v.begin() + static_cast<std::ptrdiff_t>(T * c.kv_dim()),
-            vc + length_ * c.kv_dim());
   const float scale = c.attention_scale();
-  models::attention_transposed_keys(q, kt, ldk_, ConstMatrixView<float>(vc, capacity_, c.kv_dim()),
-                                    length_, models::AttentionShape{Hq, Hkv, D}, scale, a, thr,
-                                    c.window(i));
+  if (policy_) {
+    // the paged cache with a policy: prefill or decode under the policy, one call a layer
+    // (no sliding window there: forward() refuses a sequence past the model's window)
+    policy_->attend(i, q, k, v, scale, a, thr);
+  } else {
+    float* kt = k_.data() + i * c.kv_dim() * ldk_;
+    float* vc = v_.data() + i * capacity_ * c.kv_dim();
+    models::store_transposed_keys(k, Hkv, D, length_, kt, ldk_);
+    std::copy(s.v.begin(), s.v.begin() + static_cast<std::ptrdiff_t>(T * c.kv_dim()),
+              vc + length_ * c.kv_dim());
+    models::attention_transposed_keys(
+        q, kt, ldk_, ConstMatrixView<float>(vc, capacity_, c.kv_dim()), length_,
+        models::AttentionShape{Hq, Hkv, D}, scale, a, thr, c.window(i));
+  }
   linear(b.o, a, y, s.masked, thr);
   if (c.sandwich_norms) models::rms_norm(y, b.attn_post_norm, c.norm_eps, y, thr);
   add_into(h, y);
@@ -364,10 +424,12 @@ std::vector<int64_t> Session::generate(const int64_t* prompt, size_t n, size_t m
                                        const std::vector<int64_t>& stop) {
   Sampler sampler(sampling);
   check_tokens(prompt, n, "prompt");
-  SF_CHECK_ARG(length_ + n + max_new <= capacity_ + 1,
+  const size_t past = length();
+  SF_CHECK_ARG(past + n + max_new <= capacity_ + 1,
                "max_new_tokens: %zu cached + %zu prompt + %zu new tokens need a capacity of %zu, "
                "the cache holds %zu",
-               length_, n, max_new, length_ + n + max_new - 1, capacity_);
+               past, n, max_new, past + n + max_new - 1, capacity_);
+  if (max_new > 0) check_window(past + n + max_new - 1);
   std::vector<int64_t> out;
   if (max_new == 0) return out;
   const size_t vocab = model_->config.vocab_size;
@@ -385,6 +447,7 @@ std::vector<int64_t> Session::generate(const int64_t* prompt, size_t n, size_t m
 
 void Session::read_kv(size_t layer, float* k, float* v) const {
   const ModelConfig& c = model_->config;
+  SF_CHECK_ARG(!policy_, "read_kv: a policy session's cache is paged (read its PagedKVCache)");
   SF_CHECK_ARG(layer < c.n_layers, "layer: expected < %zu, got %zu", c.n_layers, layer);
   const size_t kv = c.kv_dim();
   const float* kt = k_.data() + layer * kv * ldk_;

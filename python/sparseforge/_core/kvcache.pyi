@@ -142,6 +142,7 @@ class KVPolicyCore:
         scorer: str,
         dense_layers: int,
         seed: int,
+        keep_last: bool,
     ) -> None: ...
     def prefill(
         self,
@@ -188,7 +189,7 @@ def keep_top(
     cache: PagedKVCache, layer: int, scores: npt.NDArray[np.float64], n_keep: int
 ) -> None: ...
 def pyramid_budgets(
-    num_layers: int, context: int, budget: int, window: int, beta: float
+    num_layers: int, context: int, budget: float, window: int, beta: float
 ) -> list[int]: ...
 def policy_names() -> list[str]: ...
 

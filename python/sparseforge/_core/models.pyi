@@ -1,6 +1,10 @@
 # sparseforge._core.models: forward ops (bind_models.cc).
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
+
+from .calib import LayerStats
 
 def rms_norm(
     x: npt.NDArray[np.float32],
@@ -47,3 +51,19 @@ def geglu_gate(
     out: npt.NDArray[np.float32] | None = None,
     num_threads: int = 0,
 ) -> npt.NDArray[np.float32]: ...
+def calib_block_forward(
+    h: npt.NDArray[np.float32],
+    seqlen: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    rope_theta: float,
+    rope_style: str,
+    norm_eps: float,
+    scale: float,
+    weights: Sequence[npt.NDArray[np.float32]],
+    biases: Sequence[npt.NDArray[np.float32] | None],
+    stats: Sequence[LayerStats | None],
+    need_output: bool,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32] | None: ...

@@ -1,8 +1,10 @@
 # sparseforge._core.runtime: RuntimeModel, RuntimeSession (bind_runtime.cc).
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
+
+from .kvcache import KVPolicyCache
 
 class RuntimeModel:
     def __init__(
@@ -53,7 +55,12 @@ class RuntimeModel:
     def frozen(self) -> bool: ...
 
 class RuntimeSession:
+    @overload
     def __init__(self, model: RuntimeModel, capacity: int, num_threads: int = 0) -> None: ...
+    @overload
+    def __init__(
+        self, model: RuntimeModel, policy_cache: KVPolicyCache, num_threads: int = 0
+    ) -> None: ...
     def prefill(self, tokens: list[int], last_only: bool = False) -> npt.NDArray[np.float32]: ...
     def step(self, token: int) -> npt.NDArray[np.float32]: ...
     def generate(

@@ -163,7 +163,7 @@ def budget_from(
 
 
 def pyramid_budgets(
-    num_layers: int, context: int, budget: int, *, window: int = 64, beta: float = 20.0
+    num_layers: int, context: int, budget: float, *, window: int = 64, beta: float = 20.0
 ) -> list[int]:
     """PyramidKV's per-layer token budgets, as kvpress computes them.
 
@@ -171,11 +171,17 @@ def pyramid_budgets(
     budget``, ``min = (C - w) / beta``, ``max = 2 (C - w) - min``; if ``max >= T - w`` then
     ``max = T - w`` and ``min = 2 (C - w) - max``; layer ``l`` keeps ``round(max - l (max -
     min) / (num_layers - 1))``. When ``T >= max >= min >= w`` fails it falls back to the
-    uniform ``budget``. Lower layers get more; the mean is ``budget`` (up to rounding).
+    uniform ``max(1, round(budget))``. Lower layers get more; the mean is ``budget`` (up to
+    rounding). ``budget`` is a token count or, as kvpress computes it from a
+    ``compression_ratio``, the float ``T * (1 - r)`` (PyramidKV with a kept-fraction budget
+    passes that float, so r = 0.9 matches kvpress's rounding).
     """
     n = _int_arg(num_layers, "num_layers", minimum=1)
     T = _int_arg(context, "context", minimum=1)
-    b = _int_arg(budget, "budget", minimum=1)
+    if isinstance(budget, numbers.Integral):
+        b: float = _int_arg(budget, "budget", minimum=1)
+    else:
+        b = check_number(budget, "budget", 0.0, lo_open=True)
     w = _int_arg(window, "window")
     beta = check_number(beta, "beta", 1.0)
     if n > 1 << 14:
@@ -187,6 +193,6 @@ def pyramid_budgets(
         hi = T - w
         lo = (cap - w) * 2 - hi
     if not (T >= hi >= lo >= w) or n == 1:
-        return [b] * n
+        return [max(1, round(b))] * n
     steps = (hi - lo) / (n - 1)
     return [round(hi - layer * steps) for layer in range(n)]

@@ -148,7 +148,8 @@ class PolicyCache:
             rope_theta=float(cfg.rope_theta),
             page_bounds=isinstance(pol, Quest) or rope_mode == "original",
         )
-        self.length: int = 0
+        self._length: int = 0
+        self._session: Any = None  # a _core.runtime.RuntimeSession over _core (the runtime)
         # The core runs the whole step for a built-in policy; a Python policy (a research
         # scorer or subclass) runs the Python loop below.
         self._core: Any = None
@@ -247,7 +248,24 @@ class PolicyCache:
         T = _int_arg(T, "T", minimum=1)
         if self._core is not None:
             self._core.advance(T)
-        self.length += T
+        self._length += T
+
+    @property
+    def length(self) -> int:
+        """Tokens fed so far (positions ``0 .. length-1``), whatever the policy evicted."""
+        return int(self._core.length) if self._core is not None else self._length
+
+    def _runtime_session(self, rt: Any, num_threads: int) -> Any:
+        """A runtime session over this cache (:mod:`sparseforge.runtime`): the whole step of
+        every layer in one core call. None for a Python policy (the Python loop runs)."""
+        if self._core is None:
+            return None
+        s = self._session
+        if s is None or s.model is not rt:
+            s = self._session = _core.runtime.RuntimeSession(rt, self._core, num_threads)
+        if s.num_threads != num_threads:
+            s.num_threads = num_threads
+        return s
 
     # -- accounting / lifecycle -------------------------------------------------------------
     @property
@@ -281,13 +299,14 @@ class PolicyCache:
             self.paged.clear()
             self.paged.reset_peak()
             self.policy.reset()
-        self.length = 0
+        self._length = 0
 
     def fork(self) -> PolicyCache:
         """An independent copy of this cache and its policy's state: ask several questions
         of one (compressed) prefill. The copy has its own pages (``kv_bytes`` more memory);
         feeding one never changes the other."""
         new = copy.copy(self)
+        new._session = None
         new.policy = copy.copy(self.policy)
         if self._core is not None:
             new._core = self._core.fork()

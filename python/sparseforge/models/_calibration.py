@@ -7,16 +7,21 @@ Batched forward: the windows of a batch (``batch_tokens`` tokens at most, whole 
 go through every linear as one GEMM of ``(windows * seqlen, in_features)``, through the
 norms, RoPE and the SwiGLU gate as one call each, and through attention window by window
 (each window is its own causal sequence at positions ``0 .. seqlen-1``). Each linear's input
-statistics are updated once per batch. The windows' activations between blocks live in an
+statistics are updated once per batch. For the families the core implements (plain Llama /
+Mistral / Qwen2 blocks: :func:`core_unsupported` says why not otherwise) the whole batch
+goes through the block in one core call (``_core.models.calib_block_forward``: GEMMs, norms, RoPE,
+attention and the gate in C++, the statistics fed in the core, the GIL released); other
+families take the Python forward. The windows' activations between blocks live in an
 :class:`Activations` buffer: float32 or bfloat16, in memory or in a memory-mapped file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,17 @@ from ..calib import LayerStats
 from ..kernels import _threads
 from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
 
-__all__ = ["ACTIVATION_DTYPES", "Activations", "block_forward", "prune_block", "run_block"]
+__all__ = [
+    "ACTIVATION_DTYPES",
+    "FORWARDS",
+    "Activations",
+    "block_forward",
+    "block_forward_core",
+    "core_unsupported",
+    "prune_block",
+    "resolve_forward",
+    "run_block",
+]
 
 F32 = npt.NDArray[np.float32]
 
@@ -42,6 +57,125 @@ ACTIVATION_DTYPES: dict[str, np.dtype[Any]] = {
 GROUP = {s: g for s, g in zip(LINEAR_SUFFIXES, (0, 0, 0, 1, 2, 2, 3), strict=True)}
 # The linear whose hook call feeds each group's statistics (the first of the group to run).
 FEEDS = {LINEAR_SUFFIXES[0], LINEAR_SUFFIXES[3], LINEAR_SUFFIXES[4], LINEAR_SUFFIXES[6]}
+
+
+# The LlamaConfig fields whose meaning the core block forward implements; any other field
+# (added by later families: QK-norm, sliding windows, ...) must hold its default.
+_CORE_FIELDS = frozenset(
+    {
+        "dim",
+        "hidden_dim",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "vocab_size",
+        "max_seq_len",
+        "norm_eps",
+        "rope_theta",
+        "rope_style",
+        "tied_embeddings",
+        "arch",
+        "head_dim",
+        "residual_dims",
+    }
+)
+_CORE_ARCHS = frozenset({"llama", "mistral", "qwen2"})
+FORWARDS = ("auto", "core", "python")
+
+
+def core_unsupported(model: LlamaModel, i: int) -> str | None:
+    """Why block ``i`` of ``model`` cannot run through the core block forward (a reason
+    for a message), or None when it can: a plain Llama / Mistral / Qwen2 block (optional
+    linear biases) with dense linear weights."""
+    c = model.config
+    if c.arch not in _CORE_ARCHS:
+        return f"the {c.arch!r} family (the core block implements llama, mistral, qwen2)"
+    if c.residual_dims:
+        return "a sliced residual stream (residual_dims)"
+    for f in dataclasses.fields(c):
+        if f.name in _CORE_FIELDS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if getattr(c, f.name) != default:
+            return f"config.{f.name}={getattr(c, f.name)!r}"
+    for nm in model.linear_names(i):
+        w = model.weight(nm)
+        if not isinstance(w, np.ndarray):
+            return f"the compressed weight {nm} ({type(w).__name__})"
+    return None
+
+
+def resolve_forward(model: LlamaModel, forward: Any) -> str:
+    """``forward`` ("auto", "core" or "python") resolved for ``model``: "auto" is "core"
+    when every block can use it, else "python"; "core" on a model it does not implement
+    is a ValueError naming why."""
+    if forward not in FORWARDS:
+        choices = ", ".join(map(repr, FORWARDS))
+        raise ValueError(f"forward: expected one of {choices}, got {forward!r}")
+    if forward == "python":
+        return "python"
+    for i in range(model.config.n_layers):
+        why = core_unsupported(model, i)
+        if why is not None:
+            if forward == "core":
+                raise ValueError(
+                    f"forward: the core block forward does not implement {why} (block {i}); "
+                    "use forward='python' (or 'auto', which falls back to it)"
+                )
+            return "python"
+    return "core"
+
+
+def _f32(a: Any) -> F32:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def block_forward_core(
+    model: LlamaModel,
+    i: int,
+    h: F32,
+    windows: int,
+    stats: Sequence[LayerStats | None],
+    need_output: bool,
+) -> F32 | None:
+    """:func:`block_forward` in one core call: block ``i`` over ``windows`` windows stacked
+    in ``h``, each linear's input added to ``stats`` (q/k/v's, o's, gate/up's, down's; None
+    skips one). A ValueError names what the core does not implement for this model."""
+    why = core_unsupported(model, i)
+    if why is not None:
+        raise ValueError(
+            f"model: the core block forward does not implement {why}; use the Python forward"
+        )
+    c = model.config
+    p = f"model.layers.{i}."
+    names = model.linear_names(i)
+    weights = [_f32(model.weight(p + "input_layernorm.weight"))]
+    weights += [_f32(model.weight(nm)) for nm in names[:4]]
+    weights.append(_f32(model.weight(p + "post_attention_layernorm.weight")))
+    weights += [_f32(model.weight(nm)) for nm in names[4:]]
+    biases = []
+    for nm in names:
+        b = nm[: -len("weight")] + "bias"
+        biases.append(_f32(model._weights[b]) if b in model._weights else None)
+    out: F32 | None = _core.models.calib_block_forward(
+        np.ascontiguousarray(h, dtype=np.float32),
+        int(h.shape[0]) // windows,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        float(c.rope_theta),
+        c.rope_style,
+        float(c.norm_eps),
+        float(model._scale),
+        weights,
+        biases,
+        [None if st is None else st._impl for st in stats],
+        need_output,
+        _threads(model.num_threads),
+    )
+    return out
 
 
 def activation_dtype(activations: Any) -> np.dtype[Any]:
@@ -158,17 +292,36 @@ def run_block(
     i: int,
     src: Activations,
     dst: Activations | None,
-    hooks: Hooks | None,
+    stats: Sequence[LayerStats | None] | None,
     batch_tokens: int,
+    forward: str = "python",
 ) -> None:
     """Block ``i`` over every window of ``src`` in batches of whole windows (at most
     ``batch_tokens`` tokens, at least one window); outputs into ``dst`` (None: statistics
-    only, the down projection's GEMM skipped)."""
+    only, the down projection's GEMM skipped). ``stats``: the LayerStats of q/k/v's, o's,
+    gate/up's and down's inputs (None: none gathered). ``forward``: "core" (one core call
+    per batch, :func:`block_forward_core`) or "python" (:func:`block_forward`)."""
     n, T = src.shape[0], src.shape[1]
     per = max(1, batch_tokens // T)
+    st: Sequence[LayerStats | None] = stats if stats is not None else [None] * 4
+    hooks = None
+    if forward == "python" and stats is not None:
+        by_input = {LINEAR_SUFFIXES[k]: s for k, s in zip((0, 3, 4, 6), st, strict=True)}
+        prefix = f"model.layers.{i}."
+
+        def capture(name: str, x: np.ndarray) -> None:
+            s = by_input.get(name[len(prefix) :])
+            if s is not None:
+                s.update(x, num_threads=model.num_threads)
+
+        hooks = Hooks(linear_input=capture)
     for a in range(0, n, per):
         b = min(n, a + per)
-        out = block_forward(model, i, src.read(a, b), b - a, hooks, dst is not None)
+        h = src.read(a, b)
+        if forward == "core":
+            out = block_forward_core(model, i, h, b - a, st, dst is not None)
+        else:
+            out = block_forward(model, i, h, b - a, hooks, dst is not None)
         if dst is not None:
             assert out is not None
             dst.write(a, b, out)
@@ -188,11 +341,16 @@ def prune_block(
     sequential: bool,
     batch_tokens: int,
     store: Callable[[str, np.ndarray], None],
+    forward: str = "python",
 ) -> list[Any]:
     """Calibrate block ``i`` on ``src``, prune its 7 linears (``store(name, weight)`` each
     result, in order), and write the inputs of block ``i + 1`` into ``dst`` (recomputed with
-    the pruned weights when ``sequential``, else the dense outputs). Returns the
-    LayerReports."""
+    the pruned weights when ``sequential``, else the dense outputs). ``forward``: "core"
+    or "python" (:func:`resolve_forward`). Returns the LayerReports.
+
+    This is the per-block building block of :func:`sparseforge.models.prune` and
+    :func:`sparseforge.models.streaming.prune_streaming` (public and stable: the Ray
+    pipeline builds on it)."""
     from .pipeline import prune_linear
 
     names = model.linear_names(i)
@@ -204,14 +362,9 @@ def prune_block(
         if g not in stats:
             stats[g] = LayerStats(int(model.weight(nm).shape[1]), hessian)
         by_name[nm] = stats[g]
-    feeds = {nm for nm in names if nm[len(prefix) :] in FEEDS}
-
-    def capture(name: str, x: np.ndarray) -> None:
-        if name in feeds:
-            by_name[name].update(x, num_threads=model.num_threads)
-
+    ordered = [stats[g] for g in range(4)]
     # Sequential: this pass only gathers statistics (outputs come after pruning).
-    run_block(model, i, src, None if sequential else dst, Hooks(linear_input=capture), batch_tokens)
+    run_block(model, i, src, None if sequential else dst, ordered, batch_tokens, forward)
     layers = []
     last_user = {id(by_name[nm]): nm for nm in names}  # free each share after its last user
     shares: dict[int, Any] = {}
@@ -234,5 +387,5 @@ def prune_block(
     stats.clear()  # free the Hessians before the next pass
     by_name.clear()
     if sequential:
-        run_block(model, i, src, dst, None, batch_tokens)
+        run_block(model, i, src, dst, None, batch_tokens, forward)
     return layers

@@ -459,8 +459,10 @@ class LlamaModel:
         return rt
 
     def _session_for(self, cache: Any) -> Any:
-        """The runtime session behind ``cache`` when the runtime serves this call."""
-        if not isinstance(cache, KVCache):
+        """The runtime session behind ``cache`` when the runtime serves this call (a
+        :class:`KVCache`, or a cache with a ``_runtime_session`` such as a
+        ``sparseforge.kv.PolicyCache`` with a built-in policy)."""
+        if not isinstance(cache, KVCache) and not hasattr(cache, "_runtime_session"):
             return None
         rt = self._runtime_model()
         if rt is None:
@@ -724,11 +726,13 @@ class LlamaModel:
         cache: DecodeCache,
         *,
         hooks: Hooks | None = None,
+        last_only: bool = False,
     ) -> F32Array:
         """Feed ``tokens`` after the ``cache.length`` cached ones; returns their logits
         float32 ``(T, vocab_size)`` and advances the cache by T. ``cache`` is a
         :class:`KVCache` or any :class:`DecodeCache` (e.g. a policy cache of
-        :mod:`sparseforge.kv`)."""
+        :mod:`sparseforge.kv`). ``last_only=True``: a prefill that computes the last
+        position's logits only, ``(1, vocab_size)`` (the head runs on one row)."""
         if not isinstance(cache, DecodeCache):
             raise TypeError(
                 f"cache: expected a KVCache or another DecodeCache, got {type(cache).__name__}"
@@ -763,14 +767,14 @@ class LlamaModel:
         if hooks is None:
             session = self._session_for(cache)
             if session is not None:
-                logits: F32Array = session.prefill(ids.tolist(), False)
+                logits: F32Array = session.prefill(ids.tolist(), bool(last_only))
                 return logits
             hooks = self._default_hooks
         h = self.embed(ids)
         for i in range(self.config.n_layers):
             h = self.block(i, h, hooks=hooks, cache=cache)
         cache.advance(int(ids.size))
-        return self.final(h)
+        return self.final(h[-1:] if last_only else h)
 
     def nll(
         self,
@@ -879,7 +883,7 @@ class LlamaModel:
             )
         _runtime.check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
         rng = np.random.default_rng(seed)
-        logits = self.step(ids, cache, hooks=hooks)[-1]
+        logits = self.step(ids, cache, hooks=hooks, last_only=True)[-1]
         out: list[int] = []
         while True:
             nxt = self._pick(logits, float(temperature), rng, int(top_k), float(top_p))

@@ -405,7 +405,9 @@ def calibration_windows(
     ``seqlen`` must then be None or its width). From a stream, ``nsamples`` windows start at
     positions drawn uniformly from ``[0, len - seqlen]`` with
     ``numpy.random.default_rng(seed)`` (the references draw random C4 segments); they may
-    overlap. ``seqlen`` defaults to ``min(max_seq_len, 2048)``.
+    overlap. ``seqlen`` defaults to ``min(max_seq_len, 2048)``. A stream with fewer than
+    ``nsamples`` distinct window starts (``len - seqlen + 1 < nsamples``) is a ValueError:
+    the windows could only repeat.
     """
     n = _int_arg(nsamples, "nsamples", 1)
     max_len = int(model.config.max_seq_len)
@@ -434,6 +436,11 @@ def calibration_windows(
         raise ValueError(
             f"calib: {ids.size} tokens are shorter than one calibration window: expected at "
             f"least seqlen={s} tokens"
+        )
+    if ids.size - s + 1 < n:
+        raise ValueError(
+            f"calib: {ids.size} tokens hold only {ids.size - s + 1} distinct windows of "
+            f"seqlen={s}, fewer than nsamples={n}: give more text, fewer or shorter windows"
         )
     rng = np.random.default_rng(int(seed))
     starts = rng.integers(0, ids.size - s + 1, size=n)
@@ -500,6 +507,7 @@ def prune(
     activations: str = "float32",
     spill: str | os.PathLike[str] | None = None,
     batch_tokens: int = 8192,
+    forward: str = "auto",
     **method_kwargs: Any,
 ) -> PruneReport:
     """Prune every block's 7 linears of ``model`` in place (``model.set_weight``), block by
@@ -545,6 +553,11 @@ def prune(
         (at least one window): each linear is one GEMM over the batch, attention runs per
         window. Bounds the block's intermediate activations (``batch_tokens *
         hidden_dim`` float32 values each).
+    forward : {"auto", "core", "python"}
+        The calibration forward: "core" runs each batch through a block in one C++ call
+        (the statistics fed in the core; plain Llama / Mistral / Qwen2 blocks with dense
+        weights), "python" the research forward (any family, numpy GEMMs); "auto" (default)
+        takes the core when it implements the model. Outputs agree to float32 rounding.
     **method_kwargs
         Passed to the method (e.g. ``percdamp=``, ``block_size=`` for sparsegpt,
         ``scope=`` for magnitude, ``variant=`` for wanda).
@@ -568,6 +581,7 @@ def prune(
     act_dtype = _calibration.activation_dtype(activations)
     bt = _int_arg(batch_tokens, "batch_tokens", 1)
     pattern_str = None if nm_pattern is None else str(nm_pattern)
+    fwd = _calibration.resolve_forward(model, forward)
     windows = calibration_windows(
         model, calib, nsamples=nsamples, seqlen=seqlen, seed=seed, bos=bos
     )
@@ -637,6 +651,7 @@ def prune(
             sequential=sequential,
             batch_tokens=bt,
             store=model.set_weight,
+            forward=fwd,
         )
         report.layers.extend(layers)
         src, dst = dst, src

@@ -131,8 +131,29 @@ def _fingerprint(src: Path, model: LlamaModel, names: list[str], settings: dict[
         raw, _ = _shard_header(Path(p))
         h.update(hashlib.sha256(raw).digest())
         h.update(str(Path(p).stat().st_size).encode())
+        h.update(_content_sample(Path(p)))
     h.update(json.dumps(settings, sort_keys=True, default=repr).encode())
     return h.hexdigest()
+
+
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16
+
+
+def _content_sample(path: Path) -> bytes:
+    """A digest of 16 evenly spaced 64 KiB pieces of a shard (its ends included): a source
+    rewritten with other weights of the same shapes (same headers) changes the fingerprint,
+    without reading a 7B model's 13 GB on every resume."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= _SAMPLES * _SAMPLE_BYTES:
+            h.update(f.read())
+        else:
+            step = (size - _SAMPLE_BYTES) // (_SAMPLES - 1)
+            for k in range(_SAMPLES):
+                f.seek(k * step)
+                h.update(f.read(_SAMPLE_BYTES))
+    return h.digest()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -186,6 +207,7 @@ def prune_streaming(
     error: bool = True,
     activations: str = "float32",
     batch_tokens: int = 8192,
+    forward: str = "auto",
     resume: bool = True,
     stop_after: int | None = None,
     num_threads: int | None = None,
@@ -201,7 +223,7 @@ def prune_streaming(
     out : path of the output directory: absent or empty for a new run, or the directory of
         an unfinished run with the same source and settings (continued when ``resume``).
     calib, method, sparsity, pattern, sequential, nsamples, seqlen, seed, bos, error,
-    activations, batch_tokens, **method_kwargs
+    activations, batch_tokens, forward, **method_kwargs
         As in :func:`sparseforge.models.prune`. The calibration states always live in
         memory-mapped files under ``out/.sparseforge-run``.
     resume : bool
@@ -244,6 +266,7 @@ def prune_streaming(
     c = stored.config
     live = _LiveWeights(stored._weights)
     model = LlamaModel(c, live, stored.tokenizer, source=str(src), num_threads=num_threads)
+    fwd = _calibration.resolve_forward(model, forward)
     n_stop = c.n_layers if stop_after is None else _int_arg(stop_after, "stop_after", 1)
     names = list(stored._weights)
     for i in range(c.n_layers):
@@ -266,6 +289,7 @@ def prune_streaming(
         "error": error,
         "activations": activations,
         "batch_tokens": bt,
+        "forward": fwd,
         "method_kwargs": {k: method_kwargs[k] for k in sorted(method_kwargs)},
         "windows": hashlib.sha256(np.ascontiguousarray(windows, np.int64).tobytes()).hexdigest(),
         "windows_shape": [n, s],
@@ -351,6 +375,7 @@ def prune_streaming(
                 sequential=sequential,
                 batch_tokens=bt,
                 store=store,
+                forward=fwd,
             )
             if not dst_a.all_finite():
                 raise ValueError(

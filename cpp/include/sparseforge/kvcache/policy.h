@@ -67,6 +67,9 @@ struct Budget {
   void validate(size_t num_layers) const;
   // Tokens a layer keeps for a prompt of `context` tokens.
   size_t resolve(size_t layer, size_t context) const;
+  // The same before flooring: context * fraction for a fraction (kvpress's PyramidKV uses
+  // this float), the count for a token budget.
+  double resolve_real(size_t layer, size_t context) const;
   // True when every entry is a token count (no fractions).
   bool all_tokens() const;
 };
@@ -81,6 +84,7 @@ struct PolicyOptions {
   size_t window = 64;             // SnapKV / PyramidKV observation window
   size_t kernel_size = 5;         // SnapKV pooling (odd)
   bool max_pool = false;          // SnapKV: max pooling instead of avg
+  bool keep_last = false;         // TOVA: the prompt's last token is never evicted at prefill
   double beta = 20.0;             // PyramidKV
   double alpha_safeguard = 0.2;   // AdaKV
   std::string scorer = "snapkv";  // AdaKV's scorer: snapkv, key_norm, random
@@ -115,6 +119,9 @@ class Policy {
   // Validates this policy against a cache before anything is appended (num_layers of a
   // per-layer budget, page bounds for Quest).
   virtual void check_cache(const PagedKVCache& cache) const;
+  // prefill()'s checks for a prompt of T tokens into `layer` (positions 0 .. T-1 when the
+  // layer is empty), without appending.
+  void check_prefill_at(const PagedKVCache& cache, size_t layer, size_t T) const;
 
   // The lock of callers that share this policy between threads (never taken by the core).
   std::mutex& mutex() const { return mu_.get(); }
@@ -178,8 +185,10 @@ class ScorerPolicy : public Policy {
 // ties: the older position is kept. Order-preserving compaction.
 void keep_top(PagedKVCache& cache, size_t layer, const double* scores, size_t ld, size_t n_keep);
 
-// PyramidKV's per-layer budgets (kvpress get_layer_budget); see docs/kvcache.md.
-std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, size_t budget, size_t window,
+// PyramidKV's per-layer budgets (kvpress get_layer_budget); see docs/kvcache.md. `budget`
+// is the average per layer, a count or kvpress's float T * (1 - compression_ratio); the
+// uniform fallback is max(1, round(budget)) (half to even, Python's round).
+std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, double budget, size_t window,
                                     double beta);
 
 // numpy's default_rng([seed, layer]).random(n): SeedSequence + PCG64 + 53-bit doubles, so the
@@ -224,6 +233,10 @@ class PolicyCache {
   void attend(size_t layer, ConstMatrixView<float> q, ConstMatrixView<float> k,
               ConstMatrixView<float> v, float scale, MatrixView<float> out, int num_threads);
   void advance(size_t T) { length_ += T; }
+  // The checks attend() would make for T new tokens on every layer (the policy's prefill
+  // checks: budget against the prompt, SnapKV's window, ...), so that a caller running all
+  // layers can refuse before the first layer appends anything.
+  void check_attend(size_t T) const;
   // Drops every token and the policy's per-sequence state.
   void reset();
   // Bytes held: K/V pages plus metadata (positions, scores, page bounds).

@@ -25,6 +25,7 @@
 #include <random>
 #include <vector>
 
+#include "sparseforge/kvcache/policy.h"
 #include "sparseforge/runtime/model.h"
 
 namespace sparseforge {
@@ -61,6 +62,13 @@ class Session {
   // capacity: tokens the cache holds, 1 <= capacity <= max_seq_len. The model must outlive
   // the session (or be replaced with set_model first). num_threads <= 0: the default.
   Session(const Model& model, size_t capacity, int num_threads = 0);
+  // A session over a paged cache with a KV policy (kvcache/policy.h): every layer's attention
+  // is the policy cache's attend (prefill: exact attention over the chunk then the policy's
+  // compression; decode: append, attention with its mass, eviction), so a whole step with
+  // any built-in policy is one call. The cache must match the model's layers, kv heads,
+  // head_dim, query heads and RoPE; it may already hold tokens (a prefilled or forked
+  // context), which the session continues. Capacity: max_seq_len positions.
+  Session(const Model& model, std::shared_ptr<kv::PolicyCache> cache, int num_threads = 0);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -70,12 +78,14 @@ class Session {
   // cached tokens stay. Throws InvalidArgument otherwise.
   void set_model(const Model& model);
 
-  size_t length() const { return length_; }
+  size_t length() const { return policy_ ? policy_->length() : length_; }
+  // The policy cache of a policy session (nullptr for the contiguous cache).
+  const std::shared_ptr<kv::PolicyCache>& policy_cache() const { return policy_; }
   size_t capacity() const { return capacity_; }
   int num_threads() const { return num_threads_; }
   void set_num_threads(int num_threads);
-  size_t kv_bytes() const;  // bytes the cache holds
-  void reset() { length_ = 0; }
+  size_t kv_bytes() const;  // bytes the cache holds (a policy cache: pages + metadata)
+  void reset();
 
   // Feeds T >= 1 tokens after the cached ones; logits: (T, vocab) float32, or (1, vocab)
   // for the last token only when last_only. Advances length by T.
@@ -89,12 +99,13 @@ class Session {
                                 const SamplingConfig& sampling, const std::vector<int64_t>& stop);
 
   // The cached keys (post-RoPE) and values of `layer`, rows 0 .. length-1: k and v each
-  // (length, Hkv * D) float32, caller-owned.
+  // (length, Hkv * D) float32, caller-owned. Contiguous sessions only.
   void read_kv(size_t layer, float* k, float* v) const;
 
  private:
   struct Scratch;
   void check_tokens(const int64_t* tokens, size_t T, const char* name) const;
+  void check_window(size_t total) const;
   void forward(const int64_t* tokens, size_t T, float* logits, bool last_only);
   void block(size_t i, size_t T);
 
@@ -102,6 +113,7 @@ class Session {
   size_t capacity_, ldk_, length_ = 0;
   int num_threads_;
   std::vector<float> k_, v_;  // per layer: Hkv*D*ldk keys (transposed), capacity*Hkv*D values
+  std::shared_ptr<kv::PolicyCache> policy_;  // set: the paged cache with a policy
   std::unique_ptr<Scratch> scratch_;
 };
 

@@ -262,6 +262,7 @@ class _CorePolicy(KVPolicy):
             "scorer": "snapkv",
             "dense_layers": 2,
             "seed": 0,
+            "keep_last": False,
         }
         opts.update(options)
         self.evict = None if evict is None else _evict_arg(evict)

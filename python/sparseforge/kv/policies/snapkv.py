@@ -13,7 +13,7 @@ class SnapKV(_CoreScorer):
     ``window`` queries attend causally to the prompt; the probabilities of the prefix keys
     are averaged over the window (``mean``), pooled along positions per query head (avg
     pool with zero padding, ``count_include_pad``, or max pool), averaged over each kv head's
-    group (SnapKV issue #22), and the window itself gets the maximum score so it is always
+    group (SnapKV issue #22), and the window itself gets the maximum score + 1 so it is always
     kept. Top ``B`` per kv head (``B`` includes the window). Needs ``B >= window`` and a
     prompt longer than the window."""
 

@@ -2,7 +2,8 @@
 ``presses/*.py``): research scorers in Python on the ``score(cache, layer, q, k)`` path of
 the score-once policies, and the presses that rewrite what they keep (ThinK's channel
 pruning, merging, composition). The token presses are registered in
-:data:`sparseforge.kv.POLICIES`; ThinK and Composed take other presses, not a budget."""
+:data:`sparseforge.kv.POLICIES`; ThinK and Composed take other presses and DuoAttention
+head scores, not a budget."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..policies import POLICIES
 from .chunkkv import ChunkKV
 from .composed import Composed
 from .cur import CUR
+from .duo_attention import DuoAttention, duo_attention_scores
 from .expected_attention import ExpectedAttention
 from .keydiff import KeyDiff
 from .lagkv import LagKV
@@ -21,12 +23,14 @@ __all__ = [
     "CUR",
     "ChunkKV",
     "Composed",
+    "DuoAttention",
     "ExpectedAttention",
     "KeyDiff",
     "LagKV",
     "Merging",
     "QFilter",
     "ThinK",
+    "duo_attention_scores",
     "qfilters_from_queries",
 ]
 
