@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
+from .. import _core
 from ..calib import LayerStats
 from ..kernels import _threads
 from .llama import LINEAR_SUFFIXES, Hooks, LlamaModel
