@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -102,7 +105,9 @@ class Stories:
         was = model.training
         model.eval()
         total = 0.0
+        dev = next(model.parameters()).device
         for w in self.eval_windows:
+            w = w.to(dev)
             total += float(model(w[None], labels=w[None]).loss)
         model.train(was)
         return total / len(self.eval_windows)
@@ -387,12 +392,85 @@ def part_lottery(steps: int, rate: float = 0.6, levels: int = 3) -> dict[str, An
             "load": load_avg()}  # fmt: skip
 
 
+def part_lottery2(steps: int, seed: int = 0, rate: float = 0.6, levels: int = 2,
+                  k: int | None = None, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """One seed of the lottery experiment with three arms per level: the ticket rewound to
+    initialisation (k = 0), the ticket rewound to iteration k (late rewinding, Frankle et
+    al. 2020; k = 10 % of the steps), and the k = 0 masks with a random re-initialisation.
+    Dense: trained from theta_0 for ``steps`` steps (theta_k saved on the way); level L
+    prunes ``rate`` of the remaining weights of the previous level's *trained* weights
+    (global magnitude), rewinds and retrains with a fresh AdamW (from theta_k: ``steps - k``
+    steps, the constant-LR schedule resumed at k)."""
+    st = Stories()
+    c = st.model.config
+    k = max(1, steps // 10) if k is None else k
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.dim,
+            intermediate_size=c.hidden_dim,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.n_kv_heads,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
+    )
+    model.to(device)
+    data = [b.to(device) for b in st.batches(steps, seed=50 + seed)]
+    saved: dict[str, Any] = {}
+
+    def train(sp: Any, start: int = 0, capture: bool = False) -> float:
+        opt = adamw(model, lr=3e-3)
+
+        def after(t: int) -> None:
+            if capture and t + 1 == k:
+                saved["theta_k"] = sft.snapshot(model)
+
+        sft.train(model, data[start:], opt, steps=steps - start, loss_fn=ce, sparsifier=sp,
+                  progress=False, after_step=after)  # fmt: skip
+        return st.eval_loss(model)
+
+    t0 = time.perf_counter()
+    sp = sft.Sparsifier(model, body_filter)
+    theta0 = sft.snapshot(model)
+    dense = train(sp, capture=True)
+    trained = sft.snapshot(model)
+    ones = {n: torch.ones_like(m) for n, m in sp.masks.items()}
+    rows = [{"level": 0, "sparsity": 0.0, "dense": dense}]
+    masks0 = {}
+    for level in range(1, levels + 1):  # rewind to 0
+        sp.prune(1 - (1 - rate) ** level, scope="global")
+        masks0[level] = {n: m.clone() for n, m in sp.masks.items()}
+        sft.rewind(model, theta0, sp)
+        rows.append({"level": level, "sparsity": sp.sparsity(), "ticket": train(sp)})
+    for level in range(1, levels + 1):  # random re-init of the same masks
+        sp.set_masks(masks0[level])
+        sft.rewind(model, theta0, sp)
+        sft.random_reinit(model, sp, seed=1000 + 10 * seed + level)
+        rows[level]["reinit"] = train(sp)
+    sp.set_masks(ones)  # late rewinding: a new IMP chain from the same trained dense model
+    sft.rewind(model, trained, sp)
+    for level in range(1, levels + 1):
+        sp.prune(1 - (1 - rate) ** level, scope="global")
+        sft.rewind(model, saved["theta_k"], sp)
+        rows[level]["ticket_k"] = train(sp, start=k)
+    for r in rows:
+        print(f"lottery2 seed {seed}: {r}", file=sys.stderr, flush=True)
+    return {"rows": rows, "steps": steps, "rate": rate, "k": k, "seed": seed,
+            "seconds": time.perf_counter() - t0, "load": load_avg(), "device": device}  # fmt: skip
+
+
 PARTS = {  # cheapest first
     "moe": part_moe,
     "srste": part_srste,
     "recovery": part_recovery,
     "curve": part_curve,
     "lottery": part_lottery,
+    "lottery2": part_lottery2,
 }
 
 
@@ -458,14 +536,236 @@ def _plot(res: dict[str, Any]) -> list[str]:
         fig.tight_layout()
         fig.savefig(RESULTS / "training-recovery.png", dpi=110)
         made.append("training-recovery.png")
+    sm_path = RESULTS / "training-smollm2-gpu.json"
+    if sm_path.is_file():
+        data = json.loads(sm_path.read_text())
+        arms = {k: v for k, v in data.items() if k != "dense"}
+        if arms and "dense" in data:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for k, row in arms.items():
+                ax.plot([p[0] for p in row["curve"]], [p[1] for p in row["curve"]], marker="o",
+                        label=k)  # fmt: skip
+            ax.axhline(data["dense"]["ppl"], color="gray", ls="--", label="dense")
+            ax.set_xlabel("distillation steps")
+            ax.set_ylabel("WikiText-2 perplexity")
+            ax.set_yscale("log")
+            ax.set_title("SmolLM2-135M: KD fine-tuning after pruning (H100)")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(RESULTS / "training-smollm2.png", dpi=110)
+            made.append("training-smollm2.png")
+    for tag, lot in _lottery2_groups(res).items():
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [row["sparsity"] for row in lot[0]["rows"][1:]]
+        for key, label in (("ticket", "ticket, rewind k = 0"), ("ticket_k", "ticket, rewind k"),
+                           ("reinit", "same mask, random re-init")):  # fmt: skip
+            vals = np.array([[r["rows"][i][key] for i in range(1, len(r["rows"]))] for r in lot])
+            ax.errorbar(xs, vals.mean(0), yerr=vals.std(0, ddof=1) if len(lot) > 1 else None,
+                        marker="o", capsize=3, label=label)  # fmt: skip
+        d = np.array([r["rows"][0]["dense"] for r in lot])
+        ax.axhline(d.mean(), color="gray", ls="--", label="dense (mean)")
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("held-out loss")
+        ax.set_title(f"lottery ticket, {len(lot)} seeds, {lot[0]['steps']} steps {tag}")
+        ax.legend()
+        fig.tight_layout()
+        name = f"training-lottery-seeds{tag}.png"
+        fig.savefig(RESULTS / name, dpi=110)
+        made.append(name)
     return made
+
+
+def _mean_sd(xs: list[float]) -> str:
+    a = np.asarray(xs, dtype=np.float64)
+    sd = a.std(ddof=1) if len(a) > 1 else float("nan")
+    return f"{a.mean():.3f} ± {sd:.3f}"
+
+
+def _lottery2_groups(res: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """lottery2<tag>-s<seed> entries grouped by tag ("" = this CPU)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for k in sorted(res):
+        m = re.fullmatch(r"lottery2(.*)-s(\d+)", k)
+        if m:
+            groups.setdefault(m.group(1), []).append(res[k])
+    return groups
+
+
+def _lottery2_md(res: dict[str, Any]) -> list[str]:
+    L: list[str] = []
+    for tag, runs in _lottery2_groups(res).items():
+        L += _lottery2_group_md(tag, runs)
+    return L
+
+
+def _lottery2_group_md(tag: str, runs: list[dict[str, Any]]) -> list[str]:
+    r0 = runs[0]
+    dev = r0.get("device", "cpu")
+    where = "this CPU, shared" if dev == "cpu" else "H100 device machine"
+    cmd = (
+        f"python bench/bench_training.py --only lottery2 --steps {r0['steps']} --seeds "
+        f"{' '.join(str(r['seed']) for r in runs)}"
+        + (f" --device {dev} --tag {tag}" if tag else "")
+        + ""
+    )
+    levels = len(r0["rows"])
+    L = [f"## 3b. Lottery ticket over {len(runs)} seeds, with late rewinding ({where}) "
+         f"(stories260K's shape from scratch, {r0['steps']} steps per training, "
+         f"{100 * r0['rate']:.0f} % of the remaining weights pruned per level, global "
+         f"magnitude; rewind to k = 0 or k = {r0['k']} steps)", "",
+         "Each seed: its own init and data order. Dense trained from theta_0 (theta_k saved "
+         "on the way); k = 0 ticket: prune the trained weights, rewind survivors to theta_0, "
+         "retrain with a fresh AdamW; random re-init: the k = 0 masks with torch's default "
+         f"init; late rewinding: its own IMP chain from the same trained dense model, rewound "
+         f"to theta_k and trained the remaining {r0['steps'] - r0['k']} steps. Held-out loss "
+         "(second half of the TinyStories excerpt), mean ± sample std over seeds "
+         f"({', '.join(str(r['seed']) for r in runs)}).", "",
+         f"Reproduce: `{cmd}` (the CPU seeds were run one process each, side by side).", "",
+         "| level | sparsity | dense | ticket k = 0 | ticket k | random re-init |",
+         "|---|---|---|---|---|---|"]  # fmt: skip
+    for lv in range(levels):
+        rows = [r["rows"][lv] for r in runs]
+        if lv == 0:
+            L.append(f"| 0 | 0.000 | {_mean_sd([x['dense'] for x in rows])} | | | |")
+            continue
+        L.append(f"| {lv} | {rows[0]['sparsity']:.3f} | | "
+                 f"{_mean_sd([x['ticket'] for x in rows])} | "
+                 f"{_mean_sd([x['ticket_k'] for x in rows])} | "
+                 f"{_mean_sd([x['reinit'] for x in rows])} |")  # fmt: skip
+    L += ["", "Per seed (dense; then per level ticket k=0 / ticket k / re-init): " + "; ".join(
+        f"seed {r['seed']}: {r['rows'][0]['dense']:.3f}; " + ", ".join(
+            f"{x['ticket']:.3f}/{x['ticket_k']:.3f}/{x['reinit']:.3f}" for x in r["rows"][1:])
+        for r in runs) + ".", "",
+        "Wall s (load) per seed: " + ", ".join(
+            f"{r['seconds']:.0f} ({r['load']})" for r in runs) + ".", ""]  # fmt: skip
+    return L
+
+
+def _smollm2_md() -> list[str]:
+    """Sections 1b (SparseGPT + KD recovery) and 4 (Minitron vs Wanda) from the GPU run
+    (training-smollm2-gpu.json: the full-size run) and the CPU run (training-smollm2.json:
+    the few steps the shared 2-core machine allowed)."""
+    L: list[str] = []
+    runs = []
+    for name, where in (("training-smollm2-gpu.json", "gpu"), ("training-smollm2.json", "cpu")):
+        path = RESULTS / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            dense = data.get("dense", {}).get("ppl")
+            arms = {k: v for k, v in data.items() if k != "dense"}
+            if arms and dense is not None:
+                runs.append((where, dense, arms))
+    if not runs:
+        return []
+
+    def table(arms: dict[str, Any], dense: float, keys: list[str]) -> list[str]:
+        out = ["| arm | params (non-zero) | ppl one-shot | ppl after | gap recovered | steps | "
+               "tokens | zeros kept | prune s | train s (s/step) | load |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for k in keys:
+            if k not in arms:
+                continue
+            row = arms[k]
+            after = row["curve"][-1][1]
+            gap = row["before"] - dense
+            rec = (row["before"] - after) / gap if gap > 0 else float("nan")
+            steps = row.get("steps", 0)
+            per = row["train_s"] / steps if steps else float("nan")
+            done = "" if row.get("complete") else " (partial)"
+            loads = row["loads"]
+            load = f"{min(loads)}-{max(loads)}" if loads else "?"
+            out.append(f"| {k}{done} | {row['nonzero_params']:,} | {row['before']:.2f} | "
+                       f"{after:.2f} | {100 * rec:.0f} % | {steps} | {row.get('tokens', 0):,} | "
+                       f"{row.get('zeros_kept', '—')} | {row['prune_s']:.0f} | "
+                       f"{row['train_s']:.0f} ({per:.2f}) | {load} |")  # fmt: skip
+        out += ["", "Curve (WikiText-2 ppl after n steps): " + "; ".join(
+            f"{k}: " + ", ".join(f"{n}: {v:.2f}" for n, v in arms[k]["curve"])
+            for k in keys if k in arms) + ".", ""]  # fmt: skip
+        return out
+
+    def setup(where: str, dense: float, cfg: dict[str, Any]) -> list[str]:
+        if where == "gpu":
+            machine = (
+                "Run on the device machine: one NVIDIA H100 80GB (fp32, torch "
+                "2.11.0+cu130, transformers 5.17), the core's one-shot statistics on its "
+                "16 CPU cores. The shared 2-core CPU here gave a SmolLM2 training step "
+                "1-5 minutes (load 17-37), so a few hundred steps could only run there."
+            )
+            cmd = (
+                "`python bench/bench_training_smollm2.py --device cuda --arm sparsegpt-2:4 "
+                f"sparsegpt-50 minitron wanda-mlp --steps {cfg.get('steps')} --eval-every "
+                f"{cfg.get('eval_every')} --batch {cfg.get('batch')} --seq {cfg.get('seq')} "
+                f"--eval-windows {cfg.get('eval_windows')} --eval-len {cfg.get('eval_len')} "
+                f"--calib-n {cfg.get('calib_n')} --calib-len {cfg.get('calib_len')} --lr "
+                f"{cfg.get('lr')} --threads 16 --ckpt-dir '' --out "
+                "bench/results/training-smollm2-gpu.json`"
+            )
+        else:
+            machine = (
+                "Run on this machine's CPU (2 cores shared by ~9 sessions, load 17-37, "
+                "niced, 1 thread): a step took minutes, so only this many steps; a "
+                "direction check, not a result."
+            )
+            cmd = (
+                "`nice -n 10 python bench/bench_training_smollm2.py --arm ARM --steps "
+                f"{cfg.get('steps')} --eval-every {cfg.get('eval_every')} --batch "
+                f"{cfg.get('batch')} --seq {cfg.get('seq')} --eval-windows "
+                f"{cfg.get('eval_windows')} --eval-len {cfg.get('eval_len')} --calib-n "
+                f"{cfg.get('calib_n')}`"
+            )
+        text = (
+            f"{machine} Evaluation: the first {cfg.get('eval_windows')} windows of "
+            f"{cfg.get('eval_len')} tokens of WikiText-2 *test* (never trained or "
+            f"calibrated on); dense (Q4_1 GGUF dequantized to float32) ppl {dense:.2f} on "
+            "them. Calibration and training text: the TinyStories validation excerpt "
+            "(WikiText-2 train is not on this machine; the domain shift makes both the "
+            "one-shot damage and the recovery on WikiText-2 worse than with in-domain "
+            f"text). Calibration {cfg.get('calib_n')} x {cfg.get('calib_len')} tokens. "
+            f"Fine-tuning: batch {cfg.get('batch')} x {cfg.get('seq')} tokens, AdamW lr "
+            f"{cfg.get('lr')} constant, no weight decay, logit KD (T = 1, forward KL, no "
+            "CE: Minitron's recipe) from the dense model, tied embedding/head frozen, "
+            "masks kept by `Sparsifier` (zeros checked exactly at the end)."
+        )
+        return [text, "", f"Reproduce: {cmd}, then `python bench/bench_training.py --report`.",
+                ""]  # fmt: skip
+
+    for where, dense, arms in runs:
+        cfg = next(iter(arms.values())).get("config", {})
+        tag = "H100" if where == "gpu" else "CPU, shared"
+        if any(k.startswith("sparsegpt") for k in arms):
+            L += [f"## 1b. Recovery on SmolLM2-135M ({tag}): SparseGPT one-shot, then masked "
+                  "fine-tuning with distillation", ""]  # fmt: skip
+            L += setup(where, dense, cfg)
+            L += table(arms, dense, ["sparsegpt-2:4", "sparsegpt-50"])
+        if "minitron" in arms or "wanda-mlp" in arms:
+            m = arms.get("minitron", {})
+            w = arms.get("wanda-mlp", {})
+            L += [f"## 4. Minitron on SmolLM2-135M ({tag}): MLP width -30 % with "
+                  "`sf.structured`, then distillation, against Wanda at equal parameter count",
+                  "",
+                  "Minitron: `sf.structured.importance` (activations on the calibration "
+                  f"windows) + `sf.structured.width(hidden_dim={m.get('hidden_dim', '?')})` "
+                  "(1536 -> 1075 neurons in every block, weights physically smaller), "
+                  "converted with `sft.to_transformers`. Wanda: unstructured per-row Wanda on "
+                  f"the MLP linears only, sparsity {w.get('sparsity', float('nan')):.4f}, so "
+                  "the MLP keeps as many non-zero weights as Minitron's smaller MLP "
+                  f"({m.get('mlp_params', 0):,}; per-row rounding leaves Wanda 80,640 more, "
+                  "0.07 %); attention untouched in both. Both then get the same distillation "
+                  "(same steps, batches and settings as 1b). Minitron's parameter count is "
+                  "physical (smaller matrices, faster dense matmuls); Wanda's is non-zeros in "
+                  "dense-shaped matrices.", ""]  # fmt: skip
+            if "sparsegpt-2:4" not in arms:
+                L += setup(where, dense, cfg)
+            L += table(arms, dense, ["minitron", "wanda-mlp"])
+    return L
 
 
 def write_md(res: dict[str, Any]) -> None:
     L = ["# Training-time sparsity (sparseforge.torch)", ""]
     L.append(
         "Measured on this machine's CPU (2 cores, **shared** with several other jobs: the "
-        "load average is printed beside each wall time; times are a rough guide only). "
+        "load average is printed beside each wall time; times are a rough guide only), except "
+        "the SmolLM2-135M runs of sections 1b and 4 (H100 device machine, said there). "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Training text: first "
         "half of the TinyStories validation excerpt; every held-out loss/perplexity: windows "
         f"of its second half (disjoint). Batches of {BATCH} x {SEQ} tokens, AdamW."
@@ -516,6 +816,8 @@ def write_md(res: dict[str, Any]) -> None:
             re = f"{row['reinit']:.4f}" if "reinit" in row else "—"
             L.append(f"| {row['level']} | {row['sparsity']:.3f} | {row['ticket']:.4f} | {re} |")
         L += ["", f"Wall time {r['seconds']:.0f} s (load {r['load']}).", ""]
+    L += _lottery2_md(res)
+    L += _smollm2_md()
     if "srste" in res:
         r = res["srste"]
         L += [
@@ -556,11 +858,6 @@ def write_md(res: dict[str, Any]) -> None:
         L.append("")
     for png in _plot(res):
         L += [f"![{png}]({png})", ""]
-    L += [
-        "Not run here: SmolLM2-135M recovery and Minitron width-pruning recovery "
-        "(results 1 and 4 of the issue at SmolLM2 scale) — see docs/training.md.",
-        "",
-    ]
     (RESULTS / "training.md").write_text("\n".join(L))
 
 
@@ -569,18 +866,39 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=sorted(PARTS), default=None)
     ap.add_argument("--steps", type=int, default=None, help="override every part's steps")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="lottery2: the seed (key lottery2-sN)")
+    ap.add_argument("--report", action="store_true", help="only rewrite training.md")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="lottery2: several")
+    ap.add_argument("--device", default="cpu", help="lottery2 only")
+    ap.add_argument("--tag", default="", help="lottery2: key lottery2<tag>-sN")
     args = ap.parse_args()
     torch.set_num_threads(2)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cache = RESULTS / "training.json"
     res: dict[str, Any] = {} if args.fresh or not cache.exists() else json.loads(cache.read_text())
-    defaults = {"moe": 150, "srste": 60, "recovery": 60, "curve": 50, "lottery": 80}
-    for name in args.only or list(PARTS):
+    defaults = {"moe": 150, "srste": 60, "recovery": 60, "curve": 50, "lottery": 80,
+                "lottery2": 80}  # fmt: skip
+    names = [] if args.report else (args.only or [n for n in PARTS if n != "lottery2"])
+    for name in names:
         steps = args.steps or defaults[name]
         print(f"== {name} ({steps} steps, load {load_avg()})", file=sys.stderr, flush=True)
-        res[name] = PARTS[name](steps)
-        cache.write_text(json.dumps(res, indent=1))
-        write_md(res)
+        if name == "lottery2":
+            items = []
+            for sd in args.seeds if args.seeds is not None else [args.seed]:
+                v = part_lottery2(steps, seed=sd, device=args.device)
+                items.append((f"lottery2{args.tag}-s{sd}", v))
+        else:
+            items = [(name, PARTS[name](steps))]
+        lock = Path(tempfile.gettempdir()) / "sf-bench-training.json.lock"
+        with open(lock, "w") as lk:  # several seeds may run side by side
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            res = json.loads(cache.read_text()) if cache.exists() else {}
+            res.update(items)
+            tmp = cache.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            os.replace(tmp, cache)
+    if cache.exists():
+        res = json.loads(cache.read_text())
     write_md(res)
 
 

@@ -64,7 +64,7 @@ def test_quickstart_notebook_cells_run(capsys: pytest.CaptureFixture[str]) -> No
 
 _BIN = realdata.stories260k_path()
 _ENV = {} if _BIN is None else {"SPARSEFORGE_DATA": str(_BIN.parent.parent)}
-needs_stories = pytest.mark.skipif(_BIN is None, reason="stories260K not found")
+needs_stories = realdata.needs_stories
 
 
 def _example(name: str, *args: str) -> str:

@@ -62,10 +62,13 @@ def test_kd_refuses_vocab_mismatch() -> None:
             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
         ))  # fmt: skip
 
-    student, teacher = llama(32), llama(48)
+    student, teacher = llama(32), llama(48).train()
     with pytest.raises(ValueError, match="teacher: vocabulary size 48"):
         sft.Distiller(student, teacher)
     assert all(p.requires_grad for p in teacher.parameters())  # untouched
+    assert teacher.training  # not switched to eval mode either
+    with pytest.raises(ValueError, match="temperature:"):
+        sft.Distiller(student, llama(32).train(), temperature=-1.0)
     d = sft.Distiller(student, llama(32), alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=0.1)
     ids = torch.randint(0, 32, (2, 6))
     loss, parts = d.loss(ids)
@@ -99,6 +102,47 @@ def test_to_transformers_matches_sparseforge_forward_and_width_pruned() -> None:
     with torch.no_grad():
         got = hf_small(torch.from_numpy(ids)[None]).logits[0].numpy()
     np.testing.assert_allclose(got, small.forward(ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(realdata.stories260k_path() is None, reason="stories260K not found")
+@pytest.mark.parametrize("slice_head", [False, True])
+def test_to_torch_sliced_student_matches_sparseforge_and_distils(slice_head: bool) -> None:
+    from sparseforge import models as sm
+    from sparseforge import structured
+
+    model = sm.load(realdata.stories260k_path())
+    text = (realdata.stories260k_path().parent.parent / "tinystories-valid-excerpt"
+            / "tinystories_val.txt").read_text()[:6000]  # fmt: skip
+    windows = sm.calibration_windows(model, text, nsamples=4, seqlen=32)
+    sliced = structured.slicegpt(model, windows, dim=48, slice_head=slice_head)
+    assert sliced.config.residual_dims
+    with pytest.raises(ValueError, match="to_torch"):
+        sft.to_transformers(sliced)
+    student = sft.to_torch(sliced)
+    ids = np.array([1, 403, 407, 261, 378, 410, 268, 285, 300], dtype=np.int64)
+    with torch.no_grad():
+        got = student(torch.from_numpy(ids)[None]).logits[0].numpy()
+    np.testing.assert_allclose(got, sliced.forward(ids), rtol=1e-4, atol=1e-4)
+    # a plain model goes through transformers
+    assert type(sft.to_torch(model)).__name__ == "LlamaForCausalLM"
+    # distillation from the dense teacher: finite loss, gradients reach the shortcuts,
+    # and a few steps lower the KD loss on the batch
+    teacher = sft.to_transformers(model)
+    d = sft.Distiller(student, teacher, alpha_kd=1.0, alpha_hidden=0.0)
+    batch = torch.from_numpy(windows[:2].astype(np.int64))
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss, _parts = d.loss(batch)
+        loss.backward()
+        assert student.model.layers[0].attn_shortcut.weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    # masks work on it too (HF-style names)
+    sp = sft.Sparsifier.from_zeros(student)
+    assert "model.layers.0.attn_shortcut" in sp.modules
 
 
 # -- MoE ------------------------------------------------------------------------------

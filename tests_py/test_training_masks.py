@@ -182,6 +182,30 @@ def test_mask_file_for_another_model_is_refused(tmp_path) -> None:  # type: igno
         sp.set_masks({"nope": torch.ones(2, 2, dtype=torch.bool)})
 
 
+def test_state_dict_with_masks_for_another_model_leaves_the_model_untouched() -> None:
+    model = MLP()
+    sft.Sparsifier(model, ["fc1", "fc2"]).prune(0.5)
+    state = model.state_dict()
+    for other, match in [
+        (MLP(d_hidden=32), r"state_dict: fc1\.sparsity_mask has shape \(24, 16\)"),
+        (torch.nn.Sequential(torch.nn.Linear(16, 24)), "state_dict: fc1.sparsity_mask names no"),
+    ]:
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(ValueError, match=match):
+            sfm.load_state_dict_with_masks(other, state)
+        after = other.state_dict()
+        assert set(after) == set(before)  # no mask buffer was added
+        for k, v in after.items():
+            assert torch.equal(v, before[k])
+        assert all(not m._backward_hooks for m in other.modules())
+    # the same names and shapes but a missing entry
+    partial = {k: v for k, v in state.items() if k != "head.bias"}
+    fresh = MLP()
+    with pytest.raises(ValueError, match=r"state_dict: written for another model \(missing"):
+        sfm.load_state_dict_with_masks(fresh, partial)
+    assert "fc1.sparsity_mask" not in fresh.state_dict()
+
+
 # -- schedules ------------------------------------------------------------------------
 
 

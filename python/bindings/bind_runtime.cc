@@ -205,7 +205,9 @@ std::unique_ptr<PyModel> load_model(const std::string& path, bool verify, int nu
 struct PySession {
   std::unique_ptr<sr::Session> session;
   py::object model_ref;
-  std::mutex mutex;  // one call at a time (the GIL is released inside)
+  // One call at a time, the readers included (threads may share a session): every method
+  // holds it through ObjectLock (bindings.h), which waits with the GIL released.
+  std::mutex mutex;
 };
 
 std::unique_ptr<PySession> make_session(const py::object& model_obj, size_t capacity,
@@ -250,8 +252,8 @@ py::array_t<float> prefill(PySession& s, const std::vector<int64_t>& tokens, boo
   float* out = logits.mutable_data();
   {
     PolicyLocks locks(*s.session);
+    ObjectLock lock(s.mutex);
     py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(s.mutex);
     s.session->prefill(tokens.data(), tokens.size(), out, last_only);
   }
   return logits;
@@ -310,8 +312,8 @@ void register_runtime(py::module_& m) {
             cfg.top_p = top_p;
             cfg.seed = seed;
             PolicyLocks locks(*s.session);
+            ObjectLock lock(s.mutex);
             py::gil_scoped_release release;
-            std::lock_guard<std::mutex> lock(s.mutex);
             return s.session->generate(prompt.data(), prompt.size(), max_new, cfg, stop);
           },
           py::arg("prompt"), py::arg("max_new_tokens"), py::arg("temperature"), py::arg("top_k"),
@@ -320,7 +322,7 @@ void register_runtime(py::module_& m) {
           "read_kv",
           [](PySession& s, size_t layer) {
             const sr::ModelConfig& c = s.session->model().config;
-            std::lock_guard<std::mutex> lock(s.mutex);
+            ObjectLock lock(s.mutex);
             const auto n = static_cast<py::ssize_t>(s.session->length());
             const std::vector<py::ssize_t> shape{n, static_cast<py::ssize_t>(c.n_kv_heads),
                                                  static_cast<py::ssize_t>(c.head_dim)};
@@ -333,7 +335,7 @@ void register_runtime(py::module_& m) {
           "set_model",
           [](PySession& s, const py::object& model_obj) {
             PyModel& m = model_obj.cast<PyModel&>();
-            std::lock_guard<std::mutex> lock(s.mutex);
+            ObjectLock lock(s.mutex);
             s.session->set_model(m.model);
             m.frozen = true;
             s.model_ref = model_obj;
@@ -342,19 +344,31 @@ void register_runtime(py::module_& m) {
       .def("reset",
            [](PySession& s) {
              PolicyLocks locks(*s.session);
-             std::lock_guard<std::mutex> lock(s.mutex);
+             ObjectLock lock(s.mutex);
              s.session->reset();
            })
       .def_property(
-          "num_threads", [](const PySession& s) { return s.session->num_threads(); },
+          "num_threads",
+          [](PySession& s) {
+            ObjectLock lock(s.mutex);
+            return s.session->num_threads();
+          },
           [](PySession& s, int n) {
             const int threads = threads_arg(n);
-            std::lock_guard<std::mutex> lock(s.mutex);
+            ObjectLock lock(s.mutex);
             s.session->set_num_threads(threads);
           })
-      .def_property_readonly("length", [](const PySession& s) { return s.session->length(); })
+      .def_property_readonly("length",
+                             [](PySession& s) {
+                               ObjectLock lock(s.mutex);
+                               return s.session->length();
+                             })
       .def_property_readonly("capacity", [](const PySession& s) { return s.session->capacity(); })
-      .def_property_readonly("kv_bytes", [](const PySession& s) { return s.session->kv_bytes(); })
+      .def_property_readonly("kv_bytes",
+                             [](PySession& s) {
+                               ObjectLock lock(s.mutex);
+                               return s.session->kv_bytes();
+                             })
       .def_property_readonly("model", [](const PySession& s) { return s.model_ref; });
 }
 

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from ._validate import check_int
 from .kernels import _threads
 
 if TYPE_CHECKING:
@@ -241,8 +242,7 @@ class Session:
         transposed: Mapping[str, Any] | None = None,
         num_threads: int | None = None,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
-            raise TypeError(f"capacity: expected an int, got {type(capacity).__name__}")
+        check_int(capacity, "capacity")
         if isinstance(model, _core.runtime.RuntimeModel):
             if thresholds is not None or transposed is not None:
                 raise ValueError("thresholds: a loaded RuntimeModel takes no TEAL arguments")

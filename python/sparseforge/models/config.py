@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
+
+from .._validate import check_int, check_number
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "ROPE_STYLES", "LlamaConfig", "ModelConfig"]
 
@@ -32,21 +33,11 @@ LIMITS = {
 
 
 def _positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name}: expected an int > 0, got {value}")
-    if name in LIMITS and int(value) > LIMITS[name]:
-        raise ValueError(f"{name}: expected an int <= {LIMITS[name]}, got {value}")
+    check_int(value, name, 1, LIMITS.get(name))
 
 
 def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+    check_number(value, name, 0, None, lo_open=not allow_zero)
 
 
 @dataclass(frozen=True)
@@ -167,8 +158,7 @@ class LlamaConfig:
                 f"n_kv_heads: {self.n_kv_heads} does not divide n_heads={self.n_heads} "
                 "(grouped-query attention)"
             )
-        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, numbers.Integral):
-            raise TypeError(f"head_dim: expected an int, got {type(self.head_dim).__name__}")
+        check_int(self.head_dim, "head_dim")
         if self.head_dim == 0:
             if self.dim % self.n_heads != 0:
                 raise ValueError(

@@ -40,6 +40,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from .. import _progress
+from .._validate import check_bool
 from . import _export_io as io
 from .export_hf import ExportReport, check_expressible
 from .gguf import (
@@ -313,6 +315,7 @@ def export_gguf(
     overwrite: bool = False,
     tokenizer: bool = True,
     name: str | None = None,
+    progress: bool | None = None,
 ) -> ExportReport:
     """Write ``model`` as a GGUF file that llama.cpp runs (and
     :func:`sparseforge.models.load` reads back).
@@ -330,6 +333,9 @@ def export_gguf(
         Embed the tokenizer (default); False writes the weights and hyper parameters only.
     name : str, optional
         ``general.name`` (default: from the model's family).
+    progress : bool or None
+        A progress bar over the tensors on stderr (None: when stderr is a terminal or
+        ``SPARSEFORGE_PROGRESS=1``; False: quiet).
 
     Returns
     -------
@@ -348,10 +354,10 @@ def export_gguf(
     target = io.check_out_file(out, overwrite)
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
-    if not isinstance(tokenizer, bool):
-        raise TypeError(f"tokenizer: expected a bool, got {type(tokenizer).__name__}")
+    check_bool(tokenizer, "tokenizer")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    _progress.check_progress(progress)
     check_expressible(model)
     gguf = _import_gguf()
     from .gguf import permute_qk
@@ -410,7 +416,8 @@ def export_gguf(
         w.add_tensor_info(gname, byte_shape, np.dtype(np_dtype), nbytes, raw_dtype=raw)
 
     zeros = 0
-    with io.atomic_file(target) as tmp:
+    bar = _progress.bar(len(plan), "sparseforge export_gguf", unit="tensors", progress=progress)
+    with bar, io.atomic_file(target) as tmp:
         try:
             w.write_header_to_file(path=tmp)
             w.write_kv_data_to_file()
@@ -426,6 +433,7 @@ def export_gguf(
                 if io.is_linear(hf_name):
                     zeros += int(a.size - np.count_nonzero(a))
                 w.write_tensor_data(_encode(a, kind, gguf))
+                bar.update()
         finally:
             w.close()
     report = ExportReport(target, {target.name: target.stat().st_size}, len(plan), zeros)

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import _progress
+from .._validate import check_bool
 from . import _export_io as io
 from . import compressed_tensors as ct
 from .llama import LlamaModel
@@ -379,6 +381,7 @@ def export_hf(
     overwrite: bool = False,
     tokenizer: bool = True,
     compression: str | None = None,
+    progress: bool | None = None,
 ) -> ExportReport:
     """Write ``model`` as a Hugging Face model directory that
     ``transformers.AutoModelForCausalLM.from_pretrained(out)`` loads.
@@ -408,6 +411,9 @@ def export_hf(
         dense. transformers reads these only through the compressed-tensors package
         (docs/export.md says which versions); :func:`sparseforge.models.load` reads them
         into compressed tensors.
+    progress : bool or None
+        A progress bar over the tensors on stderr (None: when stderr is a terminal or
+        ``SPARSEFORGE_PROGRESS=1``; False: quiet).
 
     Returns
     -------
@@ -426,13 +432,13 @@ def export_hf(
     target = io.check_out_dir(out, overwrite)
     dt = io.parse_dtype(dtype)
     limit = parse_size(max_shard_size)
-    if not isinstance(tokenizer, bool):
-        raise TypeError(f"tokenizer: expected a bool, got {type(tokenizer).__name__}")
+    check_bool(tokenizer, "tokenizer")
     if compression is not None and compression not in ("sparse-24-bitmask", "sparse-bitmask"):
         raise ValueError(
             "compression: expected None, 'sparse-24-bitmask' or 'sparse-bitmask', got "
             f"{compression!r}"
         )
+    _progress.check_progress(progress)
     check_expressible(model)
     tok_files = _tokenizer_files(model) if tokenizer and model.tokenizer is not None else {}
 
@@ -486,7 +492,8 @@ def export_hf(
 
     files: dict[str, int] = {}
     zeros = 0
-    with io.atomic_directory(target) as tmp:
+    bar = _progress.bar(len(names), "sparseforge export_hf", unit="tensors", progress=progress)
+    with bar, io.atomic_directory(target) as tmp:
         weight_map: dict[str, str] = {}
         for k, shard in enumerate(shards):
             fname = (
@@ -503,6 +510,7 @@ def export_hf(
                     arrays += ct.compressed_entries(model, n, str(compression), a)
                 else:
                     arrays.append((n, a))
+                bar.update()
             for key, _ in arrays:
                 weight_map[key] = fname
             with open(tmp / fname, "wb") as f:

