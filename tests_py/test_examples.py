@@ -167,3 +167,41 @@ def test_pictures_notebook_cells_run(capsys: pytest.CaptureFixture[str]) -> None
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+# -- the C++ twins -------------------------------------------------------------------------
+
+
+def test_sparsegpt_layer_script_matches_the_numbers_it_checks() -> None:
+    # examples/cpp/sparsegpt_stream_example.cc prints the same lines (CI's consumer step
+    # runs both and compares them).
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "sparsegpt_layer.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "ok"
+    err = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^\s+(\S+ \S+)\s+([0-9.]+)", out.stdout, re.MULTILINE)
+    }
+    # SparseGPT from the streamed statistics reconstructs the layer better than magnitude.
+    assert err["SparseGPT 2:4"] < 0.7 * err["magnitude 2:4"]
+    assert err["SparseGPT 50%"] < err["SparseGPT 2:4"]
+
+
+def test_umbrella_header_includes_every_public_header() -> None:
+    include = Path(__file__).resolve().parent.parent / "cpp" / "include"
+    umbrella = (include / "sparseforge" / "sparseforge.h").read_text()
+    listed = set(re.findall(r'^#include "(sparseforge/[^"]+)"', umbrella, re.MULTILINE))
+    headers = {
+        p.relative_to(include).as_posix()
+        for p in (include / "sparseforge").rglob("*.h")
+        if p.name != "sparseforge.h"
+    }
+    assert headers - listed == set(), "add these to cpp/include/sparseforge/sparseforge.h"
+    assert listed - headers == set()
