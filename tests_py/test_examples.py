@@ -47,6 +47,30 @@ def test_generate_script_saves_a_model_the_runtime_reads(tmp_path: Path) -> None
     assert s.prefill([1, 2]).shape[0] == 2
 
 
+def test_teal_kv_decode_script_saves_what_the_cpp_twin_reads(tmp_path: Path) -> None:
+    import sparseforge as sf
+
+    path = tmp_path / "model.sf"
+    args = ["--save", str(path), "--tokens", "12", "--budget", "8"]
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "teal_kv_decode.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "TEAL 50% + full cache" in out.stdout
+    assert "TEAL 50% + H2O 8, cache" in out.stdout
+    # what examples/cpp/kv_policy_example.cc loads: the model and one threshold per linear
+    rt = sf.runtime.load(path)
+    lines = (tmp_path / "model.sf.teal").read_text().split("\n")
+    entries = [ln.split() for ln in lines if ln]
+    assert all(len(e) == 2 and float(e[1]) >= 0 for e in entries)
+    assert len(entries) == 7 * len({e[0].split(".")[2] for e in entries})
+    assert rt.vocab_size > 0
+
+
 def test_quickstart_notebook_cells_run(capsys: pytest.CaptureFixture[str]) -> None:
     nb = json.loads((EXAMPLES / "quickstart.ipynb").read_text())
     namespace: dict[str, object] = {}
