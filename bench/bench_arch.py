@@ -183,12 +183,18 @@ def main() -> int:
     lines += [
         "",
         "Why not equal: for Q4_K / Q5_0 / Q6_K / Q8_0 weights llama.cpp's CPU matmul "
-        "quantizes the activations to 8 bits (Q8_K / Q8_0 blocks) before each dot product, "
-        "and for F16 weights rounds them to F16; sparseforge dequantizes the weights and "
-        "multiplies in float32. Those roundings move logits by a few 1e-3 of their range "
-        "and perplexity by well under 1 %. The exact oracle is transformers reading the same "
-        "GGUF in float32 (tests_py/test_arch_gguf.py: logits within 1e-4 relative, 600 "
-        "tokens, past the window).",
+        "quantizes the activations to 8 bits (Q8_K / Q8_0 blocks) before each dot product "
+        "(the 262,144-row tied head included), and for F16 weights rounds them to F16; "
+        "sparseforge dequantizes the weights and multiplies in float32. The F16 row isolates "
+        "the model conventions (Gemma's 1 + w norms, QK-norm, the 5:1 local/global pattern "
+        "with its 512-token window and two RoPE bases, the embedding scale): with only F16 "
+        "activation rounding left, perplexity agrees to 0.05 % and the argmax everywhere. "
+        "On the quantized file the 8-bit activations of 18 blocks and the head add up to "
+        "1.5 % of perplexity and one argmax in 64 (the largest of 16.8 M logit differences "
+        "is 6 % of the largest logit); so the tolerance for the shipped file is a few "
+        "percent, for F16 about 1e-3. The exact oracle is transformers reading the same GGUF "
+        "in float32 (tests_py/test_arch_gguf.py: logits within 1e-4 relative, 600 tokens, "
+        "past the window; 2.4e-6 measured on 40 tokens).",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
