@@ -93,8 +93,10 @@ class Target:
 
 def _targets() -> list[Target]:
     import sparseforge as sf
+    import sparseforge.models as sm
     from sparseforge import activation, calib, kernels, kv, moe, prune
     from sparseforge import format as fmt
+    from sparseforge import runtime as rt
     from sparseforge.models import LlamaConfig, LlamaModel
 
     rng = np.random.default_rng(1)
@@ -124,6 +126,17 @@ def _targets() -> list[Target]:
         )
         w = {n: rng.standard_normal(s).astype(np.float32) for n, s in c.weight_shapes().items()}
         return LlamaModel(c, w)
+
+    def session() -> Any:
+        s = rt.Session(tiny_model(), 16, num_threads=1)
+        s.prefill([1, 2])
+        return s
+
+    def fresh_dir() -> Any:
+        import tempfile
+
+        root = os.environ.get("SF_FUZZ_SCRATCH")  # run() removes it at the end
+        return Path(tempfile.mkdtemp(prefix="export-", dir=root)) / "out"
 
     def stats() -> Any:
         s = calib.LayerStats(8)
@@ -360,6 +373,42 @@ def _targets() -> list[Target]:
         ),
         T("models.LlamaModel.forward", lambda: (tiny_model().forward, [[1, 2, 3]], {}), [0]),
         T("sf.threads", lambda: (sf.prune.sparsity, [W], {"num_threads": 1}), ["num_threads"]),
+        # the runtime (sf.runtime: the core's decode loop) and the exports
+        T(
+            "runtime.Session",
+            lambda: (rt.Session, [tiny_model(), 16], {"num_threads": 1}),
+            [1, "num_threads"],
+        ),
+        T("runtime.Session.prefill", lambda: (session().prefill, [[1, 2, 3]], {}), [0]),
+        T("runtime.Session.step", lambda: (session().step, [3], {}), [0]),
+        T(
+            "runtime.Session.generate",
+            lambda: (
+                session().generate,
+                [[1, 2], 4],
+                {"temperature": 0.5, "top_k": 4, "top_p": 0.9, "seed": 1, "stop": [7]},
+            ),
+            [0, 1, "temperature", "top_k", "top_p", "seed", "stop"],
+        ),
+        T(
+            "runtime.compile_model",
+            lambda: (rt.compile_model, [tiny_model()], {"thresholds": None}),
+            [0, "thresholds"],
+        ),
+        T(
+            "models.export_hf",
+            lambda: (
+                sm.export_hf,
+                [tiny_model(), fresh_dir()],
+                {"dtype": None, "max_shard_size": "1MB", "tokenizer": False},
+            ),
+            [0, "dtype", "max_shard_size", "overwrite", "tokenizer", "compression"],
+        ),
+        T(
+            "models.export_gguf",
+            lambda: (sm.export_gguf, [tiny_model(), fresh_dir() / "m.gguf"], {"tokenizer": False}),
+            [0, "dtype", "overwrite", "tokenizer", "name"],
+        ),
     ]
 
 
@@ -746,12 +795,31 @@ def run(
 ) -> Report:
     """Run the cases in worker processes (``workers`` at a time); a worker that crashes or
     stops answering is replaced and its current case recorded as crash / hang."""
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="sf-fuzz-")  # the export targets write below it
+    try:
+        return _run(kind, ids, seeds_dir, workers, timeout, log, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(
+    kind: str,
+    ids: list[int],
+    seeds_dir: str | None,
+    workers: int,
+    timeout: float,
+    log: Callable[[str], None] | None,
+    scratch: str,
+) -> Report:
     rep = Report()
     pending = list(ids)
     chunk = max(1, len(pending) // (workers * 4) + 1)
     queue = [pending[i : i + chunk] for i in range(0, len(pending), chunk)]
     running: list[tuple[subprocess.Popen[str], list[int], float]] = []
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE), SF_FUZZ_SCRATCH=scratch)
 
     def start(batch: list[int]) -> None:
         code = (

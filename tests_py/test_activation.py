@@ -101,7 +101,7 @@ def test_histogram_merge_zeros_and_bad_input() -> None:
         z.update(np.array([1.0, np.nan], dtype=np.float32))
     assert z.count == 1000  # nothing added
     for bad in (1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"sparsity: expected a sparsity in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"sparsity: expected a value in \[0, 1\)"):
             z.threshold(bad)
     with pytest.raises(ValueError, match="method"):
         z.threshold(0.5, "gaussian")
@@ -171,12 +171,12 @@ def test_thresholds_json_round_trip_and_validation(stories, tmp_path: Path) -> N
         A.Thresholds.load(p, model=model)
     data["entries"]["model.layers.0.mlp.down_proj.weight"] = {"threshold": -1, "sparsity": 0.4}
     p.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="threshold must be a number >= 0"):
+    with pytest.raises(ValueError, match="threshold: expected a number >= 0"):
         A.Thresholds.load(p)
     p.write_text("{not json")
     with pytest.raises(ValueError, match="not a JSON thresholds table"):
         A.Thresholds.load(p)
-    with pytest.raises(ValueError, match=r"sparsity: expected a sparsity in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"sparsity: expected a value in \[0, 1\)"):
         A.teal_uniform(stats, 1.0)
     with pytest.raises(ValueError, match="a 'teal' table, mode is 'cats'"):
         A.SparseForward(model, th, mode="cats")

@@ -351,7 +351,7 @@ def test_argument_messages() -> None:
         (
             lambda: prune.magnitude(W, scope="global"),
             ValueError,
-            "scope: expected 'row' or 'layer', got 'global'",
+            "scope: expected one of ('row', 'layer'), got 'global'",
         ),
         (
             lambda: prune.magnitude(W, pattern="2:3"),
@@ -417,7 +417,7 @@ def test_argument_messages() -> None:
         (
             lambda: prune.check_pattern(W, "2:4", max_report=-1),
             ValueError,
-            "max_report: expected >= 0, got -1",
+            "max_report: expected an int >= 0, got -1",
         ),
         (
             lambda: prune.magnitude_global([], 0.5),

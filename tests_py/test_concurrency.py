@@ -197,3 +197,109 @@ def test_huge_cache_sizes_are_refused_before_allocation() -> None:
             kv.PagedKVCache(**kwargs)
     with pytest.raises(ValueError, match="in_features"):
         sf.calib.LayerStats(2**40, hessian=False)
+
+
+_SESSION_STRESS = r"""
+import sys, threading, numpy as np
+sys.path.insert(0, {here!r})
+from tinymodels import random_model
+from sparseforge import runtime as rt
+model = random_model(0)
+THREADS, STEPS, TOKEN = 3, 6, 5
+shared = rt.Session(model, 64, num_threads=1)
+shared.prefill([1, 2, 3])
+got, errors, stop = [], [], threading.Event()
+
+def stepper():
+    try:
+        for _ in range(STEPS):
+            got.append(np.asarray(shared.step(TOKEN)).copy())
+    except Exception as e:
+        errors.append(repr(e))
+
+def reader():
+    try:
+        while not stop.is_set():
+            _ = shared.length, shared.kv_bytes, shared._s.num_threads
+    except Exception as e:
+        errors.append(repr(e))
+
+ts = [threading.Thread(target=stepper) for _ in range(THREADS)]
+rd = [threading.Thread(target=reader) for _ in range(2)]
+for t in ts + rd: t.start()
+for t in ts: t.join()
+stop.set()
+for t in rd: t.join()
+assert not errors, errors
+# The oracle: the same token fed THREADS * STEPS times in one thread. Whatever the
+# interleaving, every step sees the same history, so the logits are the serial run's.
+serial = rt.Session(model, 64, num_threads=1)
+serial.prefill([1, 2, 3])
+want = [np.asarray(serial.step(TOKEN)).copy() for _ in range(THREADS * STEPS)]
+assert shared.length == serial.length == 3 + THREADS * STEPS
+key = lambda a: a.tobytes()
+assert sorted(map(key, got)) == sorted(map(key, want))
+print("OK")
+"""
+
+
+def test_runtime_session_shared_by_threads_steps_like_one_thread() -> None:
+    from pathlib import Path
+
+    out = run_child(_SESSION_STRESS.format(here=str(Path(__file__).parent)), timeout=300)
+    assert out.kind == "ok", str(out)
+    assert "OK" in out.output
+
+
+_POLICY_STRESS = r"""
+import threading, numpy as np
+from sparseforge import kv
+L, H, HKV, D, T, STEPS = 4, 4, 2, 8, 96, 20
+
+def data(layer):
+    rng = np.random.default_rng(layer)
+    q = rng.standard_normal((T, H, D)).astype(np.float32)
+    k = rng.standard_normal((T, HKV, D)).astype(np.float32)
+    v = rng.standard_normal((T, HKV, D)).astype(np.float32)
+    steps = [tuple(rng.standard_normal(s).astype(np.float32) for s in ((H, D), (HKV, D), (HKV, D)))
+             for _ in range(STEPS)]
+    return q, k, v, steps
+
+def drive(policy, cache, layer, out):
+    q, k, v, steps = data(layer)
+    policy.prefill(cache, layer, q, k, v)
+    out[layer] = [np.asarray(policy.decode(cache, layer, *s)).copy() for s in steps]
+
+for name in {names!r}:
+    # one policy and one cache shared by a thread per layer (layers are independent, so
+    # the outputs must equal one thread driving the layers in turn, bit for bit)
+    policy, got, errors = kv.make_policy(name, budget=72), {{}}, []
+    cache = kv.PagedKVCache(L, HKV, D, page_size=4)
+    def run(layer):
+        try:
+            drive(policy, cache, layer, got)
+        except Exception as e:
+            errors.append(repr(e))
+    ts = [threading.Thread(target=run, args=(layer,)) for layer in range(L)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    assert not errors, (name, errors)
+    serial_policy, want = kv.make_policy(name, budget=72), {{}}
+    serial_cache = kv.PagedKVCache(L, HKV, D, page_size=4)
+    for layer in range(L):
+        drive(serial_policy, serial_cache, layer, want)
+    for layer in range(L):
+        for a, b in zip(got[layer], want[layer]):
+            assert a.tobytes() == b.tobytes(), (name, layer)
+        for h in range(HKV):
+            p1, p2 = cache.positions(layer, h), serial_cache.positions(layer, h)
+            np.testing.assert_array_equal(p1, p2)
+print("OK")
+"""
+
+
+def test_kv_policy_shared_by_threads_matches_one_thread() -> None:
+    names = [n for n in ("h2o", "snapkv", "streaming_llm", "quest", "tova") if n in kv.POLICIES]
+    out = run_child(_POLICY_STRESS.format(names=names), timeout=300)
+    assert out.kind == "ok", str(out)
+    assert "OK" in out.output

@@ -273,6 +273,58 @@ def test_killed_writer_leaves_old_file_and_next_write_removes_debris(tmp_path: P
     assert list(_container.load(target)) == ["new"]
 
 
+_KILLED_EXPORT = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from tinymodels import random_model
+import sparseforge.models as sm
+from sparseforge.models import _export_io
+orig = _export_io.write_safetensors
+def slow(*args, **kwargs):
+    out = orig(*args, **kwargs)
+    print("WRITING", flush=True)
+    time.sleep(60)
+    return out
+_export_io.write_safetensors = slow
+sm.export_hf(random_model(0), sys.argv[1], tokenizer=False, overwrite=True)
+"""
+
+
+def test_killed_export_leaves_old_directory_and_next_export_removes_debris(
+    tmp_path: Path,
+) -> None:
+    import sparseforge.models as sm
+    from tinymodels import random_model
+
+    target = tmp_path / "hf"
+    model = random_model(1)
+    sm.export_hf(model, target, tokenizer=False)
+    before = {f.name: f.read_bytes() for f in target.iterdir()}
+    for _ in range(2):
+        p = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_EXPORT, str(target), str(Path(__file__).parent)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.startswith("WRITING"), line
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+        assert {f.name: f.read_bytes() for f in target.iterdir()} == before  # intact
+        debris = _io.stale_temps(target)
+        assert len(debris) == 1  # the previous kill's directory went with this export
+        assert debris[0].is_dir()
+        assert any(debris[0].iterdir())
+    sm.export_hf(model, target, tokenizer=False, overwrite=True)  # cleans up
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+    np.testing.assert_array_equal(
+        load_hf(target, tokenizer=False).weight("model.norm.weight"),
+        model.weight("model.norm.weight"),
+    )
+
+
 def test_live_writer_temporaries_are_left_alone(tmp_path: Path) -> None:
     target = tmp_path / "x.json"
     live = tmp_path / f".x.json.sf-tmp-{os.getppid()}-abc"
@@ -292,7 +344,7 @@ def test_every_writer_uses_the_atomic_helper(tmp_path: Path, monkeypatch) -> Non
         return real(path, mode)
 
     import sparseforge._container as c
-    import sparseforge.activation as a
+    import sparseforge.activation.thresholds as a
     import sparseforge.calib as cal
 
     for mod in (c, a, cal):
@@ -388,3 +440,76 @@ def test_many_zero_size_tensors_load_in_linear_time(tmp_path: Path) -> None:
     )
     assert out.kind == "ok", str(out)
     assert "done" in out.output
+
+
+# ---- NaN / Inf in GGUF and HF weights -----------------------------------------------------
+
+
+def test_nonfinite_hf_weight_is_named_unless_allowed(tmp_path: Path) -> None:
+    d = _hf_dir(tmp_path / "m")
+    state = _state(_CFG)
+    name = "model.layers.0.mlp.down_proj.weight"
+    state[name][1, 2] = np.inf
+    safetensors_numpy.save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(
+        ValueError, match=rf"{name}.*NaN or Inf at element {1 * state[name].shape[1] + 2}"
+    ):
+        load_hf(d, tokenizer=False)
+    m = load_hf(d, tokenizer=False, allow_nonfinite=True)
+    assert np.isinf(m.weight(name)[1, 2])
+    with pytest.raises(TypeError, match="allow_nonfinite"):
+        load_hf(d, tokenizer=False, allow_nonfinite="no")
+
+
+def _gguf(path: Path, qtype: str) -> dict[str, np.ndarray]:
+    """A 1-layer Llama GGUF whose 2-D weights are stored as ``qtype``; returns the weights."""
+    gguf = pytest.importorskip("gguf")
+    from sparseforge.models.export_gguf import _gguf_name  # the loader's names, inverted
+
+    c = LlamaConfig(
+        dim=32, hidden_dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=32, max_seq_len=32
+    )
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal(s).astype(np.float32) for n, s in c.weight_shapes().items()}
+    wr = gguf.GGUFWriter(str(path), "llama")
+    wr.add_block_count(1)
+    wr.add_context_length(32)
+    wr.add_embedding_length(32)
+    wr.add_feed_forward_length(64)
+    wr.add_head_count(2)
+    wr.add_head_count_kv(1)
+    wr.add_layer_norm_rms_eps(1e-5)
+    q = getattr(gguf.GGMLQuantizationType, qtype)
+    for n, a in w.items():
+        if a.ndim == 2 and qtype != "F32":
+            wr.add_tensor(_gguf_name(n), gguf.quants.quantize(a, q), raw_dtype=q)
+        else:
+            wr.add_tensor(_gguf_name(n), a)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    return w
+
+
+@pytest.mark.parametrize(("qtype", "offset"), [("F32", 4 * 5), ("Q8_0", 0), ("Q4_1", 2)])
+def test_nonfinite_gguf_tensor_is_named_unless_allowed(
+    tmp_path: Path, qtype: str, offset: int
+) -> None:
+    gguf = pytest.importorskip("gguf")
+    from sparseforge.models.gguf import load_gguf
+
+    p = tmp_path / "m.gguf"
+    _gguf(p, qtype)
+    load_gguf(p, tokenizer=False)  # the control loads
+    t = next(t for t in gguf.GGUFReader(str(p)).tensors if t.name == "blk.0.ffn_up.weight")
+    raw = bytearray(p.read_bytes())
+    # F32: element 5 := NaN; quantized: the first block's d (Q8_0) or m (Q4_1) := f16 NaN
+    nan = np.array(np.nan, "<f4" if qtype == "F32" else "<f2").tobytes()
+    raw[t.data_offset + offset : t.data_offset + offset + len(nan)] = nan
+    p.write_bytes(bytes(raw))
+    where = "element 5" if qtype == "F32" else "the scale of block 0"
+    with pytest.raises(ValueError, match=rf"'blk.0.ffn_up.weight'.*NaN or Inf at {where}"):
+        load_gguf(p, tokenizer=False)
+    m = load_gguf(p, tokenizer=False, allow_nonfinite=True)
+    assert np.isnan(m.weight("model.layers.0.mlp.up_proj.weight")).any()

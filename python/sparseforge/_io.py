@@ -17,6 +17,11 @@ and fsyncs it, renames it over the target and fsyncs the directory: a reader see
 file or the new one, never a mixture, and ``kill -9`` at any moment leaves the old file
 intact. Temporaries of an earlier write that was killed are removed at the start of the
 next write to the same target (those whose writer process no longer runs).
+:func:`atomic_directory` does the same for a directory (the exports): it is built in a
+temporary sibling ``.<name>.sf-tmp-<pid>-<random>/`` and renamed into place; an old
+directory is moved aside to ``.<name>.sf-old-<pid>-<random>/`` for the swap and removed
+after. A killed export leaves such siblings; the next export to the same target removes
+them (again only those whose writer process is gone).
 """
 
 from __future__ import annotations
@@ -27,16 +32,19 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "atomic_directory",
     "atomic_path",
     "atomic_write",
     "check_regular",
     "confined",
+    "first_nonfinite",
     "load_json",
     "open_regular",
     "parse_json",
@@ -49,6 +57,7 @@ MAX_JSON_BYTES = 100_000_000
 MAX_JSON_DEPTH = 64
 
 _TMP_TAG = ".sf-tmp-"
+_OLD_TAG = ".sf-old-"
 
 
 def open_regular(path: str | os.PathLike[str], what: str = "file") -> io.BufferedReader:
@@ -158,16 +167,18 @@ def confined(base: str | os.PathLike[str], name: Any, what: str) -> Path:
 
 
 def stale_temps(path: str | os.PathLike[str]) -> list[Path]:
-    """Temporaries of earlier writes to ``path`` whose writer process is gone."""
+    """Temporaries (files, or directories of :func:`atomic_directory`) of earlier writes to
+    ``path`` whose writer process is gone."""
     target = Path(os.path.abspath(path))
     found = []
-    prefix = f".{target.name}{_TMP_TAG}"
+    prefixes = (f".{target.name}{_TMP_TAG}", f".{target.name}{_OLD_TAG}")
     try:
         names = os.listdir(target.parent)
     except OSError:
         return []
     for n in names:
-        if not n.startswith(prefix):
+        prefix = next((p for p in prefixes if n.startswith(p)), None)
+        if prefix is None:
             continue
         pid_text = n[len(prefix) :].split("-", 1)[0]
         if not pid_text.isdigit():
@@ -185,6 +196,19 @@ def stale_temps(path: str | os.PathLike[str]) -> list[Path]:
         if not alive:
             found.append(target.parent / n)
     return found
+
+
+def _remove_stale(target: str | os.PathLike[str]) -> list[Path]:
+    """Removes dead writers' temporaries of ``target``; returns what it removed."""
+    removed = []
+    for old in stale_temps(target):
+        with contextlib.suppress(OSError):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+            removed.append(old)
+    return removed
 
 
 def _fsync_dir(directory: str) -> None:
@@ -207,9 +231,7 @@ def _begin(path: str | os.PathLike[str]) -> tuple[str, str, int]:
     directory, base = os.path.split(target)
     if os.path.isdir(target):
         raise ValueError(f"{target}: is a directory")
-    for old in stale_temps(target):
-        with contextlib.suppress(OSError):
-            old.unlink()
+    _remove_stale(target)
     while True:
         tmp = os.path.join(directory, f".{base}{_TMP_TAG}{os.getpid()}-{secrets.token_hex(6)}")
         try:
@@ -265,6 +287,70 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _sibling(target: Path, tag: str) -> Path:
+    return target.parent / f".{target.name}{tag}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary sibling directory of ``path``; on a clean exit its files are
+    fsynced and it replaces ``path`` (an old directory there is moved aside first and
+    removed after), on an exception it is removed and ``path`` is untouched. Temporaries
+    of a killed earlier write to ``path`` are removed first."""
+    target = Path(os.path.abspath(os.fspath(path)))
+    _remove_stale(target)
+    tmp = _sibling(target, _TMP_TAG)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        old = None
+        if target.exists():
+            old = _sibling(target, _OLD_TAG)
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(str(target.parent))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+_SCAN_CHUNK = 1 << 22  # elements per np.isfinite pass: bounded scratch over a memory map
+
+
+def first_nonfinite(a: Any) -> int | None:
+    """Flat index of the first NaN/Inf in a float array (float32/16/64, bfloat16; a memory
+    map is read in chunks, never converted whole), or None. Non-float arrays: None."""
+    import numpy as np
+
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fV" or arr.size == 0:
+        return None
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _SCAN_CHUNK):
+        chunk = flat[start : start + _SCAN_CHUNK]
+        if chunk.dtype.kind == "V":  # ml_dtypes.bfloat16: the exponent's 8 bits all ones
+            bad = (chunk.view(np.uint16) & 0x7F80) == 0x7F80
+        else:
+            bad = ~np.isfinite(chunk)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 #: Members of a statistics archive are small next to what a forged npy header may claim.

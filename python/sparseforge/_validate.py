@@ -2,9 +2,8 @@
 
 Each check returns the normalised value or raises ``TypeError`` (wrong kind of object) or
 ``ValueError`` (right kind, wrong value) naming the argument, what was expected and what
-came. New facade code uses these instead of private copies; the older per-module helpers
-(``_int_arg`` in kv.py, ``_sparsity_arg`` in activation.py, ...) keep their messages and
-are being folded in here module by module.
+came. Every facade uses these instead of private copies (``sparseforge.kv`` through thin
+wrappers in ``kv/_common.py``). ``threads_arg`` (``_base.py``) is the ``num_threads`` check.
 """
 
 from __future__ import annotations
@@ -16,13 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
+
 __all__ = [
     "UnknownNameError",
     "check_array",
     "check_bool",
     "check_choice",
+    "check_fraction",
     "check_instance",
     "check_int",
+    "check_ndarray",
     "check_number",
 ]
 
@@ -51,9 +54,11 @@ def check_int(v: Any, name: str, lo: int | None = None, hi: int | None = None) -
         raise TypeError(f"{name}: expected an int, got {_kind(v)}")
     i = int(v)
     if (lo is not None and i < lo) or (hi is not None and i > hi):
-        lo_s = "-inf" if lo is None else str(lo)
-        hi_s = "inf" if hi is None else str(hi)
-        raise ValueError(f"{name}: expected an int in [{lo_s}, {hi_s}], got {i}")
+        if hi is None:
+            raise ValueError(f"{name}: expected an int >= {lo}, got {i}")
+        if lo is None:
+            raise ValueError(f"{name}: expected an int <= {hi}, got {i}")
+        raise ValueError(f"{name}: expected an int in [{lo}, {hi}], got {i}")
     return i
 
 
@@ -77,9 +82,23 @@ def check_number(
         hi is not None and (f > hi or (hi_open and f == hi))
     )
     if bad:
+        if hi is None:
+            raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo}, got {f}")
+        if lo is None:
+            raise ValueError(f"{name}: expected a number {'<' if hi_open else '<='} {hi}, got {f}")
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
         raise ValueError(f"{name}: expected a number in {left}{lo}, {hi}{right}, got {f}")
+    return f
+
+
+def check_fraction(v: Any, name: str = "sparsity") -> float:
+    """A sparsity-like fraction in ``[0, 1)`` (NaN refused)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a float in [0, 1), got {_kind(v)}")
+    f = float(v)
+    if not 0.0 <= f < 1.0:
+        raise ValueError(f"{name}: expected a value in [0, 1), got {f!r}")
     return f
 
 
@@ -97,6 +116,32 @@ def check_instance(v: Any, name: str, cls: type | tuple[type, ...]) -> Any:
         want = cls.__name__ if isinstance(cls, type) else " or ".join(c.__name__ for c in cls)
         raise TypeError(f"{name}: expected a {want}, got {_kind(v)}")
     return v
+
+
+def check_ndarray(
+    x: Any,
+    name: str,
+    *,
+    dtypes: tuple[Any, ...] = (np.float32,),
+    ndim: int | tuple[int, ...] | None = None,
+    finite: bool = False,
+) -> np.ndarray:
+    """A ``numpy.ndarray`` used as is (never converted or copied): ``TypeError`` for another
+    object, ``DTypeError`` (a ``TypeError`` and a ``ValueError``) for a dtype not in
+    ``dtypes``, ``ValueError`` for ``ndim`` or, with ``finite``, NaN/Inf."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {_kind(x)}")
+    if x.dtype not in tuple(np.dtype(d) for d in dtypes):
+        want = " or ".join(str(np.dtype(d)) for d in dtypes)
+        raise _core.DTypeError(f"{name}: expected dtype {want}, got {x.dtype}")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else ndim
+        if x.ndim not in dims:
+            want = " or ".join(f"{d}-D" for d in dims)
+            raise ValueError(f"{name}: expected a {want} array, got shape {x.shape}")
+    if finite and x.size and not np.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return x
 
 
 def check_array(

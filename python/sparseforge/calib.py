@@ -13,7 +13,6 @@ Statistics are sums, so shards calibrated in different processes or machines com
 
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from . import _core
 from ._base import threads_arg
 from ._io import atomic_write, open_regular, read_npz
+from ._validate import check_bool, check_int
 
 __all__ = ["LayerStats"]
 
@@ -54,12 +54,8 @@ class LayerStats:
     def __init__(
         self, in_features: int, hessian: bool = True, *, precision: str = "float32"
     ) -> None:
-        if isinstance(in_features, bool) or not isinstance(in_features, numbers.Integral):
-            raise TypeError(f"in_features: expected an int, got {type(in_features).__name__}")
-        if in_features < 1:
-            raise ValueError(f"in_features: expected >= 1, got {in_features}")
-        if not isinstance(hessian, bool):
-            raise TypeError(f"hessian: expected a bool, got {type(hessian).__name__}")
+        in_features = check_int(in_features, "in_features", 1)
+        check_bool(hessian, "hessian")
         if precision not in ("float32", "float64"):
             raise ValueError(f"precision: expected 'float32' or 'float64', got {precision!r}")
         self._impl = _core.calib.LayerStats(int(in_features), hessian, precision == "float64")

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _core
 from ._base import threads_arg
+from ._validate import check_bool, check_choice, check_fraction, check_int, check_number
 
 __all__ = [
     "HessianFactor",
@@ -140,19 +141,8 @@ class PruneResult:
         return "<b>PruneResult</b>" + html_table(("", ""), rows)
 
 
-def _check_sparsity(value: Any, name: str = "sparsity") -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a float in [0, 1), got {type(value).__name__}")
-    s = float(value)
-    if not (0.0 <= s < 1.0):  # also rejects NaN
-        raise ValueError(f"{name}: expected a value in [0, 1), got {s!r}")
-    return s
-
-
 def _check_scope(scope: Any) -> str:
-    if scope not in ("row", "layer"):
-        raise ValueError(f"scope: expected 'row' or 'layer', got {scope!r}")
-    return str(scope)
+    return check_choice(scope, "scope", ("row", "layer"))
 
 
 def _result(W: np.ndarray, mask: np.ndarray, info: dict[str, Any], threads: int) -> PruneResult:
@@ -175,10 +165,10 @@ def _sparsity_and_pattern(
 ) -> tuple[float, NMPattern | None]:
     """Defaults and consistency: sparsity 0.5, or 1 - n/m with a pattern (must agree)."""
     if pattern is None:
-        return _check_sparsity(0.5 if sparsity is None else sparsity), None
+        return check_fraction(0.5 if sparsity is None else sparsity), None
     p = parse_pattern(pattern)
     if sparsity is not None and not math.isclose(
-        _check_sparsity(sparsity), p.sparsity, rel_tol=0, abs_tol=1e-9
+        check_fraction(sparsity), p.sparsity, rel_tol=0, abs_tol=1e-9
     ):
         raise ValueError(
             f"sparsity: pattern {p} implies sparsity {p.sparsity:g}, got {sparsity!r}; "
@@ -227,7 +217,7 @@ def magnitude(
         if scope != "row":
             raise ValueError("scope: an N:M pattern is per row; use scope='row' (the default)")
         if sparsity is not None and not math.isclose(
-            _check_sparsity(sparsity), p.sparsity, rel_tol=0, abs_tol=1e-9
+            check_fraction(sparsity), p.sparsity, rel_tol=0, abs_tol=1e-9
         ):
             raise ValueError(
                 f"sparsity: pattern {p} implies sparsity {p.sparsity:g}, got {sparsity!r}; "
@@ -240,7 +230,7 @@ def magnitude(
             "target_sparsity": p.sparsity,
         }
         return _result(W, mask, info, threads)
-    s = _check_sparsity(0.5 if sparsity is None else sparsity)
+    s = check_fraction(0.5 if sparsity is None else sparsity)
     mask = _core.prune.magnitude_mask(W, s, scope, threads)
     info = {"method": "magnitude", "scope": scope, "target_sparsity": s}
     return _result(W, mask, info, threads)
@@ -271,7 +261,7 @@ def magnitude_global(
         )
     if len(weights) == 0:
         raise ValueError("weights: expected at least one matrix, got none")
-    s = _check_sparsity(sparsity)
+    s = check_fraction(sparsity)
     masks = _core.prune.magnitude_global_mask(list(weights), s, threads)
     results = []
     for i, (W, mask) in enumerate(zip(weights, masks, strict=True)):
@@ -307,7 +297,7 @@ def block_magnitude(
     """
     threads = threads_arg(num_threads)
     scope = _check_scope(scope)
-    s = _check_sparsity(sparsity)
+    s = check_fraction(sparsity)
     if isinstance(block, numbers.Integral) and not isinstance(block, bool):
         br = bc = int(block)
     elif (
@@ -391,10 +381,7 @@ def check_pattern(
         How many violating groups to locate in ``first_violations``.
     """
     p = parse_pattern(pattern)
-    if isinstance(max_report, bool) or not isinstance(max_report, numbers.Integral):
-        raise TypeError(f"max_report: expected an int, got {type(max_report).__name__}")
-    if max_report < 0:
-        raise ValueError(f"max_report: expected >= 0, got {max_report}")
+    max_report = check_int(max_report, "max_report", 0)
     groups, violating, first = _core.prune.nm_violations(
         W, p.n, p.m, int(max_report), threads_arg(num_threads)
     )
@@ -474,21 +461,6 @@ def _dead_columns(H: Any) -> list[int]:
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
         return []  # the core reports the shape error
     return [int(j) for j in np.flatnonzero(np.diagonal(H) == 0)]
-
-
-def _check_percdamp(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    v = float(value)
-    if not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
-    return v
-
-
-def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
-    return str(value)
 
 
 class HessianFactor:
@@ -586,10 +558,10 @@ def factor_hessian(
         If ``H`` stays indefinite up to ``max_percdamp``.
     """
     Hm = _hessian_arg(H)
-    pd = _check_percdamp(percdamp, "percdamp")
-    mpd = _check_percdamp(max_percdamp, "max_percdamp")
-    prec = _choice(precision, "precision", ("float32", "float64"))
-    fprec = _choice(factor_precision, "factor_precision", ("float64", "float32"))
+    pd = check_number(percdamp, "percdamp", 0, None)
+    mpd = check_number(max_percdamp, "max_percdamp", 0, None)
+    prec = check_choice(precision, "precision", ("float32", "float64"))
+    fprec = check_choice(factor_precision, "factor_precision", ("float64", "float32"))
     core = _core.prune.factor_hessian(
         Hm, pd, mpd, fprec == "float32", prec == "float64", threads_arg(num_threads)
     )
@@ -636,8 +608,7 @@ def wanda(
     threads = threads_arg(num_threads)
     norms = _norms_arg(col_norms)
     s, p = _sparsity_and_pattern(sparsity, pattern)
-    if not isinstance(variant, bool):
-        raise TypeError(f"variant: expected a bool, got {type(variant).__name__}")
+    check_bool(variant, "variant")
     info: dict[str, Any] = {"method": "wanda", "target_sparsity": s}
     if variant:
         if p is not None:
@@ -714,10 +685,7 @@ def sparsegpt(
     """
     threads = threads_arg(num_threads)
     s, p = _sparsity_and_pattern(sparsity, pattern)
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"block_size: expected >= 1, got {block_size}")
+    block_size = check_int(block_size, "block_size", 1)
     given = {
         "percdamp": percdamp,
         "max_percdamp": max_percdamp,
@@ -736,19 +704,19 @@ def sparsegpt(
         Hm: Any = H._impl
         dead = H.dead_columns
     else:
-        pd = _check_percdamp(0.01 if percdamp is None else percdamp, "percdamp")
-        mpd = _check_percdamp(1.0 if max_percdamp is None else max_percdamp, "max_percdamp")
-        prec = _choice(
+        pd = check_number(0.01 if percdamp is None else percdamp, "percdamp", 0, None)
+        mpd = check_number(1.0 if max_percdamp is None else max_percdamp, "max_percdamp", 0, None)
+        prec = check_choice(
             "float32" if precision is None else precision, "precision", ("float32", "float64")
         )
-        fprec = _choice(
+        fprec = check_choice(
             "float64" if factor_precision is None else factor_precision,
             "factor_precision",
             ("float64", "float32"),
         )
         Hm = _hessian_arg(H)
         dead = None
-    count = _choice(block_count, "block_count", ("reference", "exact"))
+    count = check_choice(block_count, "block_count", ("reference", "exact"))
     weight, mask, core_info = _core.prune.sparsegpt(
         W,
         Hm,
@@ -796,8 +764,8 @@ def obs(
     threads = threads_arg(num_threads)
     Hm = _hessian_arg(H)
     s, p = _sparsity_and_pattern(sparsity, pattern)
-    pd = _check_percdamp(percdamp, "percdamp")
-    mpd = _check_percdamp(max_percdamp, "max_percdamp")
+    pd = check_number(percdamp, "percdamp", 0, None)
+    mpd = check_number(max_percdamp, "max_percdamp", 0, None)
     weight, mask, core_info = _core.prune.obs(
         W, Hm, s, p.n if p else 0, p.m if p else 0, pd, mpd, threads
     )
@@ -862,18 +830,15 @@ def reconstruct(
     """
     threads = threads_arg(num_threads)
     Hm = _hessian_arg(H)
-    meth = _choice(method, "method", ("exact", "sweep"))
-    pd = _check_percdamp(percdamp, "percdamp")
-    prec = _choice(precision, "precision", ("float32", "float64"))
+    meth = check_choice(method, "method", ("exact", "sweep"))
+    pd = check_number(percdamp, "percdamp", 0, None)
+    prec = check_choice(precision, "precision", ("float32", "float64"))
     info: dict[str, Any] = {"method": f"reconstruct:{meth}"}
     if meth == "exact":
         weight, core_info = _core.prune.reconstruct_exact(W, Hm, mask, pd, threads)
         info.update(core_info, dead_columns=_dead_columns(Hm))
         return _finish(weight, np.array(mask, dtype=bool, copy=True), info, threads)
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise TypeError(f"block_size: expected an int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"block_size: expected >= 1, got {block_size}")
+    block_size = check_int(block_size, "block_size", 1)
     weight, keep, core_info = _core.prune.sparsegpt(
         W, Hm, 0.0, 0, 0, int(block_size), pd, 1.0, prec == "float64", False, False, mask, threads
     )

@@ -4,7 +4,9 @@ row order, and a streaming safetensors writer.
 
 A failure anywhere (a full disk, an interrupt, a weight that cannot be expressed) removes
 the temporary sibling and leaves the target as it was: absent, or the old directory/file
-when ``overwrite=True`` replaced it.
+when ``overwrite=True`` replaced it. Both writers are ``sparseforge._io``'s
+(``atomic_directory``, ``atomic_path``): a killed export's temporaries are removed by the
+next export to the same target.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
-from .._io import atomic_path
+from .._io import atomic_directory, atomic_path
 from .llama import LINEAR_SUFFIXES, LlamaModel, _is_compressed
 
 __all__ = [
@@ -120,40 +120,6 @@ def check_out_file(out: Any, overwrite: bool, what: str = "out") -> Path:
     return p
 
 
-def _sibling(p: Path, tag: str) -> Path:
-    return p.absolute().parent / f".{p.name}.{tag}-{secrets.token_hex(4)}"
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``target``; on success it replaces ``target``
-    (an old directory there is moved aside first and removed after), on failure it is
-    removed and ``target`` is untouched."""
-    tmp = _sibling(target, "tmp")
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if target.exists():
-            old = _sibling(target, "old")
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(target.absolute().parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is fsynced and renamed onto
@@ -161,15 +127,6 @@ def atomic_file(target: Path) -> Iterator[Path]:
     temporaries of a killed earlier export are removed by the next)."""
     with atomic_path(target) as tmp:
         yield tmp
-
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- weights -------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import _container
 from .. import format as _format
+from .._validate import check_bool
 from .llama import LINEAR_SUFFIXES, LlamaModel, _is_compressed
 
 __all__ = [
@@ -180,6 +181,7 @@ def load_compressed_tensors(
     tokenizer: bool = True,
     num_threads: int | None = None,
     linear_backend: str = "numpy",
+    allow_nonfinite: bool = False,
     **dense_kwargs: Any,
 ) -> LlamaModel:
     """Load a compressed-tensors checkpoint directory (llm-compressor's output).
@@ -188,7 +190,8 @@ def load_compressed_tensors(
     :class:`~sparseforge.format.BitmapTensor` (``sparse-bitmask``) in the stored dtype and
     run through :func:`sparseforge.kernels.gemm`; other tensors are memory-mapped arrays.
     A ``dense`` checkpoint is read by :func:`sparseforge.models.hf.load_hf` (``dense_kwargs``
-    go there).
+    go there). A NaN or Inf in any stored float array (compressed values included) is a
+    ValueError naming the tensor unless ``allow_nonfinite=True``.
 
     Raises
     ------
@@ -209,12 +212,20 @@ def load_compressed_tensors(
             tokenizer=tokenizer,
             num_threads=num_threads,
             linear_backend=linear_backend,
+            allow_nonfinite=allow_nonfinite,
             **dense_kwargs,
         )
     config = read_hf_config(d)
     raw: dict[str, np.ndarray] = {}
     for f in _safetensors_files(d):
-        raw.update(_container.load(f, mmap=True, verify=False))
+        raw.update(
+            _container.load(
+                f,
+                mmap=True,
+                verify=False,
+                allow_nonfinite=check_bool(allow_nonfinite, "allow_nonfinite"),
+            )
+        )
     weights: dict[str, Any] = {}
     shapes = dict(config.weight_shapes())
     if config.arch == "qwen2":

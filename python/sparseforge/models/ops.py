@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _core
+from .._validate import check_int
 from ..kernels import _check_out, _threads
 
 __all__ = ["attention", "decode_attention", "rms_norm", "rope", "swiglu_gate"]
@@ -160,10 +161,7 @@ def decode_attention(
     -------
     ndarray (Hq * D,), float32.
     """
-    if isinstance(length, bool) or not isinstance(length, numbers.Integral):
-        raise TypeError(f"length: expected an int, got {type(length).__name__}")
-    if length < 1:
-        raise ValueError(f"length: expected >= 1, got {length}")
+    length = check_int(length, "length", 1)
     s = _scale(scale, _head_dim(q, "q"))
     _check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
     return _core.models.decode_attention(

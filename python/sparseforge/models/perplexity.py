@@ -13,7 +13,6 @@ is the same number, since every window scores as many tokens).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _progress
+from .._validate import check_bool, check_int
 from .llama import Hooks, LlamaModel
 from .tokenizer import check_token_ids
 
@@ -70,14 +70,7 @@ def default_seqlen(model: LlamaModel) -> int:
     return min(int(model.config.max_seq_len), 2048)
 
 
-def _int_arg(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    v = int(value)
-    if v < low or (high is not None and v > high):
-        bound = f"{low} <= {name} <= {high}" if high is not None else f"{name} >= {low}"
-        raise ValueError(f"{name}: expected {bound}, got {v}")
-    return v
+_int_arg = check_int  # the one int check (sparseforge._validate), under its old local name
 
 
 _MARGIN_TOKENS = 64
@@ -125,8 +118,7 @@ def token_stream(
     encoded only as far as needed (a prefix ending between words, a little longer than
     ``max_tokens`` tokens; see ``_encode_prefix``) instead of whole.
     """
-    if not isinstance(bos, bool):
-        raise TypeError(f"bos: expected a bool, got {type(bos).__name__}")
+    check_bool(bos, "bos")
     if isinstance(text_or_ids, str):
         if model.tokenizer is None:
             raise ValueError(

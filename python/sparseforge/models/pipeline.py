@@ -20,7 +20,6 @@ Methods come from :data:`METHODS`; :func:`register_method` adds one.
 
 from __future__ import annotations
 
-import numbers
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import numpy.typing as npt
 
 from .. import _progress
 from .. import prune as _prune
+from .._validate import check_bool, check_fraction, check_int
 from ..calib import LayerStats
 from . import _calibration
 from .llama import LlamaModel
@@ -118,8 +118,7 @@ def register_method(name: str, fn: MethodFn, *, needs_hessian: bool) -> None:
         raise ValueError(f"name: expected a non-empty str, got {name!r}")
     if not callable(fn):
         raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
-    if not isinstance(needs_hessian, bool):
-        raise TypeError(f"needs_hessian: expected a bool, got {type(needs_hessian).__name__}")
+    check_bool(needs_hessian, "needs_hessian")
     METHODS[name] = MethodSpec(fn, needs_hessian)
 
 
@@ -428,8 +427,7 @@ def calibration_windows(
         rows = calib[:n]
         flat = token_stream(model, rows.reshape(-1), name="calib")
         return flat.reshape(rows.shape)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    check_int(seed, "seed")
     s = default_seqlen(model) if s is None else s
     ids = token_stream(model, calib, bos=bos, name="calib")
     if ids.size < s:
@@ -453,7 +451,7 @@ def check_method(method: Any, sparsity: Any, pattern: Any) -> tuple[MethodSpec, 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
     if sparsity is not None:
-        _prune._check_sparsity(sparsity)
+        check_fraction(sparsity, "sparsity")
     return METHODS[method], (None if pattern is None else _prune.parse_pattern(pattern))
 
 

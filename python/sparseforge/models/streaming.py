@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core, _progress
+from .._validate import check_bool
 from . import _calibration
 from . import _export_io as io
 from .hf import load_hf
@@ -253,8 +254,7 @@ def prune_streaming(
     for flag, value in (("sequential", sequential), ("error", error), ("bos", bos)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag}: expected a bool, got {type(value).__name__}")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume: expected a bool, got {type(resume).__name__}")
+    check_bool(resume, "resume")
     _progress.check_progress(progress)
     act_dtype = _calibration.activation_dtype(activations)
     bt = _int_arg(batch_tokens, "batch_tokens", 1)

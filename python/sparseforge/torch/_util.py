@@ -3,11 +3,14 @@ choosing the linears to sparsify, argument checks."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+
+from .._validate import check_fraction as check_fraction  # re-exported for the torch modules
+from .._validate import check_int as check_int
+from .._validate import check_number
 
 
 def torch_module() -> Any:
@@ -30,31 +33,9 @@ def float32_view(t: Any) -> tuple[np.ndarray, bool]:
     return t.to(device="cpu", dtype=torch.float32).contiguous().numpy().copy(), False
 
 
-def check_fraction(value: Any, name: str) -> float:
-    """A sparsity-like float in [0, 1) (ValueError/TypeError naming ``name``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a float in [0, 1), got {type(value).__name__}")
-    s = float(value)
-    if not 0.0 <= s < 1.0:  # also NaN
-        raise ValueError(f"{name}: expected a value in [0, 1), got {s!r}")
-    return s
-
-
-def check_int(value: Any, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_float(value: Any, name: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    v = float(value)
-    if not (v >= minimum and np.isfinite(v)):
-        raise ValueError(f"{name}: expected a finite value >= {minimum}, got {value!r}")
-    return v
+    """A finite float >= ``minimum`` (``sparseforge._validate.check_number``)."""
+    return check_number(value, name, minimum, None)
 
 
 def default_filter(name: str) -> bool:
