@@ -104,7 +104,15 @@ def main() -> None:
     qf = P.calibrate_qfilters(model, calib)
     sink, recent = (16, 32) if args.quick else (128, 256)  # kvpress's on-the-fly sizes
     duo = (sf.kv.duo_attention_scores(model, [calib], q_len=500), sink, recent)
-    pairs = P.pairs(window=window, qfilters=qf, duo=duo, lag_size=lag, lag_ratios=lag_ratios)
+    pairs = P.pairs(
+        window=window,
+        qfilters=qf,
+        duo=duo,
+        lag_size=lag,
+        lag_ratios=lag_ratios,
+        n_layers=model.config.n_layers,
+    )
+    hf_eager = P.hf_model(model, tmp, attn="eager")
     names = [n.strip() for n in args.presses.split(",") if n.strip()] or list(pairs)
     ratios = [float(r) for r in args.ratios.split(",")]
     ratios_for = {
@@ -124,7 +132,9 @@ def main() -> None:
             t0 = time.perf_counter()
             theirs, mine, kept, nbytes = [], [], [], []
             for ids in seqs:
-                a = P.kvpress_nll(hf, pairs[name].kvpress(r), ids, T)
+                a = P.kvpress_nll(
+                    hf_eager if pairs[name].eager else hf, pairs[name].kvpress(r), ids, T
+                )
                 b, cache = P.ours_nll(model, pairs[name].ours(r, T, model.config.n_layers), ids, T)
                 theirs.append(a)
                 mine.append(b)
