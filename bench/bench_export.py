@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +119,15 @@ def transformers_check(model: sm.LlamaModel, wins: list[np.ndarray]) -> tuple[fl
     return float(np.concatenate(nll).mean()), diff
 
 
-def run(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    rows: list[tuple[str, ...]] = []
-    hf_rows: list[tuple[str, ...]] = []
+def run(
+    args: argparse.Namespace,
+    rows: list[tuple[str, ...]],
+    hf_rows: list[tuple[str, ...]],
+    emit: Callable[[], None],
+) -> None:
     cases = []
     stories = data_dir() / "stories260K" / "stories260K.bin"
-    if stories.is_file():
+    if stories.is_file() and not args.smol_only:
         text = (data_dir() / "tinystories-valid-excerpt" / "tinystories_val.txt").read_text()
         settings = [("dense", "dense"), ("wanda", "50%"), ("wanda", "2:4")]
         cases.append(
@@ -168,7 +172,7 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[tuple[str
             label = "dense" if method == "dense" else f"{method} {setting}"
             ours = ours_nll(model, wins)
             t0 = time.perf_counter()
-            hf_nll, hf_diff = transformers_check(model, wins)
+            hf_nll, hf_diff = (np.nan, np.nan) if args.no_hf else transformers_check(model, wins)
             hf_s = time.perf_counter() - t0
             hf_rows.append(
                 (
@@ -182,7 +186,11 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[tuple[str
                     f"{os.getloadavg()[0]:.1f}",
                 )
             )
-            print("HF | " + " | ".join(hf_rows[-1]), flush=True)
+            if args.no_hf:
+                hf_rows.pop()
+            else:
+                print("HF | " + " | ".join(hf_rows[-1]), flush=True)
+                emit()
             for dtype in dtypes:
                 with tempfile.TemporaryDirectory() as tmp:
                     gpath = Path(tmp) / "m.gguf"
@@ -216,13 +224,21 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], list[tuple[str
                     )
                 )
                 print(" | ".join(rows[-1]), flush=True)
-    return rows, hf_rows
+                emit()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="stories260K only")
+    ap.add_argument("--smol-only", action="store_true", help="SmolLM2 only")
+    ap.add_argument(
+        "--settings",
+        default=None,
+        help="SmolLM2: method:pattern, e.g. wanda:2:4,sparsegpt:50%%",
+    )
+    ap.add_argument("--dtypes", default=None, help="SmolLM2 GGUF types, e.g. f32,bf16")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers check")
     ap.add_argument(
         "--smol-dense", action="store_true", help="also the dense SmolLM2 (F32/F16/BF16)"
     )
@@ -233,7 +249,20 @@ def main() -> int:
     except ImportError:
         print("llama-cpp-python is not installed (see this file's docstring)", file=sys.stderr)
         return 2
-    rows, hf_rows = run(args)
+    rows: list[tuple[str, ...]] = []
+    hf_rows: list[tuple[str, ...]] = []
+    run(args, rows, hf_rows, lambda: write(args, rows, hf_rows, llama_cpp.__version__))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write(
+    args: argparse.Namespace,
+    rows: list[tuple[str, ...]],
+    hf_rows: list[tuple[str, ...]],
+    llama_cpp_version: str,
+) -> None:
+    """The results file, rewritten after every row (an interrupted run keeps its rows)."""
     header = (
         "model",
         "pruned",
@@ -252,7 +281,7 @@ def main() -> int:
         "# Exported models in llama.cpp and transformers",
         "",
         f"`{' '.join(['python', 'bench/bench_export.py', *sys.argv[1:]])}` — sparseforge "
-        f"{sf.__version__}, llama-cpp-python {llama_cpp.__version__}, {args.threads} threads. "
+        f"{sf.__version__}, llama-cpp-python {llama_cpp_version}, {args.threads} threads. "
         "Wanda or SparseGPT (16 x 128 calibration tokens), then `sf.models.export_gguf`; "
         "perplexity over "
         "the same back-to-back windows of sparseforge's token ids (stories260K: 16 x 256 "
@@ -289,8 +318,6 @@ def main() -> int:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in hf_rows]
     Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=2)
     ap.add_argument("--ratios", default="0.5,0.75,0.9")
     ap.add_argument("--presses", default="", help="comma-separated subset (default: all)")
+    ap.add_argument(
+        "--ratios-for",
+        default="",
+        help="per-press ratios overriding --ratios, e.g. 'keydiff:0.75,cur:0.5/0.9'",
+    )
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--lag-size", type=int, default=128)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "kvpress.md"))
@@ -99,9 +104,21 @@ def main() -> None:
     qf = P.calibrate_qfilters(model, calib)
     sink, recent = (16, 32) if args.quick else (128, 256)  # kvpress's on-the-fly sizes
     duo = (sf.kv.duo_attention_scores(model, [calib], q_len=500), sink, recent)
-    pairs = P.pairs(window=window, qfilters=qf, duo=duo, lag_size=lag, lag_ratios=lag_ratios)
+    pairs = P.pairs(
+        window=window,
+        qfilters=qf,
+        duo=duo,
+        lag_size=lag,
+        lag_ratios=lag_ratios,
+        n_layers=model.config.n_layers,
+    )
+    hf_eager = P.hf_model(model, tmp, attn="eager")
     names = [n.strip() for n in args.presses.split(",") if n.strip()] or list(pairs)
     ratios = [float(r) for r in args.ratios.split(",")]
+    ratios_for = {
+        n.strip(): [float(r) for r in rs.split("/")]
+        for n, rs in (x.split(":") for x in args.ratios_for.split(",") if x.strip())
+    }
 
     full_t = [P.kvpress_nll(hf, None, ids, T) for ids in seqs]
     full_o = [P.ours_nll(model, None, ids, T)[0] for ids in seqs]
@@ -111,11 +128,13 @@ def main() -> None:
     ppl_o = math.exp(np.concatenate(full_o).mean())
     rows.append(("full", "0", ppl_t, ppl_o, d_full, T, None))
     for name in names:
-        for r in pairs[name].ratios or ratios:
+        for r in ratios_for.get(name) or pairs[name].ratios or ratios:
             t0 = time.perf_counter()
             theirs, mine, kept, nbytes = [], [], [], []
             for ids in seqs:
-                a = P.kvpress_nll(hf, pairs[name].kvpress(r), ids, T)
+                a = P.kvpress_nll(
+                    hf_eager if pairs[name].eager else hf, pairs[name].kvpress(r), ids, T
+                )
                 b, cache = P.ours_nll(model, pairs[name].ours(r, T, model.config.n_layers), ids, T)
                 theirs.append(a)
                 mine.append(b)

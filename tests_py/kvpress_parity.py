@@ -47,9 +47,9 @@ def n_kept(k_len: int, compression_ratio: float) -> int:
 # The two sides
 
 
-def hf_model(model: sm.LlamaModel, directory: Path) -> Any:
-    """transformers' model of the same weights (float32, sdpa attention: kvpress's AdaKV
-    refuses eager)."""
+def hf_model(model: sm.LlamaModel, directory: Path, attn: str = "sdpa") -> Any:
+    """transformers' model of the same weights (float32; sdpa attention, since kvpress's
+    AdaKV refuses eager; ObservedAttention needs ``attn="eager"``)."""
     import torch
     import transformers
 
@@ -57,7 +57,7 @@ def hf_model(model: sm.LlamaModel, directory: Path) -> Any:
     if not (directory / "config.json").is_file():
         sm.export_hf(model, directory, tokenizer=False, overwrite=True)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch.float32, attn_implementation="sdpa"
+        directory, dtype=torch.float32, attn_implementation=attn
     )
     hf.eval()
     return hf
@@ -120,6 +120,7 @@ class Pair:
     ours: Callable[[float, int, int], kv.KVPolicy]  # (ratio, context, n_layers) -> policy
     ratios: tuple[float, ...] | None = None  # where the default ratios do not suit the press
     tokens: bool = True  # compresses tokens (ThinK compresses channels)
+    eager: bool = False  # kvpress needs the eager attention matrix
 
 
 def import_kvpress() -> Any:
@@ -188,6 +189,7 @@ def pairs(
     duo: tuple[np.ndarray, int, int] | None = None,
     lag_size: int = 128,
     lag_ratios: tuple[float, ...] = (0.25, 0.5),
+    n_layers: int = 3,
 ) -> dict[str, Pair]:
     """(kvpress press, our policy) by name. ``qfilters`` (n_layers, Hkv, D) enables the
     Q-Filter pair, ``duo`` (head scores, sink, recent) the DuoAttention pair (``r`` is then
@@ -197,6 +199,9 @@ def pairs(
     kp = import_kvpress()
 
     w = window
+
+    def layer_ratios(r: float) -> list[float]:  # from 1.2 r (first layer) to 0.8 r (last)
+        return [min(0.95, r * (1.2 - 0.4 * i / max(n_layers - 1, 1))) for i in range(n_layers)]
 
     def snap(r: float, T: int) -> kv.SnapKV:
         return kv.SnapKV(n_kept(T, r), window=w)
@@ -236,6 +241,19 @@ def pairs(
             lambda r, T, n: kv.AdaKV(n_kept(T, r), scorer=kv.ExpectedAttention(n_kept(T, r))),
         ),
         Pair("keydiff", lambda r: kp.KeyDiffPress(r), lambda r, T, n: kv.KeyDiff(n_kept(T, r))),
+        Pair(
+            "observed_attention",
+            lambda r: kp.ObservedAttentionPress(r),
+            lambda r, T, n: kv.ObservedAttention(n_kept(T, r)),
+            eager=True,
+        ),
+        Pair(  # per-layer ratios: kvpress's wrapper, our per-layer budget
+            "per_layer",
+            lambda r: kp.PerLayerCompressionPress(
+                kp.SnapKVPress(window_size=w), compression_ratios=layer_ratios(r)
+            ),
+            lambda r, T, n: kv.SnapKV([n_kept(T, x) for x in layer_ratios(r)], window=w),
+        ),
         Pair("cur", lambda r: kp.CURPress(r), lambda r, T, n: kv.CUR(n_kept(T, r))),
         Pair(
             "lagkv",
@@ -297,10 +315,17 @@ def pairs(
 
 
 def compare(
-    model: sm.LlamaModel, hf: Any, pair: Pair, ids: np.ndarray, T: int, ratio: float
+    model: sm.LlamaModel,
+    hf: Any,
+    pair: Pair,
+    ids: np.ndarray,
+    T: int,
+    ratio: float,
+    hf_eager: Any = None,
 ) -> tuple[float, float, Any]:
-    """Mean NLL of the continuation: (kvpress, ours, our cache)."""
-    theirs = kvpress_nll(hf, pair.kvpress(ratio), ids, T)
+    """Mean NLL of the continuation: (kvpress, ours, our cache). ``hf_eager``: the same
+    model with eager attention, for the pairs that need it."""
+    theirs = kvpress_nll(hf_eager if pair.eager else hf, pair.kvpress(ratio), ids, T)
     mine, cache = ours_nll(model, pair.ours(ratio, T, model.config.n_layers), ids, T)
     return float(theirs.mean()), float(mine.mean()), cache
 

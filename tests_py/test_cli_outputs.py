@@ -19,7 +19,7 @@ from sparseforge import models as sm
 
 STORIES = realdata.stories260k_path()
 DATA_ENV = {} if STORIES is None else {"SPARSEFORGE_DATA": str(STORIES.parent.parent)}
-needs_stories = pytest.mark.skipif(STORIES is None, reason="stories260K not found")
+needs_stories = realdata.needs_stories
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

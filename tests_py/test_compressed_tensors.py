@@ -36,9 +36,7 @@ except ImportError:  # pragma: no cover - compressed-tensors > 0.14
     )
 
 STORIES = realdata.stories260k_path()
-needs_stories = pytest.mark.skipif(
-    STORIES is None, reason="stories260K not found (../shared/data or SPARSEFORGE_DATA)"
-)
+needs_stories = realdata.needs_stories
 CONFIGS = {"sparse-24-bitmask": Sparse24BitMaskConfig, "sparse-bitmask": BitmaskConfig}
 
 

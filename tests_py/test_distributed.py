@@ -17,7 +17,8 @@ from sparseforge.models import distributed
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# One local cluster for the module (about 10 s to start); the whole file ~35 s on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 # 12 windows of 16 tokens in batches of 2 windows: 6 batches, split over 3 shards.
 CALIB = np.random.default_rng(1).integers(3, 80, size=(12, 16))
@@ -60,11 +61,13 @@ def assert_same(a: sm.LlamaModel, b: sm.LlamaModel, ra: Any, rb: Any) -> None:
 @pytest.mark.parametrize(
     ("method", "kw"),
     [
-        ("wanda", dict(sparsity=0.5)),
+        ("wanda", dict(sparsity=0.5)),  # forward="auto": the core forward, a chain
         ("sparsegpt", dict(pattern="2:4")),
-        ("sparsegpt", dict(sparsity=0.6, sequential=False)),
+        ("sparsegpt", dict(pattern="2:4", forward="python")),  # parallel, inputs chained
+        ("sparsegpt", dict(sparsity=0.6, sequential=False, forward="python")),
+        ("wanda", dict(sparsity=0.6, sequential=False)),
         ("magnitude", dict(sparsity=0.3, error=False)),
-        ("wanda", dict(pattern="2:4", activations="bfloat16", workers=7)),
+        ("wanda", dict(pattern="2:4", activations="bfloat16", workers=7, forward="python")),
     ],
 )
 def test_bit_identical_to_single_process(cluster: Any, method: str, kw: dict[str, Any]) -> None:
@@ -129,12 +132,27 @@ def test_failed_block_is_not_half_written(cluster: Path) -> None:
         assert np.array_equal(wb[n], expect), n
 
 
+def test_a_method_error_is_raised_as_in_one_process(cluster: Any) -> None:
+    """An exception inside a task (here sparsegpt's check of percdamp) is not retried and
+    comes out as the same exception prune() raises; the model is untouched."""
+    a, b = tinymodels.random_model(2), tinymodels.random_model(2)
+    with pytest.raises(ValueError, match="percdamp") as single:
+        sm.prune(a, CALIB, method="sparsegpt", percdamp=-1.0, **KW)
+    with pytest.raises(ValueError, match="percdamp") as ray_err:
+        sm.prune_ray(b, CALIB, method="sparsegpt", percdamp=-1.0, **KW)
+    assert str(ray_err.value) == str(single.value)
+    dense = weights(tinymodels.random_model(2))
+    assert all(np.array_equal(w, dense[n]) for n, w in weights(b).items())
+
+
 def test_bad_arguments(cluster: Any) -> None:
     m = tinymodels.random_model(0)
     with pytest.raises(ValueError, match="statistics"):
         sm.prune_ray(m, CALIB, statistics="sum", **KW)
     with pytest.raises(ValueError, match="workers"):
         sm.prune_ray(m, CALIB, workers=0, **KW)
+    with pytest.raises(ValueError, match="forward"):
+        sm.prune_ray(m, CALIB, forward="gpu", **KW)
     with pytest.raises(ValueError, match="max_retries"):
         sm.prune_ray(m, CALIB, max_retries=-1, **KW)
     with pytest.raises(ValueError, match="method"):

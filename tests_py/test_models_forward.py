@@ -18,6 +18,7 @@ import pytest
 
 import realdata
 import sparseforge as sf
+from reference import runc_encode
 from sparseforge import models as sm
 from sparseforge.models import ops
 
@@ -246,28 +247,6 @@ def test_ops_bad_input() -> None:
 
 # ---------------------------------------------------------------------------------------
 # Tokenizer
-
-
-def runc_encode(tok: sm.Llama2cTokenizer, text: str) -> list[int]:
-    """run.c's encode() as written: a scan of every pair per merge (quadratic)."""
-    lookup: dict[bytes, int] = {}
-    for i in range(tok.vocab_size):
-        lookup.setdefault(tok.piece(i), i)
-    ids = [1]
-    if text:
-        ids.append(lookup[b" "])
-    for ch in text:
-        b = ch.encode()
-        ids += [lookup[b]] if b in lookup else [x + 3 for x in b]
-    while True:
-        best, best_i, best_id = -1e10, -1, -1
-        for i in range(len(ids) - 1):
-            t = lookup.get(tok.piece(ids[i]) + tok.piece(ids[i + 1]))
-            if t is not None and tok.score(t) > best:
-                best, best_i, best_id = tok.score(t), i, t
-        if best_i < 0:
-            return ids
-        ids[best_i : best_i + 2] = [best_id]
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,7 @@ import tinymodels
 from sparseforge import models as sm
 
 STORIES = realdata.stories260k_path()
-needs_stories = pytest.mark.skipif(
-    STORIES is None, reason="stories260K not found (../shared/data or SPARSEFORGE_DATA)"
-)
+needs_stories = realdata.needs_stories
 TINY = None if STORIES is None else STORIES.parent.parent / "tinystories-valid-excerpt"
 TINY_TEXT = None if TINY is None else TINY / "tinystories_val.txt"
 # The CLI finds stories260k through $SPARSEFORGE_DATA (an installed package has no checkout

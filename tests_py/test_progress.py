@@ -5,8 +5,11 @@ use them (perplexity, calibration, pruning, TEAL's greedy search) on stories260K
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,7 +127,7 @@ def test_bad_progress_argument() -> None:
 # -- the jobs ------------------------------------------------------------------------------
 
 _BIN = realdata.stories260k_path()
-needs_stories = pytest.mark.skipif(_BIN is None, reason="stories260K not found")
+needs_stories = realdata.needs_stories
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +202,58 @@ def test_a_bar_left_open_by_an_exception_does_not_nest_the_next(plain: None) -> 
     gc.collect()
     text = _run(2, stream=TTY())
     assert text.endswith("\n")  # kept as a top-level bar, not erased as a nested one
+
+
+def test_exports_save_and_structured_progress(
+    plain: None, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export_hf / export_gguf / save count tensors, structured.importance windows and
+    slicegpt blocks; quiet unless asked (stderr is not a terminal here), never on stdout."""
+    import tinymodels
+    from sparseforge import structured
+
+    pytest.importorskip("gguf")
+    model = tinymodels.random_model(0)
+    n_tensors = len(model.config.weight_shapes())
+    calib = np.random.default_rng(0).integers(3, 80, size=(3, 16))
+    jobs = [
+        (lambda p: sm.export_hf(model, tmp_path / f"hf{p}", progress=p), "export_hf", n_tensors),
+        (
+            lambda p: sm.export_gguf(model, tmp_path / f"m{p}.gguf", progress=p),
+            "export_gguf",
+            n_tensors - ("lm_head.weight" in model._weights and model.config.tied_embeddings),
+        ),
+        (lambda p: sm.save(model, tmp_path / f"s{p}.sfm", progress=p), "save", n_tensors),
+        (lambda p: structured.importance(model, calib, progress=p), "importance", 3),
+        (lambda p: structured.slicegpt(model, calib, dim=56, progress=p), "slicegpt", 2),
+    ]
+    for job, name, total in jobs:
+        job(None)
+        assert capsys.readouterr().err == "", name
+        job(True)
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        last = captured.err.splitlines()[-1]
+        assert name in last, captured.err
+        assert f" {total}/{total} " in last, captured.err
+    for bad in ("yes", 1):
+        with pytest.raises(TypeError, match="progress"):
+            sm.export_hf(model, tmp_path / "bad", progress=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_export_cli_quiet(tmp_path: Any) -> None:
+    """`sparseforge export ... --quiet` prints no progress even when forced by the
+    environment; without it (forced) the tensors are counted on stderr."""
+    stories = realdata.stories260k_path()
+    if stories is None:
+        pytest.skip("stories260K not found (../shared/data or SPARSEFORGE_DATA)")
+    env = {**os.environ, _progress.ENV: "1"}
+    for quiet in (True, False):
+        out = tmp_path / f"m{quiet}.gguf"
+        cmd = [sys.executable, "-m", "sparseforge", "export", str(stories), "--format", "gguf"]
+        cmd += ["--out", str(out)] + (["--quiet"] if quiet else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert out.is_file()
+        assert ("export_gguf" in r.stderr) is not quiet, r.stderr

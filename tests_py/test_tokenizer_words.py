@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import realdata
+from reference import runc_encode
 from sparseforge import models as sm
 from sparseforge.models.perplexity import token_stream
 
@@ -25,28 +26,6 @@ pytestmark = pytest.mark.skipif(DATA is None, reason="stories260K not found")
 def tok() -> sm.Llama2cTokenizer:
     assert DATA is not None
     return sm.Llama2cTokenizer(DATA / "stories260K" / "tok512.bin", 512)
-
-
-def runc_encode(tok: sm.Llama2cTokenizer, text: str, bos: bool = True) -> list[int]:
-    """run.c's encode() as written: a scan of every pair per merge (quadratic)."""
-    lookup: dict[bytes, int] = {}
-    for i in range(tok.vocab_size):
-        lookup.setdefault(tok.piece(i), i)
-    ids = [1] if bos else []
-    if text:
-        ids.append(lookup[b" "])
-    for ch in text:
-        b = ch.encode()
-        ids += [lookup[b]] if b in lookup else [x + 3 for x in b]
-    while True:
-        best, best_i, best_id = -1e10, -1, -1
-        for i in range(len(ids) - 1):
-            t = lookup.get(tok.piece(ids[i]) + tok.piece(ids[i + 1]))
-            if t is not None and tok.score(t) > best:
-                best, best_i, best_id = tok.score(t), i, t
-        if best_i < 0:
-            return ids
-        ids[best_i : best_i + 2] = [best_id]
 
 
 def _real_texts() -> list[tuple[str, str]]:

@@ -47,6 +47,7 @@ def export_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             overwrite=args.overwrite,
             tokenizer=not args.no_tokenizer,
             compression=args.compression,
+            progress=_model_cli._show(args),
         )
     else:
         report = sm.export_gguf(
@@ -55,6 +56,7 @@ def export_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             dtype=args.dtype or "f32",
             overwrite=args.overwrite,
             tokenizer=not args.no_tokenizer,
+            progress=_model_cli._show(args),
         )
     out.write(f"model: {model.source}\n")
     out.write(f"exported ({args.format}) in {time.perf_counter() - t0:.1f} s: {report}\n")
@@ -92,4 +94,5 @@ def add_export_command(sub: Any) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
     e.add_argument("--no-tokenizer", action="store_true", help="write the weights only")
     e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--quiet", action="store_true", help="no progress on stderr")
     e.set_defaults(func=export_cmd)

@@ -324,7 +324,7 @@ def prune_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         )
     saved = None
     if out_path is not None:
-        saved = sm.save(model, out_path, dtype=args.dtype)
+        saved = sm.save(model, out_path, dtype=args.dtype, progress=_show(args))
         _say(out, f"saved {saved}")
     if json_path is not None:
         from . import __version__
@@ -463,6 +463,7 @@ def demo_cmd(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 saved = sm.save(
                     model,
                     save_dir / f"{method}-{label.replace(':', 'of').replace('%', 'pct')}.sfm",
+                    progress=_show(args),
                 )
                 size = f"{saved.file_bytes / 1e6:.1f}"
             rows.append(

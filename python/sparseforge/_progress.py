@@ -1,7 +1,8 @@
 """Progress bars for long jobs: ``tqdm`` when it is installed, plain lines on stderr otherwise.
 
-Every long job of the library (the model demo, calibration, block-by-block pruning,
-perplexity, TEAL's greedy search) takes ``progress: bool | None = None``:
+Every long job of the library (the model demo, calibration, block-by-block pruning in one
+process, streamed or on Ray, perplexity, TEAL's greedy search, Minitron importance and
+SliceGPT, the exports and ``sf.models.save``) takes ``progress: bool | None = None``:
 
 * ``None`` (default): show progress when stderr is a terminal; the environment variable
   ``SPARSEFORGE_PROGRESS=1`` forces it on elsewhere (a log file, CI), ``=0`` turns it off;

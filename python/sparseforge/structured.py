@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _progress
 from ._validate import check_bool, check_number
 from .models.config import LlamaConfig
 from .models.llama import LINEAR_SUFFIXES, Hooks, LlamaModel, _is_compressed
@@ -187,6 +188,7 @@ def importance(
     seqlen: int | None = None,
     seed: int = 0,
     bos: bool = True,
+    progress: bool | None = None,
 ) -> Importance:
     """Minitron activation importance of ``model``'s neurons, heads, GQA groups, hidden
     channels and blocks, from one forward pass over calibration windows (formulas in the
@@ -203,12 +205,16 @@ def importance(
         Calibration windows: ``nsamples`` windows of ``seqlen`` tokens (default
         ``min(max_seq_len, 2048)``) at random offsets drawn with ``seed``. Memory: one
         window's activations at a time.
+    progress : bool or None
+        A progress bar over the windows on stderr (None: when stderr is a terminal or
+        ``SPARSEFORGE_PROGRESS=1``; False: quiet).
 
     Returns
     -------
     Importance
     """
     _check_model(model, "importance")
+    _progress.check_progress(progress)
     c = model.config
     windows = _windows(model, calib, nsamples, seqlen, seed, bos)
     L = c.n_layers
@@ -228,6 +234,7 @@ def importance(
                 return
 
     hooks = Hooks(linear_input=capture)
+    bar = _progress.bar(len(windows), "importance", unit="windows", progress=progress)
     for w in windows:
         h = model.embed(w)
         for i in range(L):
@@ -240,6 +247,8 @@ def importance(
             cos = np.einsum("td,td->t", a, b) / np.maximum(na * nb, np.finfo(np.float64).tiny)
             layers[i] += 1.0 - float(cos.mean())
             h = out
+        bar.update()
+    bar.close()
     g = c.n_heads // c.n_kv_heads
     head_scores = np.sqrt(o_in).reshape(L, c.n_heads, c.head_dim)
     heads = np.sqrt((head_scores**2).sum(axis=2))
@@ -444,7 +453,8 @@ def depth(
         for name in list(c.weight_shapes()) + _biases(model):
             if name.startswith(p_old):
                 weights[p_new + name[len(p_old) :]] = model.weight(name)
-    new_config = dataclasses.replace(c, n_layers=len(keep), head_dim=c.head_dim)
+    types = tuple(c.layer_types[k] for k in keep) if c.layer_types else ()
+    new_config = dataclasses.replace(c, n_layers=len(keep), head_dim=c.head_dim, layer_types=types)
     dropped = [k for k in range(c.n_layers) if k not in keep]
     return _new_model(model, new_config, weights, f"depth-pruned: blocks {dropped} removed")
 
@@ -586,6 +596,7 @@ def slicegpt(
     damping: float = 0.01,
     round_to: int = 8,
     slice_head: bool = False,
+    progress: bool | None = None,
 ) -> LlamaModel:
     """SliceGPT: rotate the residual stream of each block onto its principal components and
     keep the first ``d'`` (TransformerCompression ``rotate_and_slice_sequential``).
@@ -620,6 +631,9 @@ def slicegpt(
         Fraction of the mean diagonal added before the eigendecomposition (0.01).
     slice_head : bool
         Also slice the last block's output and the head to ``d'``.
+    progress : bool or None
+        A progress bar over the blocks on stderr (None: when stderr is a terminal or
+        ``SPARSEFORGE_PROGRESS=1``; False: quiet).
 
     Returns
     -------
@@ -634,6 +648,7 @@ def slicegpt(
     d_new = _slice_dim(c, dim, sparsity, rt)
     check_number(damping, "damping", 0, None)
     check_bool(slice_head, "slice_head")
+    _progress.check_progress(progress)
     damp = float(damping)
     windows = _windows(model, calib, nsamples, seqlen, seed, bos)
     L, d = c.n_layers, c.dim
@@ -647,6 +662,7 @@ def slicegpt(
     out["model.embed_tokens.weight"] = _f32(fused["model.embed_tokens.weight"] @ Q_in[:, : r[0]])
     states = _f32(states.astype(np.float64) @ Q_in[:, : r[0]])
     skip_mlp = _skip_mlp(c)
+    bar = _progress.bar(L, f"slicegpt d'={d_new}", unit="blocks", progress=progress)
     for i in range(L):
         p = f"model.layers.{i}."
         r_in, r_mid, r_out = r[2 * i], r[2 * i + 1], r[2 * i + 2]
@@ -688,8 +704,11 @@ def slicegpt(
         states = _f32(outs.astype(np.float64) @ Qo)
         del outs
         if not np.all(np.isfinite(states)):
+            bar.close()
             raise ValueError(f"model: block {i} produced non-finite outputs while slicing")
         Q_in = Q_out
+        bar.update()
+    bar.close()
     out["lm_head.weight"] = _f32(fused["lm_head.weight"] @ Q_in[:, : r[-1]])
     out["model.norm.weight"] = np.ones(r[-1], np.float32)
     config = dataclasses.replace(

@@ -9,11 +9,14 @@ outputs):
    one Ray task per shard runs the block's batched forward
    (:func:`sparseforge.models._calibration.block_forward`) over its shard's activations,
    which stay in the object store between blocks.
-2. **Statistics.** ``statistics="exact"`` (default): each shard's task returns the inputs of
-   the block's 4 distinct linear inputs, and a chain of small tasks adds them to one
-   :class:`~sparseforge.calib.LayerStats` per input in window order, the very
-   ``update`` calls of the single-process run, so the statistics, the masks and the weights
-   are bit-identical to :func:`~sparseforge.models.prune`. ``statistics="merge"``: each
+2. **Statistics.** ``statistics="exact"`` (default): the statistics get the very updates
+   of the single-process run, in window order, so the statistics, the masks and the
+   weights are bit-identical to :func:`~sparseforge.models.prune` with the same
+   ``forward``. With the Python forward each shard's task returns the inputs of the
+   block's 4 distinct linear inputs and a chain of small tasks adds them to one
+   :class:`~sparseforge.calib.LayerStats` per input; with the core forward (which updates
+   the statistics inside its one call per batch) the shards' calibration tasks themselves
+   form the chain, each continuing the previous shard's statistics. ``statistics="merge"``: each
    shard's task accumulates its own LayerStats, merged with :meth:`LayerStats.merge` in
    shard order (float64 sums: deterministic for a given shard count, equal to one stream
    up to float64 rounding; no inputs move, the additions run in parallel).
@@ -146,6 +149,62 @@ def _feeds(model: LlamaModel, i: int) -> dict[str, int]:
 # -- task bodies (plain functions: the tests and a single process can call them too) ------
 
 
+def _new_stats(block: Mapping[str, Any], i: int, hessian: bool) -> dict[int, LayerStats]:
+    """The 4 LayerStats of block ``i`` (q/k/v's, o's, gate/up's, down's inputs)."""
+    p = f"model.layers.{i}."
+    sizes: dict[int, int] = {}
+    for suffix, g in _calibration.GROUP.items():
+        sizes.setdefault(g, int(block[p + suffix].shape[1]))
+    return {g: LayerStats(sizes[g], hessian) for g in range(4)}
+
+
+def _run_shard(
+    model: LlamaModel,
+    i: int,
+    h: np.ndarray,
+    per: int,
+    forward: str,
+    stats: dict[int, LayerStats] | None,
+    capture: bool,
+    want_output: bool,
+) -> tuple[list[dict[int, np.ndarray]], np.ndarray | None]:
+    """Block ``i`` over the shard ``h`` in batches of ``per`` windows, as
+    ``_calibration.run_block`` does: ``stats`` updated batch by batch (core or Python
+    forward); ``capture``: instead, each batch's 4 group inputs are returned (Python
+    forward); the outputs when ``want_output``."""
+    feeds = _feeds(model, i)
+    inputs: list[dict[int, np.ndarray]] = []
+    current: dict[int, np.ndarray] = {}
+    hooks = None
+    if forward == "python" and (capture or stats is not None):
+
+        def hook(name: str, x: np.ndarray) -> None:
+            g = feeds.get(name)
+            if g is None:
+                return
+            if capture:
+                current[g] = np.ascontiguousarray(x)
+            elif stats is not None:
+                stats[g].update(x, num_threads=model.num_threads)
+
+        hooks = Hooks(linear_input=hook)
+    ordered = [None] * 4 if stats is None else [stats[g] for g in range(4)]
+    out = np.empty_like(h) if want_output else None
+    for a, b in _batches(h, per):
+        x = _read(h, a, b)
+        if forward == "core":
+            y = _calibration.block_forward_core(model, i, x, b - a, ordered, want_output)
+        else:
+            y = _calibration.block_forward(model, i, x, b - a, hooks, want_output)
+        if capture:
+            inputs.append(dict(current))
+            current.clear()
+        if out is not None:
+            assert y is not None
+            out[a:b] = y.reshape(b - a, *h.shape[1:]).astype(h.dtype, copy=False)
+    return inputs, out
+
+
 def _calibrate_shard(
     config: Any,
     i: int,
@@ -153,44 +212,30 @@ def _calibrate_shard(
     h: np.ndarray,
     per: int,
     mode: str,
+    forward: str,
     hessian: bool,
     want_output: bool,
     num_threads: int | None,
+    stats_in: dict[int, LayerStats] | None = None,
 ) -> tuple[Any, np.ndarray | None, bool]:
-    """Block ``i`` over one shard ``h`` ``(windows, seqlen, dim)`` in batches of ``per``
-    windows. ``mode="exact"``: returns each batch's inputs of the 4 statistics groups
-    (a list of ``{group: X}``); ``"merge"``: this shard's ``{group: LayerStats}``. Second:
-    the block's outputs (``h``'s dtype) when ``want_output``; third: whether they are all
-    finite."""
+    """Block ``i`` over one shard ``h`` ``(windows, seqlen, dim)``. First result:
+
+    * ``mode="capture"`` (exact, Python forward): each batch's inputs of the 4 statistics
+      groups (a list of ``{group: X}``) for the accumulation chain;
+    * ``mode="chain"`` (exact, core forward): ``stats_in`` (None: new) continued over this
+      shard, the next link of the chain;
+    * ``mode="merge"``: this shard's own ``{group: LayerStats}``.
+
+    Second: the block's outputs (``h``'s dtype) when ``want_output``; third: whether they
+    are all finite."""
     _maybe_fault("calibrate", i)
     model = _block_model(config, block, num_threads)
-    feeds = _feeds(model, i)
-    inputs: list[dict[int, np.ndarray]] = []
-    stats: dict[int, LayerStats] = {}
-    current: dict[int, np.ndarray] = {}
-
-    def capture(name: str, x: np.ndarray) -> None:
-        g = feeds.get(name)
-        if g is None:
-            return
-        if mode == "exact":
-            current[g] = np.ascontiguousarray(x)
-        else:
-            if g not in stats:
-                stats[g] = LayerStats(int(x.shape[1]), hessian)
-            stats[g].update(x, num_threads=num_threads)
-
-    out = np.empty_like(h) if want_output else None
-    hooks = Hooks(linear_input=capture)
-    for a, b in _batches(h, per):
-        y = _calibration.block_forward(model, i, _read(h, a, b), b - a, hooks, want_output)
-        if mode == "exact":
-            inputs.append(dict(current))
-            current.clear()
-        if out is not None:
-            assert y is not None
-            out[a:b] = y.reshape(b - a, *h.shape[1:]).astype(h.dtype, copy=False)
-    return (inputs if mode == "exact" else stats), out, out is None or _finite(out)
+    stats = None
+    if mode != "capture":
+        stats = stats_in if stats_in is not None else _new_stats(block, i, hessian)
+    inputs, out = _run_shard(model, i, h, per, forward, stats, mode == "capture", want_output)
+    first = inputs if mode == "capture" else stats
+    return first, out, out is None or _finite(out)
 
 
 def _finite(h: np.ndarray) -> bool:
@@ -247,17 +292,15 @@ def _forward_shard(
     block: Mapping[str, Any],
     h: np.ndarray,
     per: int,
+    forward: str,
     num_threads: int | None,
 ) -> tuple[np.ndarray, bool]:
     """Block ``i``'s outputs over one shard (the next block's inputs) and whether they
     are all finite."""
     _maybe_fault("forward", i)
     model = _block_model(config, block, num_threads)
-    out = np.empty_like(h)
-    for a, b in _batches(h, per):
-        y = _calibration.block_forward(model, i, _read(h, a, b), b - a, None, True)
-        assert y is not None
-        out[a:b] = y.reshape(b - a, *h.shape[1:]).astype(h.dtype, copy=False)
+    _, out = _run_shard(model, i, h, per, forward, None, False, True)
+    assert out is not None
     return out, _finite(out)
 
 
@@ -271,6 +314,16 @@ def _remote() -> dict[str, Any]:
         "prune": ray.remote(_prune_one),
         "forward": ray.remote(num_returns=2)(_forward_shard),
     }
+
+
+def _failed(i: int, retries: int, e: Exception) -> RayPruneError:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return RayPruneError(
+        f"prune_ray: block {i} failed after {retries} retries ({type(e).__name__}: {first}); "
+        f"blocks 0..{i - 1} are pruned, block {i} and later are untouched",
+        i,
+        i,
+    )
 
 
 def _shards(n_batches: int, workers: int) -> list[tuple[int, int]]:
@@ -305,6 +358,7 @@ def prune_ray(
     batch_tokens: int = 8192,
     workers: int | None = None,
     statistics: str = "exact",
+    forward: str = "auto",
     max_retries: int = 3,
     num_threads: int | None = None,
     **method_kwargs: Any,
@@ -333,6 +387,14 @@ def prune_ray(
         accumulates its own statistics, merged in shard order (no inputs move; equal to
         one stream up to float64 rounding, so masks can differ where scores tie that
         closely).
+    forward : {"auto", "core", "python"}
+        The calibration forward, as in :func:`sparseforge.models.prune` (whose default
+        "auto" runs each batch through a block in one core call where the core implements
+        the family). With "exact" statistics and the core forward, the shards' calibration
+        tasks form a chain (each continues the previous shard's statistics inside the core
+        call, so that pass is not parallel; the outputs pass and the pruning are); with the
+        Python forward the shards run in parallel and only the ``update`` calls are
+        chained.
     max_retries : int
         Times Ray reruns a task whose worker died.
     num_threads : int, optional
@@ -362,6 +424,8 @@ def prune_ray(
     _progress.check_progress(progress)
     act_dtype = _calibration.activation_dtype(activations)
     bt = _int_arg(batch_tokens, "batch_tokens", 1)
+    fwd = _calibration.resolve_forward(model, forward)
+    mode = statistics if statistics == "merge" else ("chain" if fwd == "core" else "capture")
     retries = _int_arg(max_retries, "max_retries", 0)
     n_workers = None if workers is None else _int_arg(workers, "workers", 1)
     c = model.config
@@ -403,12 +467,12 @@ def prune_ray(
     opts = {"max_retries": retries}
 
     states = []
-    for a, b in shard_windows:
+    for a, b in shard_windows if needs_data else []:
         h = np.empty((b - a, s, c.dim), dtype=act_dtype)
         for j in range(a, b):
             h[j - a] = model.embed(windows[j]).astype(act_dtype, copy=False)
         states.append(ray.put(h))
-    del h
+        del h
 
     bar = _progress.bar(
         c.n_layers, f"sparseforge prune_ray [{method}]", unit="blocks", progress=progress
@@ -422,26 +486,35 @@ def prune_ray(
             stats_ref: Any = None
             try:
                 if needs_data:
-                    calib_refs = [
-                        tasks["calibrate"]
-                        .options(**opts)
-                        .remote(
-                            c, i, wref, h, per, statistics, hessian, not sequential, num_threads
-                        )
-                        for h in states
-                    ]
+                    calib = tasks["calibrate"].options(**opts)
+                    want = not sequential
+                    if mode == "chain":  # each shard continues the previous one's statistics
+                        calib_refs = []
+                        for h in states:
+                            calib_refs.append(
+                                calib.remote(
+                                    c, i, wref, h, per, mode, fwd, hessian, want, num_threads,
+                                    stats_ref,
+                                )
+                            )  # fmt: skip
+                            stats_ref = calib_refs[-1][0]
+                    else:
+                        calib_refs = [
+                            calib.remote(c, i, wref, h, per, mode, fwd, hessian, want, num_threads)
+                            for h in states
+                        ]
                     firsts = [r[0] for r in calib_refs]
                     if not sequential:
                         outputs = [r[1] for r in calib_refs]
                         finite_refs = [r[2] for r in calib_refs]
-                    if statistics == "exact":
+                    if mode == "capture":
                         for r in firsts:
                             stats_ref = (
                                 tasks["accumulate"]
                                 .options(**opts)
                                 .remote(stats_ref, r, hessian, num_threads)
                             )
-                    else:
+                    elif mode == "merge":
                         stats_ref = tasks["merge"].options(**opts).remote(*firsts)
                 pruned = ray.get(
                     [
@@ -454,26 +527,28 @@ def prune_ray(
                 if sequential and needs_data:
                     block = _block_weights(model, i)
                     block.update({nm: w for nm, (w, _) in zip(names, pruned, strict=True)})
-                    fwd = [
+                    bref = ray.put(block)
+                    fwd_refs = [
                         tasks["forward"]
                         .options(**opts)
-                        .remote(c, i, ray.put(block), h, per, num_threads)
+                        .remote(c, i, bref, h, per, fwd, num_threads)
                         for h in states
                     ]
-                    outputs = [r[0] for r in fwd]
-                    finite = ray.get([r[1] for r in fwd])
+                    outputs = [r[0] for r in fwd_refs]
+                    finite = ray.get([r[1] for r in fwd_refs])
                 elif outputs is not None:
                     finite = ray.get(finite_refs)
                 else:
                     finite = [True]
-            except ray.exceptions.RayError as e:
-                raise RayPruneError(
-                    f"prune_ray: block {i} failed after {retries} retries "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                    f"blocks 0..{i - 1} are pruned, block {i} and later are untouched",
-                    i,
-                    i,
-                ) from e
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, Exception):
+                    # The method's own error (a bad keyword, NumericalError): not retried,
+                    # raised as prune() raises it; block i and later are untouched.
+                    raise cause from None
+                raise _failed(i, retries, e) from e
+            except ray.exceptions.RayError as e:  # a worker or node lost past the retries
+                raise _failed(i, retries, e) from e
             # Commit the whole block at once (nothing above wrote into the model); copies,
             # so that the object store can free its buffers.
             for nm, (w, _) in zip(names, pruned, strict=True):

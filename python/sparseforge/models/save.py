@@ -22,7 +22,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .. import _container
+from .. import _container, _progress
 from .. import format as _format
 from .._io import parse_json
 from .config import LlamaConfig
@@ -178,6 +178,7 @@ def save(
     compress: bool = True,
     dtype: str | None = None,
     tokenizer: bool = True,
+    progress: bool | None = None,
 ) -> SaveReport:
     """Write ``model`` (config, weights, tokenizer) to one file, atomically.
 
@@ -198,6 +199,9 @@ def save(
         given to ``set_weight`` are stored as they are.
     tokenizer : bool
         Store the tokenizer too (llama2.c and ``tokenizers`` tokenizers).
+    progress : bool or None
+        A progress bar over the weights being converted and compressed, on stderr (None:
+        when stderr is a terminal or ``SPARSEFORGE_PROGRESS=1``; False: quiet).
 
     Returns
     -------
@@ -217,7 +221,10 @@ def save(
     dense_bytes = 0
     names = list(model.config.weight_shapes())
     names += [n for n in model._weights if n.endswith(".bias") and n not in names]
+    _progress.check_progress(progress)
+    bar = _progress.bar(len(names), "sparseforge save", unit="tensors", progress=progress)
     for name in names:
+        bar.update()
         w = model.weight(name)
         linear = name == "lm_head.weight" or name.endswith(LINEAR_SUFFIXES)
         if _is_compressed(w):
@@ -254,6 +261,7 @@ def save(
         if info is not None and blob is not None:
             meta[_KEY_TOKENIZER] = json.dumps(info)
             tensors[_TOKENIZER_BLOB] = blob
+    bar.close()
     spath = os.fspath(path)
     _container.save(spath, tensors, metadata=meta)
     note = ""

@@ -16,6 +16,7 @@ from .expected_attention import ExpectedAttention
 from .keydiff import KeyDiff
 from .lagkv import LagKV
 from .merging import Merging
+from .observed_attention import ObservedAttention
 from .qfilter import QFilter, qfilters_from_queries
 from .think import ThinK
 
@@ -28,6 +29,7 @@ __all__ = [
     "KeyDiff",
     "LagKV",
     "Merging",
+    "ObservedAttention",
     "QFilter",
     "ThinK",
     "duo_attention_scores",
@@ -35,5 +37,17 @@ __all__ = [
 ]
 
 POLICIES.update(
-    {p.name: p for p in (ExpectedAttention, KeyDiff, LagKV, CUR, ChunkKV, QFilter, Merging)}
+    {
+        p.name: p
+        for p in (
+            ExpectedAttention,
+            KeyDiff,
+            LagKV,
+            CUR,
+            ChunkKV,
+            QFilter,
+            Merging,
+            ObservedAttention,
+        )
+    }
 )
