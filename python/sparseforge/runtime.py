@@ -337,6 +337,9 @@ def sample(
 ) -> list[int]:
     """Validated arguments -> ``_core.runtime.RuntimeSession.generate`` (shared with LlamaModel)."""
     s = check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    if isinstance(stop, (str, bytes)) or not isinstance(stop, (Sequence, np.ndarray)):
+        raise TypeError(f"stop: expected a sequence of token ids, got {type(stop).__name__}")
+    stop = [check_int(t, f"stop[{i}]", 0) for i, t in enumerate(stop)]
     out: list[int] = session.generate(
         ids,
         int(max_new_tokens),
@@ -344,6 +347,6 @@ def sample(
         int(top_k),
         float(top_p),
         s,
-        [int(t) for t in stop],
+        stop,
     )
     return out
