@@ -1,5 +1,6 @@
 """Prune a transformers model in place with sparseforge.torch.prune_model (Wanda 2:4),
-then check the pruned weights and the loss with transformers' own forward.
+then check the pruned weights and the loss with transformers' own forward. Calibration is
+plain text tokenised by the model's own Hugging Face tokenizer (no sparseforge model).
 
 The model: a local Hugging Face directory (--hf DIR), or by default stories260K exported to
 one with sf.models.export_hf (real weights, offline). Needs torch and transformers.
@@ -34,13 +35,12 @@ def main() -> None:
         sm.export_hf(ours, hf_dir)
     else:
         hf_dir = Path(args.hf)
-        ours = sm.load(hf_dir)  # only to tokenize; any tokenizer that gives ids works
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
     model.eval()
     seqlen = min(args.seqlen, model.config.max_position_embeddings)
     text = _common.english_text()
-    calib = sm.calibration_windows(ours, text[:100_000], nsamples=args.nsamples, seqlen=seqlen)
-    held_out = sm.calibration_windows(ours, text[-50_000:], nsamples=4, seqlen=seqlen, seed=1)
+    held_out = sft.text_windows(text[-50_000:], tokenizer, nsamples=4, seqlen=seqlen, seed=1)
 
     def loss() -> float:
         with torch.no_grad():
@@ -48,7 +48,16 @@ def main() -> None:
             return float(model(input_ids=ids, labels=ids).loss)
 
     before = loss()
-    report = sft.prune_model(model, calib, method="wanda", pattern="2:4", progress=False)
+    report = sft.prune_model(
+        model,
+        text[:100_000],  # text + tokenizer; ready id windows work too
+        tokenizer=tokenizer,
+        nsamples=args.nsamples,
+        seqlen=seqlen,
+        method="wanda",
+        pattern="2:4",
+        progress=False,
+    )
     after = loss()
     W = model.model.layers[0].mlp.down_proj.weight.detach().numpy()
     kept = (W.reshape(W.shape[0], -1, 4) != 0).sum(axis=2)
