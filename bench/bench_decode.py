@@ -46,6 +46,8 @@ class Contender:
 
     def __init__(self, name: str, threads: int, bytes_per_token: int, kind: str) -> None:
         self.name, self.threads, self.bytes, self.kind = name, threads, bytes_per_token, kind
+        self.resident = bytes_per_token  # model bytes held in memory (set where it differs)
+        self.kv_per_token = 0  # KV cache bytes per cached token
 
     def start(self, prompt: list[int]) -> None:
         raise NotImplementedError
@@ -57,10 +59,14 @@ class Contender:
 class Runtime(Contender):
     def __init__(self, name: str, threads: int, model: Any, cap: int, **kw: Any) -> None:
         self.s = sf.runtime.Session(model, cap, num_threads=threads, **kw)
-        nbytes = int(self.s._rt.weight_bytes)
+        nbytes = resident = int(self.s._rt.weight_bytes)
         if "transposed" in kw:  # TEAL 50 %: half of every column-skipped weight is read
             nbytes -= sum(int(t.nbytes) for t in kw["transposed"].values()) // 2
+            # W stays resident beside Wt (prefill multiplies through W)
+            resident += sum(int(getattr(model.weight(n), "nbytes", 0)) for n in kw["transposed"])
         super().__init__(name, threads, nbytes, "sparseforge")
+        c = model.config
+        self.resident, self.kv_per_token = resident, 2 * c.n_layers * c.kv_dim * 4  # fp32 K, V
 
     def start(self, prompt: list[int]) -> None:
         self.s.reset()
@@ -74,6 +80,7 @@ class PythonLoop(Contender):
     def __init__(self, name: str, model: Any, cap: int, hooks: Any, nbytes: int) -> None:
         super().__init__(name, 1, nbytes, "python loop")
         self.m, self.cap, self.hooks = model, cap, hooks
+        self.kv_per_token = 2 * model.config.n_layers * model.config.kv_dim * 4
 
     def start(self, prompt: list[int]) -> None:
         self.cache = sm.KVCache(self.m.config, self.cap)
@@ -84,7 +91,7 @@ class PythonLoop(Contender):
 
 
 class LlamaCpp(Contender):
-    def __init__(self, name: str, threads: int, path: Path, cap: int) -> None:
+    def __init__(self, name: str, threads: int, path: Path, cap: int, config: Any) -> None:
         from llama_cpp import Llama
 
         self.llm = Llama(
@@ -92,6 +99,8 @@ class LlamaCpp(Contender):
             n_threads_batch=threads, verbose=False, logits_all=False,
         )  # fmt: skip
         super().__init__(name, threads, path.stat().st_size, "llama.cpp")
+        c = config
+        self.kv_per_token = 2 * c.n_layers * c.kv_dim * 2  # llama.cpp's default f16 K, V
 
     def start(self, prompt: list[int]) -> None:
         self.llm.reset()
@@ -176,7 +185,7 @@ def bench_model(name: str, args: Any, tmp: Path) -> tuple[str, list[str]]:
             files["llama.cpp Q4_1"] = q4
         for lname, p in files.items():
             for thr in (1, 2):
-                rows.append(LlamaCpp(lname, thr, p, cap))
+                rows.append(LlamaCpp(lname, thr, p, cap, c))
     else:
         notes.append("llama.cpp: not measured (llama_cpp not importable; see --llama-site)")
     probe_buf = np.ones(64 << 20, dtype=np.float32)  # 256 MiB
@@ -212,7 +221,7 @@ def bench_model(name: str, args: Any, tmp: Path) -> tuple[str, list[str]]:
                 f"{tps[i] / same:.2f}" if same and row.kind != "llama.cpp" else "",
                 f"{tps[i] / q:.2f}" if q and row.kind != "llama.cpp" else "",
                 f"{row.bytes / 1e6:.1f}", f"{ceiling:.1f}", f"{tps[i] / ceiling:.0%}",
-                f"{load_at[i]:.1f}",
+                f"{row.resident / 1e6:.1f}", f"{row.kv_per_token}", f"{load_at[i]:.1f}",
             )
         )  # fmt: skip
     kv = 2 * c.n_layers * c.kv_dim * 4
@@ -224,13 +233,16 @@ def bench_model(name: str, args: Any, tmp: Path) -> tuple[str, list[str]]:
         "at 2. `vs llama.cpp` compares at the same thread count with the same precision "
         "(bf16 rows against llama.cpp F16) and with Q4_1. `MB read/token`: the weights a "
         "step reads (TEAL rows: half of each column-skipped weight, the calibrated 50 %; "
-        "llama.cpp rows: the GGUF file).\n"
+        "llama.cpp rows: the GGUF file). `resident MB`: the model's bytes held in memory "
+        "(TEAL rows keep W for prefill beside the transposed Wt; llama.cpp: the GGUF file). "
+        "`KV bytes/token`: the KV cache per cached token (ours float32; llama.cpp's default "
+        "f16).\n"
     )
     md = harness.md_table(
         (
             "contender", "threads", "tokens/s", "vs llama.cpp same precision",
             "vs llama.cpp Q4_1", "MB read/token", "byte ceiling tok/s", "of ceiling",
-            "load avg",
+            "resident MB", "KV bytes/token", "load avg",
         ),
         table,
     )  # fmt: skip

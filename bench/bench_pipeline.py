@@ -13,8 +13,15 @@
 
 Usage (run niced; the machine is shared)::
 
-    python bench/bench_pipeline.py smol --runs sparsegpt:2:4,wanda:2:4 --tools ours,llmc
-    python bench/bench_pipeline.py shape --shape tinyllama --nsamples 8 --seqlen 2048 --blocks 2
+    # the headline (SmolLM2, 32 x 512, 50% and 2:4, SparseGPT and Wanda, 1 and 2 threads,
+    # both tools, then one evaluator): about 35 min on a quiet 2-core machine
+    python bench/bench_pipeline.py smol
+    # the core block forward against the Python path (BLAS threads = the count given)
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_pipeline.py forward --threads 1
+    # real-size shapes: N blocks of the whole model streamed (resumable), and one block of
+    # the shape through both tools, each projected to the full depth
+    python bench/bench_pipeline.py shape --shape llama7b --nsamples 4 --seqlen 2048 --blocks 2
+    python bench/bench_pipeline.py shape-block --shape llama7b --nsamples 4 --seqlen 2048
 
 ``--python`` names the interpreter that has llm-compressor (a separate bench venv with
 ``torch==2.13.0`` installed first). Results are appended as markdown sections to
@@ -24,6 +31,7 @@ Usage (run niced; the machine is shared)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -46,7 +54,21 @@ WORK = Path(os.environ.get("SF_BENCH_WORK", tempfile.gettempdir())) / "sf-bench-
 
 
 def _rss_gib() -> float:
+    """Peak RSS of this process (VmHWM, which _reset_peak() restarts; else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _reset_peak() -> None:
+    """Restart the peak-RSS count (Linux: 5 > /proc/self/clear_refs), so that writing the
+    random model in this process does not count in the pruning's peak."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 # -- SmolLM2 ---------------------------------------------------------------------------------
@@ -122,7 +144,15 @@ def smol_child(a: argparse.Namespace) -> None:
 
         m = sm.load(_smol_dir(), num_threads=a.threads)
         t0 = time.perf_counter()
-        rep = sm.prune(m, ids, method=a.method, pattern=pattern, sparsity=None, progress=False)
+        rep = sm.prune(
+            m,
+            ids,
+            method=a.method,
+            pattern=pattern,
+            sparsity=None,
+            error=not a.no_error,
+            progress=False,
+        )
         seconds = time.perf_counter() - t0
         method_s = sum(r.seconds for r in rep.layers)
         sm.export_hf(m, out, dtype="float32", overwrite=True)
@@ -203,6 +233,8 @@ def smol(a: argparse.Namespace) -> None:
                 cmd = [py, __file__, "smol-child", "--tool", tool, "--method", method]
                 cmd += ["--pattern", pattern or "none", "--ids", str(ids_path)]
                 cmd += ["--result-dir", str(res_dir), "--threads", str(thr)]
+                if not a.error:
+                    cmd.append("--no-error")
                 load0 = os.getloadavg()[0]
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if p.returncode != 0:
@@ -218,7 +250,7 @@ def smol(a: argparse.Namespace) -> None:
     cmdline = (
         f"python bench/bench_pipeline.py smol --runs {a.runs} --tools {a.tools} "
         f"--nsamples {a.nsamples} --seqlen {a.seqlen} --threads {a.threads} "
-        f"--eval-windows {a.eval_windows}"
+        f"--eval-windows {a.eval_windows}" + (" --error" if a.error else "")
     )
     lines = [
         f"## SmolLM2-135M, {a.nsamples} x {a.seqlen} calibration tokens, threads {a.threads}",
@@ -227,7 +259,11 @@ def smol(a: argparse.Namespace) -> None:
         f"{_git_rev()}). Each row is one process (loading excluded from the wall time; peak "
         "RSS of the process); the tools run back to back for each setting and thread "
         "count. Load average (os.getloadavg, 1 min) at the start / end of each run: the "
-        "machine is shared (2 cores), compare rows run side by side.",
+        "machine is shared (2 cores), compare rows run side by side. sparseforge: "
+        f"`sf.models.prune(model, ids, method=..., pattern=..., error={a.error})` "
+        "(the default core calibration forward); llm-compressor: `oneshot` with "
+        "`SparseGPTModifier(block_size=128, dampening_frac=0.01)` / `WandaPruningModifier`, "
+        "sequential pipeline, targets Linear, lm_head ignored.",
         "",
         "| setting | threads | tool | pruning wall s | of which the method s | speed-up | "
         "peak RSS GiB | load start / end |",
@@ -281,6 +317,77 @@ def _git_rev() -> str:
         return "?"
 
 
+def _forward_times(thr: int, a: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
+    from sparseforge import models as sm
+    from sparseforge.calib import LayerStats
+    from sparseforge.models import _calibration as cal
+    from sparseforge.models.llama import LINEAR_SUFFIXES, Hooks
+
+    m = sm.load(_smol_dir(), num_threads=thr)
+    c = m.config
+    n = a.nsamples
+    h = np.random.default_rng(0).standard_normal((n * a.seqlen, c.dim)).astype(np.float32)
+
+    def fresh() -> list[LayerStats]:
+        return [LayerStats(w, True) for w in (c.dim, c.dim, c.dim, c.hidden_dim)]
+
+    def python() -> None:
+        st = dict(zip([LINEAR_SUFFIXES[k] for k in (0, 3, 4, 6)], fresh(), strict=True))
+
+        def cap(name: str, x: np.ndarray) -> None:
+            s = st.get(name[len("model.layers.0.") :])
+            if s is not None:
+                s.update(x, num_threads=thr)
+
+        cal.block_forward(m, 0, h, n, Hooks(linear_input=cap), True)
+
+    def core() -> None:
+        cal.block_forward_core(m, 0, h, n, fresh(), True)
+
+    best = {"python": float("inf"), "core": float("inf")}
+    loads = []
+    for _ in range(a.repeats):
+        for name, f in (("python", python), ("core", core)):
+            t0 = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            loads.append(os.getloadavg()[0])
+    return best, loads
+
+
+def forward_ab(a: argparse.Namespace) -> None:
+    """The calibration forward of one SmolLM2 block with its statistics, the core call
+    against the Python path (numpy GEMMs + LayerStats.update per linear input), interleaved
+    in one process, best of N each."""
+    rows = []
+    for thr in [int(t) for t in str(a.threads).split(",")]:
+        best, loads = _forward_times(thr, a)
+        rows.append((thr, best, min(loads), max(loads)))
+        print(thr, best, flush=True)
+    lines = [
+        f"## Calibration forward of one SmolLM2 block: core call vs Python path, "
+        f"{a.nsamples} x {a.seqlen} tokens",
+        "",
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}; `python bench/bench_pipeline.py forward "
+        f"--nsamples {a.nsamples} --threads {a.threads} --repeats {a.repeats}` (git "
+        f"{_git_rev()}): block 0 with its four LayerStats (X^T X and column norms), outputs "
+        "computed; interleaved in one process, best of "
+        f"{a.repeats} each. Python path: numpy (OpenBLAS) GEMMs, the core's norms / RoPE / "
+        "attention / gate, `LayerStats.update` per input. Shared machine: load range shown.",
+        "",
+        "| threads | Python path s | core call s | speed-up | load min / max |",
+        "| ---: | ---: | ---: | ---: | --- |",
+    ]
+    for thr, best, lo, hi in rows:
+        lines.append(
+            f"| {thr} | {best['python']:.3f} | {best['core']:.3f} | "
+            f"{best['python'] / best['core']:.2f}x | {lo:.1f} / {hi:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    _append(a.out, text)
+
+
 # -- random 1.1B / 7B shapes -----------------------------------------------------------------
 
 SHAPES = {
@@ -307,8 +414,9 @@ SHAPES = {
 
 def _write_random(shape: str) -> Path:
     """A bf16 HF directory of random weights. TinyLlama: transformers' save_pretrained of a
-    randomly initialised model. 7B: written tensor by tensor with our safetensors writer
-    (random normal * 0.02, bf16) so the fp32 model is never built."""
+    randomly initialised model. 7B: written shard by shard (one block per shard) with our
+    safetensors writer from random bf16 bit patterns, so neither the fp32 nor the bf16
+    model is ever held in memory (13.5 GB would not fit beside the other jobs)."""
     import ml_dtypes
 
     d = WORK / f"random-{shape}"
@@ -336,7 +444,12 @@ def _write_random(shape: str) -> Path:
     kv = dim * c["num_key_value_heads"] // c["num_attention_heads"]
 
     def rnd(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16)
+        # Random bf16 bit patterns: random sign and mantissa, exponent 2^-8 (|w| in
+        # [0.0039, 0.0078), std 0.006), drawn as raw bytes: no float32 model, no conversion
+        # pass (a 7B shape is 6.7e9 values; they only have to be weight-like for timing).
+        bits = np.frombuffer(rng.bytes(2 * int(np.prod(shape))), dtype=np.uint16)
+        bits = (bits & np.uint16(0x807F)) | np.uint16(0x3B80)
+        return bits.reshape(shape).view(ml_dtypes.bfloat16)
 
     weight_map: dict[str, str] = {}
     total = 0
@@ -435,11 +548,17 @@ def block_child(a: argparse.Namespace) -> None:
             targets=["Linear"],
             ignore=["re:.*lm_head"],
         )
+        # The random directory has no tokenizer and llm-compressor wants one with a
+        # dataset (the ids are ready; it only passes through): SmolLM2's.
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(_smol_dir())
         t0 = time.perf_counter()
         oneshot(
             model=model,
             dataset=ds,
             recipe=recipe,
+            tokenizer=tok,
             num_calibration_samples=a.nsamples,
             max_seq_length=a.seqlen,
             pipeline="sequential",
@@ -535,6 +654,10 @@ def shape_run(a: argparse.Namespace) -> None:
     shutil.rmtree(out, ignore_errors=True)
     ids = np.random.default_rng(0).integers(1, 32000, size=(a.nsamples, a.seqlen))
     times = []
+    import gc
+
+    gc.collect()
+    _reset_peak()
     rss0 = _rss_gib()
     for k in range(1, a.blocks + 1):
         t0 = time.perf_counter()
@@ -601,12 +724,19 @@ def main() -> None:
     s.add_argument("--seqlen", type=int, default=512)
     s.add_argument("--threads", default="1,2")
     s.add_argument("--eval-windows", type=int, default=32)
+    s.add_argument(
+        "--error",
+        action="store_true",
+        help="also compute sparseforge's per-layer reconstruction error (prune's default "
+        "error=True; llm-compressor computes none): off unless given",
+    )
     s.add_argument("--python", default=str(ROOT / ".benchvenv" / "bin" / "python"))
     s.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
     c = sub.add_parser("smol-child")
     for k in ("tool", "method", "pattern", "ids", "result-dir"):
         c.add_argument(f"--{k}", required=True)
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--no-error", action="store_true")
     h = sub.add_parser("shape")
     h.add_argument("--shape", choices=list(SHAPES), required=True)
     h.add_argument("--nsamples", type=int, default=8)
@@ -615,6 +745,12 @@ def main() -> None:
     h.add_argument("--batch-tokens", type=int, default=8192)
     h.add_argument("--threads", type=int, default=2)
     h.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
+    f = sub.add_parser("forward")
+    f.add_argument("--nsamples", type=int, default=16)
+    f.add_argument("--seqlen", type=int, default=512)
+    f.add_argument("--threads", default="1")
+    f.add_argument("--repeats", type=int, default=7)
+    f.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.md"))
     b = sub.add_parser("shape-block")
     b.add_argument("--shape", choices=list(SHAPES), required=True)
     b.add_argument("--nsamples", type=int, default=4)
@@ -633,6 +769,7 @@ def main() -> None:
     {
         "smol": smol,
         "smol-child": smol_child,
+        "forward": forward_ab,
         "shape": shape_run,
         "shape-block": shape_block,
         "block-child": block_child,

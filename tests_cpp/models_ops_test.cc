@@ -74,7 +74,7 @@ std::vector<double> ref_rope(const std::vector<float>& x, size_t T, size_t H, si
 // Softmax attention with an explicit -inf mask over every key, float64.
 std::vector<double> ref_attention(const std::vector<float>& q, const std::vector<float>& k,
                                   const std::vector<float>& v, size_t T, size_t S, size_t Hq,
-                                  size_t Hkv, size_t D) {
+                                  size_t Hkv, size_t D, size_t window = 0) {
   std::vector<double> out(T * Hq * D, 0.0);
   const double scale = 1.0 / std::sqrt(double(D));
   for (size_t t = 0; t < T; ++t) {
@@ -86,7 +86,9 @@ std::vector<double> ref_attention(const std::vector<float>& q, const std::vector
         double dot = 0;
         for (size_t d = 0; d < D; ++d)
           dot += double(q[(t * Hq + h) * D + d]) * k[(j * Hkv + g) * D + d];
-        s[j] = (j <= S - T + t) ? dot * scale : -INFINITY;
+        const size_t pos = S - T + t;
+        const bool seen = j <= pos && (window == 0 || j + window > pos);
+        s[j] = seen ? dot * scale : -INFINITY;
         m = std::max(m, s[j]);
       }
       double z = 0;
@@ -242,6 +244,52 @@ TEST(ModelsOps, SwigluGate) {
   for (size_t i = 0; i < T * n; ++i) {
     const double ref = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * u[i];
     EXPECT_NEAR(y1[i], ref, 1e-6 * (1.0 + std::fabs(ref)));
+  }
+}
+
+TEST(ModelsOps, SlidingWindowMatchesReferenceAndDecode) {
+  // Each query attends its last `window` keys (Mistral, Gemma 3's local layers): against
+  // the float64 reference, 1 and 2 threads bitwise, and decode equal to prefill's rows.
+  LevelGuard guard;
+  for (SimdLevel level : levels_here()) {
+    set_simd_level(level);
+    SCOPED_TRACE(simd_level_name(level));
+    const size_t T = 45, S = 45, Hq = 4, Hkv = 2, D = 16;
+    const auto q = testing::normal(T * Hq * D, 11, 2.0f);
+    const auto k = testing::normal(S * Hkv * D, 12, 2.0f);
+    const auto v = testing::normal(S * Hkv * D, 13);
+    const sm::AttentionShape shape{Hq, Hkv, D};
+    const float scale = 1.0f / std::sqrt(float(D));
+    for (size_t window : {size_t{1}, size_t{7}, size_t{16}, size_t{17}, size_t{44}, size_t{45}}) {
+      std::vector<float> o1(T * Hq * D, NAN), o2(o1.size(), NAN);
+      sm::causal_attention({q.data(), T, Hq * D}, {k.data(), S, Hkv * D}, {v.data(), S, Hkv * D},
+                           shape, scale, {o1.data(), T, Hq * D}, 1, window);
+      sm::causal_attention({q.data(), T, Hq * D}, {k.data(), S, Hkv * D}, {v.data(), S, Hkv * D},
+                           shape, scale, {o2.data(), T, Hq * D}, 2, window);
+      EXPECT_EQ(o1, o2);
+      const auto ref = ref_attention(q, k, v, T, S, Hq, Hkv, D, window);
+      EXPECT_LT(max_abs_diff(o1, ref), 2e-5) << "window=" << window;
+      for (size_t t : {size_t{0}, size_t{6}, size_t{7}, size_t{30}, T - 1}) {
+        std::vector<float> o(Hq * D);
+        sm::decode_attention(q.data() + t * Hq * D, {k.data(), S, Hkv * D}, {v.data(), S, Hkv * D},
+                             t + 1, shape, scale, o.data(), 1, window);
+        for (size_t i = 0; i < Hq * D; ++i) EXPECT_EQ(o[i], o1[t * Hq * D + i]) << t << " " << i;
+      }
+    }
+  }
+}
+
+TEST(ModelsOps, GegluGate) {
+  const size_t T = 300, n = 70;
+  const auto g = testing::normal(T * n, 3, 3.0f);
+  const auto u = testing::normal(T * n, 4);
+  std::vector<float> y(T * n);
+  sm::geglu_gate({g.data(), T, n}, {u.data(), T, n}, {y.data(), T, n}, 1);
+  for (size_t i = 0; i < T * n; ++i) {
+    const double x = g[i];
+    const double ref =
+        0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
+    EXPECT_NEAR(y[i], ref, 2e-6 * (1.0 + std::fabs(ref)));
   }
 }
 

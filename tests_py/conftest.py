@@ -77,3 +77,18 @@ def simd_level(request: pytest.FixtureRequest, restore_simd: None) -> str:
     sf.set_simd_level(request.param)
     assert sf.simd_level() == request.param
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def arch_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
+    """Each family of tests_py/archmodels.py as a random transformers model saved to a
+    directory: family -> (directory, transformers model). Skips without torch/transformers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import archmodels
+
+    return {
+        fam: (d, archmodels.make_hf(fam, d))
+        for fam in archmodels.FAMILIES
+        for d in [tmp_path_factory.mktemp(fam)]
+    }

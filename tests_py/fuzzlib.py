@@ -406,7 +406,11 @@ def _targets() -> list[Target]:
         ),
         T(
             "models.export_gguf",
-            lambda: (sm.export_gguf, [tiny_model(), fresh_dir() / "m.gguf"], {"tokenizer": False}),
+            lambda: (
+                sm.export_gguf,
+                [tiny_model(), fresh_dir().with_suffix(".gguf")],
+                {"tokenizer": False},
+            ),
             [0, "dtype", "overwrite", "tokenizer", "name"],
         ),
     ]
@@ -618,6 +622,8 @@ DOCUMENTED = {
     ("activation.Thresholds", 2, "dict"),
     ("activation.Thresholds", 4, "str"),
     ("activation.Thresholds", 5, "dict"),
+    # export_gguf's name is a free-form label written to general.name
+    ("models.export_gguf", "name", "str"),
 }
 
 
@@ -819,7 +825,8 @@ def _run(
     chunk = max(1, len(pending) // (workers * 4) + 1)
     queue = [pending[i : i + chunk] for i in range(0, len(pending), chunk)]
     running: list[tuple[subprocess.Popen[str], list[int], float]] = []
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE), SF_FUZZ_SCRATCH=scratch)
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, SF_FUZZ_SCRATCH=scratch)
 
     def start(batch: list[int]) -> None:
         code = (

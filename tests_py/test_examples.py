@@ -47,6 +47,30 @@ def test_generate_script_saves_a_model_the_runtime_reads(tmp_path: Path) -> None
     assert s.prefill([1, 2]).shape[0] == 2
 
 
+def test_teal_kv_decode_script_saves_what_the_cpp_twin_reads(tmp_path: Path) -> None:
+    import sparseforge as sf
+
+    path = tmp_path / "model.sf"
+    args = ["--save", str(path), "--tokens", "12", "--budget", "8"]
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "teal_kv_decode.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "TEAL 50% + full cache" in out.stdout
+    assert "TEAL 50% + H2O 8, cache" in out.stdout
+    # what examples/cpp/kv_policy_example.cc loads: the model and one threshold per linear
+    rt = sf.runtime.load(path)
+    lines = (tmp_path / "model.sf.teal").read_text().split("\n")
+    entries = [ln.split() for ln in lines if ln]
+    assert all(len(e) == 2 and float(e[1]) >= 0 for e in entries)
+    assert len(entries) == 7 * len({e[0].split(".")[2] for e in entries})
+    assert rt.vocab_size > 0
+
+
 def test_quickstart_notebook_cells_run(capsys: pytest.CaptureFixture[str]) -> None:
     nb = json.loads((EXAMPLES / "quickstart.ipynb").read_text())
     namespace: dict[str, object] = {}
@@ -167,3 +191,41 @@ def test_pictures_notebook_cells_run(capsys: pytest.CaptureFixture[str]) -> None
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+# -- the C++ twins -------------------------------------------------------------------------
+
+
+def test_sparsegpt_layer_script_matches_the_numbers_it_checks() -> None:
+    # examples/cpp/sparsegpt_stream_example.cc prints the same lines (CI's consumer step
+    # runs both and compares them).
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "sparsegpt_layer.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "ok"
+    err = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^\s+(\S+ \S+)\s+([0-9.]+)", out.stdout, re.MULTILINE)
+    }
+    # SparseGPT from the streamed statistics reconstructs the layer better than magnitude.
+    assert err["SparseGPT 2:4"] < 0.7 * err["magnitude 2:4"]
+    assert err["SparseGPT 50%"] < err["SparseGPT 2:4"]
+
+
+def test_umbrella_header_includes_every_public_header() -> None:
+    include = Path(__file__).resolve().parent.parent / "cpp" / "include"
+    umbrella = (include / "sparseforge" / "sparseforge.h").read_text()
+    listed = set(re.findall(r'^#include "(sparseforge/[^"]+)"', umbrella, re.MULTILINE))
+    headers = {
+        p.relative_to(include).as_posix()
+        for p in (include / "sparseforge").rglob("*.h")
+        if p.name != "sparseforge.h"
+    }
+    assert headers - listed == set(), "add these to cpp/include/sparseforge/sparseforge.h"
+    assert listed - headers == set()

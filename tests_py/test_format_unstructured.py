@@ -666,6 +666,22 @@ def test_bitmap_column_skip_two_four_weight(rng: np.random.Generator) -> None:
     assert 0 < info.active < 256
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+def test_bitmap_column_skip_any_column_split(dtype: np.dtype, rng: np.random.Generator) -> None:
+    """Threads split the columns at 16-column blocks, so a range may start off the 32- and
+    64-column steps of the kernel (bf16: y held de-interleaved per 32 columns): every split
+    gives the same bits, and the reference's values."""
+    for cols in (16 * 7 + 5, 576, 96 + 16):
+        Wt = sparse_weight(rng, (300, cols), dtype, 0.5)
+        x = rng.standard_normal(300).astype(np.float32)
+        want, scale = masked_reference(Wt, x, 0.6)
+        b = BitmapTensor.from_dense(Wt)
+        outs = [sf.kernels.gemv_sparse_input(b, x, 0.6, num_threads=n) for n in (1, 2, 3, 5)]
+        assert_close(outs[0], want, scale, dtype)
+        for o in outs[1:]:
+            assert o.tobytes() == outs[0].tobytes()
+
+
 def test_bitmap_column_skip_non_finite_inputs(rng: np.random.Generator) -> None:
     Wt = sparse_weight(rng, (20, 40), F32, 0.5)
     b = BitmapTensor.from_dense(Wt)

@@ -93,7 +93,7 @@ def test_harness_reports_an_unexpected_exception(tmp_path: Path) -> None:
         timeout=330,
     )
     assert r.returncode != 0
-    assert "KeyError" in r.stderr
+    assert "KeyError" in r.stdout + r.stderr
     assert any(
         p.name.startswith("thresholds-json-crash-") for p in (tmp_path / "artifacts").iterdir()
     )

@@ -180,3 +180,18 @@ def test_llama2c_tokenizer_piece_out_of_range(tmp_path) -> None:  # type: ignore
             tok.piece(bad)
     with pytest.raises(TypeError, match="token: expected an int"):
         tok.score("a")  # type: ignore[arg-type]
+
+
+def test_generate_stop_must_be_token_ids() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sparseforge import runtime as rt
+    from tinymodels import random_model
+
+    s = rt.Session(random_model(0), 16, num_threads=1)
+    for bad, exc in (({}, TypeError), ("ab", TypeError), ([1.5], TypeError), ([-1], ValueError)):
+        with pytest.raises(exc, match="stop"):
+            s.generate([1, 2], 2, stop=bad)
+    assert len(s.generate([1, 2], 2, stop=np.array([31]))) <= 2

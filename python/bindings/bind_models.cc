@@ -94,7 +94,7 @@ void rope(py::handle x_obj, py::handle pos_obj, double theta, const std::string&
 }
 
 py::array attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, float scale,
-                    const py::object& out, int num_threads) {
+                    const py::object& out, int num_threads, size_t window) {
   const Heads q = heads_in(q_obj, "q", false);
   const Heads k = heads_in(k_obj, "k", false);
   const Heads v = heads_in(v_obj, "v", false);
@@ -109,12 +109,12 @@ py::array attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, float 
   py::array y;
   const sf::MatrixView<float> yv = out_matrix(out, q.m.rows, q.m.cols, &y);
   py::gil_scoped_release release;
-  sm::causal_attention(q.m, k.m, v.m, {q.heads, k.heads, q.head_dim}, scale, yv, threads);
+  sm::causal_attention(q.m, k.m, v.m, {q.heads, k.heads, q.head_dim}, scale, yv, threads, window);
   return y;
 }
 
 py::array decode_attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, size_t length,
-                           float scale, const py::object& out, int num_threads) {
+                           float scale, const py::object& out, int num_threads, size_t window) {
   const sf::ConstMatrixView<float> q = matrix_in(q_obj, "q", kF32).as<float>();  // (Hq, D)
   if (!q.contiguous()) fail("q: expected a C-contiguous (n_heads, head_dim) array");
   const Heads k = heads_in(k_obj, "k_cache", false);
@@ -130,7 +130,8 @@ py::array decode_attention(py::handle q_obj, py::handle k_obj, py::handle v_obj,
   py::array y;
   float* yp = out_vector(out, q.rows * q.cols, &y);
   py::gil_scoped_release release;
-  sm::decode_attention(q.data, k.m, v.m, length, {q.rows, k.heads, q.cols}, scale, yp, threads);
+  sm::decode_attention(q.data, k.m, v.m, length, {q.rows, k.heads, q.cols}, scale, yp, threads,
+                       window);
   return y;
 }
 
@@ -142,6 +143,17 @@ py::array swiglu_gate(py::handle g_obj, py::handle u_obj, const py::object& out,
   const sf::MatrixView<float> yv = out_matrix(out, g.rows, g.cols, &y);
   py::gil_scoped_release release;
   sm::swiglu_gate(g, u, yv, threads);
+  return y;
+}
+
+py::array geglu_gate(py::handle g_obj, py::handle u_obj, const py::object& out, int num_threads) {
+  const sf::ConstMatrixView<float> g = matrix_in(g_obj, "g", kF32).as<float>();
+  const sf::ConstMatrixView<float> u = matrix_in(u_obj, "u", kF32).as<float>();
+  const int threads = threads_arg(num_threads);
+  py::array y;
+  const sf::MatrixView<float> yv = out_matrix(out, g.rows, g.cols, &y);
+  py::gil_scoped_release release;
+  sm::geglu_gate(g, u, yv, threads);
   return y;
 }
 
@@ -219,14 +231,17 @@ void register_models(py::module_& m) {
   m.def("rope", &rope, py::arg("x"), py::arg("positions"), py::arg("theta"), py::arg("style"),
         py::arg("num_threads") = 0, "Rotary embedding of x (T, heads, head_dim) in place.");
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"),
-        py::arg("out") = py::none(), py::arg("num_threads") = 0,
-        "Causal GQA attention: q (T, Hq, D), k/v (S, Hkv, D), S >= T -> (T, Hq*D).");
+        py::arg("out") = py::none(), py::arg("num_threads") = 0, py::arg("window") = 0,
+        "Causal GQA attention: q (T, Hq, D), k/v (S, Hkv, D), S >= T -> (T, Hq*D); "
+        "window > 0: each query attends its last `window` keys.");
   m.def("decode_attention", &decode_attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
         py::arg("length"), py::arg("scale"), py::arg("out") = py::none(),
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("window") = 0,
         "One query (Hq, D) over the first `length` rows of a (capacity, Hkv, D) cache.");
   m.def("swiglu_gate", &swiglu_gate, py::arg("g"), py::arg("u"), py::arg("out") = py::none(),
         py::arg("num_threads") = 0, "silu(g) * u elementwise (float32 (T, hidden)).");
+  m.def("geglu_gate", &geglu_gate, py::arg("g"), py::arg("u"), py::arg("out") = py::none(),
+        py::arg("num_threads") = 0, "gelu_tanh(g) * u elementwise (float32 (T, hidden)).");
   m.def("calib_block_forward", &calib_block_forward, py::arg("h"), py::arg("seqlen"),
         py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("rope_theta"),
         py::arg("rope_style"), py::arg("norm_eps"), py::arg("scale"), py::arg("weights"),

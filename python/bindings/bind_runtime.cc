@@ -138,6 +138,52 @@ void set_norms(PyModel& m, int block, py::handle attn, py::handle mlp) {
   m.keep(p + "post_attention_layernorm.weight", mlp);
 }
 
+void set_family(PyModel& m, const std::string& activation, float embed_scale, float query_scale,
+                float final_softcap, bool qk_norm, bool sandwich_norms,
+                const std::vector<size_t>& layer_window,
+                const std::vector<double>& layer_rope_theta) {
+  m.check_writable();
+  sr::ModelConfig c = m.model.config;
+  if (activation == "silu") {
+    c.activation = sr::ModelConfig::Activation::kSiLU;
+  } else if (activation == "gelu_tanh") {
+    c.activation = sr::ModelConfig::Activation::kGeluTanh;
+  } else {
+    throw sf::InvalidArgument("activation: expected 'silu' or 'gelu_tanh', got '" + activation +
+                              "'");
+  }
+  c.embed_scale = embed_scale;
+  c.query_scale = query_scale;
+  c.final_softcap = final_softcap;
+  c.qk_norm = qk_norm;
+  c.sandwich_norms = sandwich_norms;
+  c.layer_window = layer_window;
+  c.layer_rope_theta = layer_rope_theta;
+  c.validate();
+  m.model.config = c;
+}
+
+void set_block_norms(PyModel& m, int block, py::handle q_norm, py::handle k_norm,
+                     py::handle attn_post, py::handle mlp_post) {
+  m.check_writable();
+  linear_slot(m, block, 0);  // range check
+  if (block < 0) throw sf::InvalidArgument("block: expected 0 <= block, got -1");
+  const sr::ModelConfig& c = m.model.config;
+  sr::Block& b = m.model.blocks[static_cast<size_t>(block)];
+  const std::string p = "model.layers." + std::to_string(block) + ".";
+  // Keys of `refs` by role (the sandwich's post-attention norm and the Llama MLP pre-norm
+  // share a Hugging Face name).
+  const auto set = [&](const float** slot, py::handle obj, const char* name, const char* role,
+                       size_t n) {
+    *slot = obj.is_none() ? nullptr : vector_in(obj, p + name, n);
+    m.keep(p + role, obj);
+  };
+  set(&b.q_norm, q_norm, "self_attn.q_norm.weight", "q_norm", c.head_dim);
+  set(&b.k_norm, k_norm, "self_attn.k_norm.weight", "k_norm", c.head_dim);
+  set(&b.attn_post_norm, attn_post, "post_attention_layernorm.weight", "attn_post_norm", c.dim);
+  set(&b.mlp_post_norm, mlp_post, "post_feedforward_layernorm.weight", "mlp_post_norm", c.dim);
+}
+
 void set_embed(PyModel& m, py::handle embed) {
   m.check_writable();
   m.model.embed = matrix_in(embed, "model.embed_tokens.weight");
@@ -226,6 +272,11 @@ void register_runtime(py::module_& m) {
            py::arg("bias"), py::arg("threshold"))
       .def("set_norms", &set_norms, py::arg("block"), py::arg("attn"), py::arg("mlp"))
       .def("set_embed", &set_embed, py::arg("embed"))
+      .def("set_family", &set_family, py::arg("activation"), py::arg("embed_scale"),
+           py::arg("query_scale"), py::arg("final_softcap"), py::arg("qk_norm"),
+           py::arg("sandwich_norms"), py::arg("layer_window"), py::arg("layer_rope_theta"))
+      .def("set_block_norms", &set_block_norms, py::arg("block"), py::arg("q_norm"),
+           py::arg("k_norm"), py::arg("attn_post"), py::arg("mlp_post"))
       .def_static("load", &load_model, py::arg("path"), py::arg("verify") = true,
                   py::arg("num_threads") = 0)
       .def("validate", [](const PyModel& p) { p.model.validate(); })

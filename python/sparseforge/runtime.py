@@ -66,6 +66,8 @@ def unsupported_reason(model: LlamaModel) -> str | None:
     c = model.config
     if c.residual_dims:
         return "a SliceGPT-sliced model (per-block residual widths)"
+    if c.attn_softcap:
+        return f"attention logit soft-capping (attn_softcap={c.attn_softcap:g}, {c.arch})"
     for name in model._shapes:
         w = model.weight(name)
         if _core_weight(w) is None:
@@ -141,14 +143,29 @@ def compile_model(
         tied_embeddings=c.tied_embeddings,
         arch=c.arch,
     )
+    rt.set_family(
+        activation=c.activation,
+        embed_scale=float(c.embed_scale),
+        query_scale=float(c.attention_scale),
+        final_softcap=float(c.final_softcap),
+        qk_norm=c.qk_norm,
+        sandwich_norms=c.sandwich_norms,
+        layer_window=[c.layer_window(i) for i in range(c.n_layers)],
+        layer_rope_theta=[c.layer_rope_theta(i) for i in range(c.n_layers)],
+    )
     rt.set_embed(_core_weight(model.weight("model.embed_tokens.weight")))
+    norm = model._norm_weight  # norm_offset + w, float32 (Gemma's 1 + w)
     for i in range(c.n_layers):
         p = f"model.layers.{i}."
-        rt.set_norms(
-            i,
-            _vec(model.weight(p + "input_layernorm.weight")),
-            _vec(model.weight(p + "post_attention_layernorm.weight")),
-        )
+        rt.set_norms(i, norm(p + "input_layernorm.weight"), norm(c.mlp_norm_name(i)))
+        if c.qk_norm or c.sandwich_norms:
+            rt.set_block_norms(
+                i,
+                norm(p + "self_attn.q_norm.weight") if c.qk_norm else None,
+                norm(p + "self_attn.k_norm.weight") if c.qk_norm else None,
+                norm(p + "post_attention_layernorm.weight") if c.sandwich_norms else None,
+                norm(p + "post_feedforward_layernorm.weight") if c.sandwich_norms else None,
+            )
         for j, s in enumerate(_SUFFIXES):
             name = f"{p}{s}.weight"
             bias_name = f"{p}{s}.bias"
@@ -164,7 +181,7 @@ def compile_model(
             )
     if wts:
         raise ValueError(f"transposed: names that are not block linears: {sorted(wts)[:3]}")
-    rt.set_norms(-1, _vec(model.weight("model.norm.weight")), None)
+    rt.set_norms(-1, norm("model.norm.weight"), None)
     if not c.tied_embeddings:
         rt.set_linear(-1, 0, _core_weight(model.weight("lm_head.weight")), None, None, None)
     rt.validate()
@@ -320,6 +337,9 @@ def sample(
 ) -> list[int]:
     """Validated arguments -> ``_core.runtime.RuntimeSession.generate`` (shared with LlamaModel)."""
     s = check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    if isinstance(stop, (str, bytes)) or not isinstance(stop, (Sequence, np.ndarray)):
+        raise TypeError(f"stop: expected a sequence of token ids, got {type(stop).__name__}")
+    stop = [check_int(t, f"stop[{i}]", 0) for i, t in enumerate(stop)]
     out: list[int] = session.generate(
         ids,
         int(max_new_tokens),
@@ -327,6 +347,6 @@ def sample(
         int(top_k),
         float(top_p),
         s,
-        [int(t) for t in stop],
+        stop,
     )
     return out

@@ -453,7 +453,8 @@ def depth(
         for name in list(c.weight_shapes()) + _biases(model):
             if name.startswith(p_old):
                 weights[p_new + name[len(p_old) :]] = model.weight(name)
-    new_config = dataclasses.replace(c, n_layers=len(keep), head_dim=c.head_dim)
+    types = tuple(c.layer_types[k] for k in keep) if c.layer_types else ()
+    new_config = dataclasses.replace(c, n_layers=len(keep), head_dim=c.head_dim, layer_types=types)
     dropped = [k for k in range(c.n_layers) if k not in keep]
     return _new_model(model, new_config, weights, f"depth-pruned: blocks {dropped} removed")
 

@@ -131,8 +131,11 @@ SparseInputInfo bitmap_gemv_sparse_input(const format::BitmapMatrix& Wt, const f
   SF_CHECK_ARG(!overlaps(x, Wt.rows * sizeof(float), y, Wt.cols * sizeof(float)),
                "out: must not overlap x");
   // The threshold rule of kernels/activation.h: active when |x| > threshold or x is NaN.
-  std::vector<uint32_t> idx;
-  std::vector<float> coef;
+  // Per-thread scratch kept across calls: a decode step makes ~200 of these calls.
+  thread_local std::vector<uint32_t> idx;
+  thread_local std::vector<float> coef;
+  idx.clear();
+  coef.clear();
   for (size_t k = 0; k < Wt.rows; ++k) {
     if (!(std::fabs(x[k]) <= threshold)) {
       idx.push_back(static_cast<uint32_t>(k));
@@ -142,10 +145,14 @@ SparseInputInfo bitmap_gemv_sparse_input(const format::BitmapMatrix& Wt, const f
   const us::BitmapArgs args = bitmap_args(Wt);
   const auto kernel = us::unstructured_table().bitmap_axpy[dtype_index(Wt.dtype)];
   const size_t blocks = (Wt.cols + 15) / 16;  // 16-column blocks: a 64-byte line of y
+  // Plain pointers into this thread's scratch: a worker naming `idx` would see its own.
+  const uint32_t* ip = idx.data();
+  const float* cp = coef.data();
+  const size_t n = idx.size();
   parallel_for(blocks, num_threads, [&](size_t b0, size_t b1) {
-    kernel(args, idx.data(), idx.size(), coef.data(), y, b0 * 16, std::min(Wt.cols, b1 * 16));
+    kernel(args, ip, n, cp, y, b0 * 16, std::min(Wt.cols, b1 * 16));
   });
-  return {idx.size(), Wt.rows, false};
+  return {n, Wt.rows, false};
 }
 
 void csr_gemv(const format::CSRMatrix& A, const float* x, float* y, int num_threads) {

@@ -406,6 +406,27 @@ std::vector<int64_t> PagedKVCache::evict_lowest(size_t layer, size_t head, size_
                                                 int64_t protect_below, size_t protect_recent) {
   Head& h = head_at(layer, head);
   const int64_t newest = last_pos_[layer];
+  if (count == 1) {
+    // The decode step (H2O): one pass over the scores, no allocation; the same slot as the
+    // general path's min_element (lowest score, then the newer token).
+    const int64_t keep_after = newest - static_cast<int64_t>(protect_recent);
+    int64_t best = -1;
+    float best_s = 0.0f;
+    int64_t best_p = 0;
+    for (size_t s = 0; s < h.length; ++s) {
+      const int64_t p = h.positions[s];
+      if (p < protect_below || (protect_recent > 0 && p > keep_after)) continue;
+      const float sc = h.scores[s];
+      if (best < 0 || sc < best_s || (sc == best_s && p > best_p)) {
+        best = static_cast<int64_t>(s);
+        best_s = sc;
+        best_p = p;
+      }
+    }
+    if (best < 0) return {};
+    evict(layer, head, &best, 1, cfg_.rope_mode == RopeMode::kRerotate);
+    return {best_p};
+  }
   std::vector<int64_t> cand;
   cand.reserve(h.length);
   for (size_t s = 0; s < h.length; ++s) {

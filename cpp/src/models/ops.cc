@@ -213,7 +213,7 @@ void rope(MatrixView<float> x, size_t heads, size_t head_dim, const int64_t* pos
 
 void attention_transposed_keys(ConstMatrixView<float> q, const float* kt, size_t ldk,
                                ConstMatrixView<float> v, size_t past, const AttentionShape& shape,
-                               float scale, MatrixView<float> out, int num_threads) {
+                               float scale, MatrixView<float> out, int num_threads, size_t window) {
   check_shape(shape);
   check_scale(scale);
   check_matrix(q, "q");
@@ -235,9 +235,29 @@ void attention_transposed_keys(ConstMatrixView<float> q, const float* kt, size_t
   const size_t group = Hq / Hkv;
   constexpr size_t kBlock = 32;
   const size_t blocks = (T + kBlock - 1) / kBlock;
+  const AttentionTable& kernel = attention_table();
+  if (window > 0 && window < S) {
+    // Each query alone on its last `window` keys: kt and v shifted to the first of them.
+    const size_t need = S - window + round_up16(window);
+    SF_CHECK_ARG(ldk >= need,
+                 "ldk: a sliding window of %zu over %zu keys needs ldk >= %zu, got %zu", window, S,
+                 need, ldk);
+    const size_t work = Hq * D * T * window;
+    parallel_for_dynamic(Hq * blocks, threads_for(work, num_threads), [&](size_t task) {
+      const size_t b = blocks - 1 - task / Hq, h = task % Hq, g = h / group;
+      const size_t t0 = b * kBlock, t1 = std::min(T, t0 + kBlock);
+      AlignedScratch s(round_up16(window));
+      for (size_t t = t0; t < t1; ++t) {
+        const size_t end = past + t + 1, lo = end > window ? end - window : 0;
+        kernel.attend(q.row(t) + h * D, q.stride, 1, kt + g * D * ldk + lo, ldk,
+                      v.data + lo * v.stride + g * D, v.stride, end - lo, D, scale, s.data(),
+                      round_up16(window), out.row(t) + h * D, out.stride);
+      }
+    });
+    return;
+  }
   const size_t work = Hq * D * (T * S - T * T / 2);
   // Task i: the heaviest (latest) query blocks first, so the dynamic queue ends on light ones.
-  const AttentionTable& kernel = attention_table();
   parallel_for_dynamic(Hq * blocks, threads_for(work, num_threads), [&](size_t task) {
     const size_t b = blocks - 1 - task / Hq, h = task % Hq, g = h / group;
     const size_t t0 = b * kBlock, nq = std::min(T, t0 + kBlock) - t0;
@@ -250,7 +270,7 @@ void attention_transposed_keys(ConstMatrixView<float> q, const float* kt, size_t
 
 void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
                       const AttentionShape& shape, float scale, MatrixView<float> out,
-                      int num_threads) {
+                      int num_threads, size_t window) {
   check_shape(shape);
   check_matrix(k, "k");
   check_matrix(v, "v");
@@ -262,15 +282,15 @@ void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstM
   SF_CHECK_ARG(T > 0, "q: expected at least one query row, got 0");
   SF_CHECK_ARG(S >= T, "k: expected at least as many rows as q (%zu), got %zu", T, S);
   // Keys transposed per kv head, padded to whole 16-key chunks (see simd/attention.h).
-  const size_t ldk = round_up16(S);
+  const size_t ldk = round_up16(S) + (window > 0 && window < S ? 16 : 0);
   std::vector<float> kt(Hkv * D * ldk);
   transpose_heads(k, S, Hkv, D, ldk, kt.data(), num_threads);
-  attention_transposed_keys(q, kt.data(), ldk, v, S - T, shape, scale, out, num_threads);
+  attention_transposed_keys(q, kt.data(), ldk, v, S - T, shape, scale, out, num_threads, window);
 }
 
 void decode_attention(const float* q, ConstMatrixView<float> k_cache,
                       ConstMatrixView<float> v_cache, size_t length, const AttentionShape& shape,
-                      float scale, float* out, int num_threads) {
+                      float scale, float* out, int num_threads, size_t window) {
   check_shape(shape);
   check_matrix(k_cache, "k_cache");
   check_matrix(v_cache, "v_cache");
@@ -283,12 +303,12 @@ void decode_attention(const float* q, ConstMatrixView<float> k_cache,
   check_same_shape(k_cache, "k_cache", v_cache, "v_cache");
   SF_CHECK_ARG(length >= 1 && length <= k_cache.rows,
                "length: expected 1 <= length <= cache capacity %zu, got %zu", k_cache.rows, length);
-  const size_t ldk = round_up16(length);
+  const size_t ldk = round_up16(length) + (window > 0 && window < length ? 16 : 0);
   std::vector<float> kt(Hkv * D * ldk);
   transpose_heads(k_cache, length, Hkv, D, ldk, kt.data(), num_threads);
   attention_transposed_keys(ConstMatrixView<float>(q, 1, Hq * D), kt.data(), ldk, v_cache,
                             length - 1, shape, scale, MatrixView<float>(out, 1, Hq * D),
-                            num_threads);
+                            num_threads, window);
 }
 
 void store_transposed_keys(ConstMatrixView<float> k, size_t n_kv_heads, size_t head_dim,
@@ -324,6 +344,26 @@ void swiglu_gate(ConstMatrixView<float> g, ConstMatrixView<float> u, MatrixView<
       const auto n = static_cast<Eigen::Index>(g.cols);
       const ConstArrayMap ga(gr, n), ua(ur, n);
       ArrayMap(yr, n) = ga / (1.0f + (-ga).exp()) * ua;
+    }
+  });
+}
+
+void geglu_gate(ConstMatrixView<float> g, ConstMatrixView<float> u, MatrixView<float> out,
+                int num_threads) {
+  check_matrix(g, "g");
+  check_matrix(u, "u");
+  check_matrix(out, "out");
+  check_same_shape(g, "g", u, "u");
+  check_same_shape(g, "g", out, "out");
+  // PyTorch's constants: kBeta = sqrt(2) * (2 / sqrt(pi)) * 0.5, kKappa = 0.044715.
+  const float beta = 0.7978845608028654f;
+  const float kappa = 0.044715f;
+  parallel_for(g.rows, threads_for(g.size(), num_threads), [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) {
+      const auto n = static_cast<Eigen::Index>(g.cols);
+      const ConstArrayMap ga(g.row(r), n), ua(u.row(r), n);
+      const Eigen::ArrayXf inner = beta * (ga + kappa * ga * ga * ga);
+      ArrayMap(out.row(r), n) = 0.5f * ga * (1.0f + inner.tanh()) * ua;
     }
   });
 }

@@ -154,6 +154,37 @@ void ModelConfig::validate() const {
                "norm_eps: expected a finite number >= 0, got %g", static_cast<double>(norm_eps));
   SF_CHECK_ARG(std::isfinite(rope_theta) && rope_theta > 0.0,
                "rope_theta: expected a finite number > 0, got %g", rope_theta);
+  SF_CHECK_ARG(std::isfinite(embed_scale) && embed_scale > 0.0f,
+               "embed_scale: expected a finite number > 0, got %g",
+               static_cast<double>(embed_scale));
+  SF_CHECK_ARG(std::isfinite(query_scale) && query_scale >= 0.0f,
+               "query_scale: expected a finite number >= 0, got %g",
+               static_cast<double>(query_scale));
+  SF_CHECK_ARG(std::isfinite(final_softcap) && final_softcap >= 0.0f,
+               "final_softcap: expected a finite number >= 0, got %g",
+               static_cast<double>(final_softcap));
+  SF_CHECK_ARG(layer_window.empty() || layer_window.size() == n_layers,
+               "layer_window: expected n_layers=%zu entries or none, got %zu", n_layers,
+               layer_window.size());
+  SF_CHECK_ARG(layer_rope_theta.empty() || layer_rope_theta.size() == n_layers,
+               "layer_rope_theta: expected n_layers=%zu entries or none, got %zu", n_layers,
+               layer_rope_theta.size());
+  for (double t : layer_rope_theta) {
+    SF_CHECK_ARG(std::isfinite(t) && t > 0.0,
+                 "layer_rope_theta: expected finite numbers > 0, got %g", t);
+  }
+}
+
+bool ModelConfig::windowed() const {
+  for (size_t w : layer_window) {
+    if (w > 0) return true;
+  }
+  return false;
+}
+
+float ModelConfig::attention_scale() const {
+  return query_scale > 0.0f ? query_scale
+                            : static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
 }
 
 std::string linear_name(size_t block, int j) {
@@ -186,6 +217,14 @@ void Model::validate() const {
       SF_CHECK_ARG(ls[j]->bias == nullptr, "%s.bias: only q, k and v take a bias",
                    linear_name(i, j).c_str());
     }
+    if (c.qk_norm) {
+      check_vector(b.q_norm, p + "self_attn.q_norm.weight", c.head_dim);
+      check_vector(b.k_norm, p + "self_attn.k_norm.weight", c.head_dim);
+    }
+    if (c.sandwich_norms) {
+      check_vector(b.attn_post_norm, p + "post_attention_layernorm.weight", c.dim);
+      check_vector(b.mlp_post_norm, p + "post_feedforward_layernorm.weight", c.dim);
+    }
   }
   check_vector(final_norm, "model.norm.weight", c.dim);
   if (c.tied_embeddings) {
@@ -206,7 +245,8 @@ size_t Model::weight_bytes() const {
   };
   for (const Block& b : blocks) {
     for (const Linear* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) bytes += lin(*l);
-    bytes += 2 * config.dim * sizeof(float);
+    bytes += (config.sandwich_norms ? 4 : 2) * config.dim * sizeof(float);
+    if (config.qk_norm) bytes += 2 * config.head_dim * sizeof(float);
   }
   bytes += config.dim * sizeof(float);
   bytes += config.tied_embeddings ? embed.rows * embed.cols * dtype_size(embed.dtype) : lin(head);

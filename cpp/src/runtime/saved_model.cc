@@ -67,8 +67,58 @@ ModelConfig parse_config(const std::string& text, const std::string& path) {
   SF_CHECK_ARG(sliced == nullptr || sliced->items.empty(),
                "%s: a SliceGPT-sliced model (residual_dims) does not run on the runtime",
                path.c_str());
+  // The family (optional keys: files of older versions are Llama).
+  const auto number = [&](const char* key, double dflt) {
+    const json::Value* v = c.find(key);
+    return v == nullptr || v->is(json::Value::Type::kNull) ? dflt : json::to_double(*v, key);
+  };
+  const auto flag = [&](const char* key) {
+    const json::Value* v = c.find(key);
+    if (v == nullptr || v->is(json::Value::Type::kNull)) return false;
+    SF_CHECK_ARG(v->is(json::Value::Type::kBool), "%s: %s is not a bool", path.c_str(), key);
+    return v->boolean;
+  };
+  m.qk_norm = flag("qk_norm");
+  m.sandwich_norms = flag("sandwich_norms");
+  m.embed_scale = static_cast<float>(number("embed_scale", 1.0));
+  m.query_scale = static_cast<float>(number("query_scale", 0.0));
+  m.final_softcap = static_cast<float>(number("final_softcap", 0.0));
+  SF_CHECK_ARG(number("attn_softcap", 0.0) == 0.0,
+               "%s: attention logit soft-capping (attn_softcap) does not run on the runtime",
+               path.c_str());
+  const json::Value* act = c.find("activation");
+  if (act != nullptr && act->is(json::Value::Type::kString) && act->text == "gelu_tanh") {
+    m.activation = ModelConfig::Activation::kGeluTanh;
+  } else {
+    SF_CHECK_ARG(act == nullptr || (act->is(json::Value::Type::kString) && act->text == "silu"),
+                 "%s: activation '%s' is not supported (expected 'silu' or 'gelu_tanh')",
+                 path.c_str(), act->text.c_str());
+  }
+  const size_t window = static_cast<size_t>(number("sliding_window", 0.0));
+  const double theta_local = number("rope_theta_local", 0.0);
+  const json::Value* types = c.find("layer_types");
+  if (window > 0 || theta_local > 0.0) {
+    const bool per_layer = types != nullptr && !types->items.empty();
+    SF_CHECK_ARG(!per_layer || types->items.size() == m.n_layers,
+                 "%s: layer_types has %zu entries for %zu layers", path.c_str(),
+                 per_layer ? types->items.size() : 0, m.n_layers);
+    for (size_t i = 0; i < m.n_layers; ++i) {
+      const bool sliding =
+          window > 0 && (!per_layer || types->items[i].text == "sliding_attention");
+      m.layer_window.push_back(sliding ? window : 0);
+      m.layer_rope_theta.push_back(sliding && theta_local > 0.0 ? theta_local : m.rope_theta);
+    }
+  }
   m.validate();
   return m;
+}
+
+float norm_offset(const std::string& text) {
+  const json::Value c = json::parse(text, "sfmodel.config");
+  const json::Value* v = c.find("norm_offset");
+  return v == nullptr || v->is(json::Value::Type::kNull)
+             ? 0.0f
+             : static_cast<float>(json::to_double(*v, "norm_offset"));
 }
 
 std::vector<size_t> shape2(size_t r, size_t c) { return {r, c}; }
@@ -138,7 +188,7 @@ Weight SavedModel::weight(const std::string& name, size_t rows, size_t cols, int
            name.c_str(), e.kind.c_str());
 }
 
-const float* SavedModel::vector(const std::string& name, size_t n, bool optional) {
+const float* SavedModel::vector(const std::string& name, size_t n, bool optional, float offset) {
   const std::string& path = file_->path();
   if (!file_->has_array(name)) {
     SF_CHECK_ARG(optional, "%s: weight '%s' is missing", path.c_str(), name.c_str());
@@ -149,7 +199,7 @@ const float* SavedModel::vector(const std::string& name, size_t n, bool optional
   SF_CHECK_ARG(float_dtype(a.dtype, &dt) && a.shape.size() == 1 && a.shape[0] == n,
                "%s: weight '%s': expected a (%zu,) float vector, got dtype %s of %zu elements",
                path.c_str(), name.c_str(), n, a.dtype.c_str(), a.numel());
-  if (dt == DType::kF32) return reinterpret_cast<const float*>(a.data);
+  if (dt == DType::kF32 && offset == 0.0f) return reinterpret_cast<const float*>(a.data);
   widened_.emplace_back(n);
   float* out = widened_.back().data();
   visit_dtype(dt, [&](auto tag) {
@@ -160,6 +210,9 @@ const float* SavedModel::vector(const std::string& name, size_t n, bool optional
       out[i] = to_f32(v);
     }
   });
+  if (offset != 0.0f) {
+    for (size_t i = 0; i < n; ++i) out[i] = offset + out[i];  // Gemma's (1 + w)
+  }
   return out;
 }
 
@@ -176,6 +229,7 @@ std::unique_ptr<SavedModel> SavedModel::load(const std::string& path, bool verif
   Model& m = s->model_;
   m.config = parse_config(cfg->second, path);
   const ModelConfig& c = m.config;
+  const float off = norm_offset(cfg->second);
   const std::string embed = "model.embed_tokens.weight";
   const Weight e = s->weight(embed, c.vocab_size, c.dim, num_threads);
   SF_CHECK_ARG(e.format == WeightFormat::kDense, "%s: %s must be stored dense", path.c_str(),
@@ -191,8 +245,18 @@ std::unique_ptr<SavedModel> SavedModel::load(const std::string& path, bool verif
   for (size_t i = 0; i < c.n_layers; ++i) {
     Block& b = m.blocks[i];
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    b.attn_norm = s->vector(p + "input_layernorm.weight", c.dim, false);
-    b.mlp_norm = s->vector(p + "post_attention_layernorm.weight", c.dim, false);
+    b.attn_norm = s->vector(p + "input_layernorm.weight", c.dim, false, off);
+    if (c.sandwich_norms) {
+      b.attn_post_norm = s->vector(p + "post_attention_layernorm.weight", c.dim, false, off);
+      b.mlp_norm = s->vector(p + "pre_feedforward_layernorm.weight", c.dim, false, off);
+      b.mlp_post_norm = s->vector(p + "post_feedforward_layernorm.weight", c.dim, false, off);
+    } else {
+      b.mlp_norm = s->vector(p + "post_attention_layernorm.weight", c.dim, false, off);
+    }
+    if (c.qk_norm) {
+      b.q_norm = s->vector(p + "self_attn.q_norm.weight", c.head_dim, false, off);
+      b.k_norm = s->vector(p + "self_attn.k_norm.weight", c.head_dim, false, off);
+    }
     Linear* ls[7] = {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down};
     for (int j = 0; j < 7; ++j) {
       const std::string base = p + suffixes[j];
@@ -200,7 +264,7 @@ std::unique_ptr<SavedModel> SavedModel::load(const std::string& path, bool verif
       ls[j]->bias = s->vector(base + ".bias", outs[j], true);
     }
   }
-  m.final_norm = s->vector("model.norm.weight", c.dim, false);
+  m.final_norm = s->vector("model.norm.weight", c.dim, false, off);
   if (!c.tied_embeddings) m.head.w = s->weight("lm_head.weight", c.vocab_size, c.dim, num_threads);
   m.validate();
 

@@ -210,7 +210,8 @@ Session::Session(const Model& model, size_t capacity, int num_threads)
                "capacity: expected 1 <= capacity <= max_seq_len=%zu, got %zu", c.max_seq_len,
                capacity);
   set_num_threads(num_threads);
-  ldk_ = round_up16(capacity);
+  // A sliding window shifts the score chunks by up to 15 keys (models/ops.h).
+  ldk_ = round_up16(capacity) + (c.windowed() ? 16 : 0);
   k_.assign(c.n_layers * c.kv_dim() * ldk_, 0.0f);
   v_.assign(c.n_layers * capacity * c.kv_dim(), 0.0f);
 }
@@ -252,7 +253,7 @@ void Session::set_model(const Model& model) {
   const ModelConfig &a = model_->config, &b = model.config;
   SF_CHECK_ARG(a.n_layers == b.n_layers && a.n_kv_heads == b.n_kv_heads &&
                    a.head_dim == b.head_dim && a.n_heads == b.n_heads && a.dim == b.dim &&
-                   capacity_ <= b.max_seq_len,
+                   capacity_ <= b.max_seq_len && a.windowed() == b.windowed(),
                "model: its layout (%zu layers, %zu/%zu heads of %zu) differs from the session's "
                "(%zu layers, %zu/%zu heads of %zu)",
                b.n_layers, b.n_heads, b.n_kv_heads, b.head_dim, a.n_layers, a.n_heads, a.n_kv_heads,
@@ -282,6 +283,22 @@ void Session::check_tokens(const int64_t* tokens, size_t T, const char* name) co
   // a policy's own checks (a budget larger than the prompt, ...) for every layer before
   // the first one appends anything
   if (policy_) policy_->check_attend(T);
+  check_window(length() + T);
+}
+
+void Session::check_window(size_t total) const {
+  // A policy cache attends every token it keeps: exact on a sliding-window model only
+  // while the sequence fits the window.
+  const ModelConfig& c = model_->config;
+  if (!policy_ || !c.windowed()) return;
+  size_t w = 0;
+  for (size_t i = 0; i < c.n_layers; ++i) {
+    if (c.window(i) > 0) w = w == 0 ? c.window(i) : std::min(w, c.window(i));
+  }
+  SF_CHECK_ARG(total <= w,
+               "tokens: a KV policy cache attends every token it keeps, but this model has a "
+               "sliding window of %zu tokens (exceeded at %zu tokens); use the contiguous cache",
+               w, total);
 }
 
 void Session::prefill(const int64_t* tokens, size_t T, float* logits, bool last_only) {
@@ -307,6 +324,9 @@ void Session::forward(const int64_t* tokens, size_t T, float* logits, bool last_
       const E* row = table.row(static_cast<size_t>(tokens[t]));
       float* h = s.h.data() + t * c.dim;
       for (size_t d = 0; d < c.dim; ++d) h[d] = to_f32(row[d]);
+      if (c.embed_scale != 1.0f) {
+        for (size_t d = 0; d < c.dim; ++d) h[d] *= c.embed_scale;
+      }
     }
   });
   for (size_t i = 0; i < c.n_layers; ++i) block(i, T);
@@ -320,6 +340,13 @@ void Session::forward(const int64_t* tokens, size_t T, float* logits, bool last_
     product(Weight::of(m.embed), xv, out, num_threads_);
   } else {
     linear(m.head, xv, out, s.masked, num_threads_);
+  }
+  if (c.final_softcap > 0.0f) {
+    const float cap = c.final_softcap;
+    for (size_t r = 0; r < n; ++r) {
+      float* row = out.row(r);
+      for (size_t j = 0; j < c.vocab_size; ++j) row[j] = cap * std::tanh(row[j] / cap);
+    }
   }
   if (policy_) policy_->advance(T);
   length_ += T;
@@ -342,11 +369,17 @@ void Session::block(size_t i, size_t T) {
   linear(b.q, x, q, s.masked, thr);
   linear(b.k, x, k, s.masked, thr);
   linear(b.v, x, v, s.masked, thr);
-  models::rope(q, Hq, D, s.pos.data(), c.rope_theta, c.rope_style, thr);
-  models::rope(k, Hkv, D, s.pos.data(), c.rope_theta, c.rope_style, thr);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  if (c.qk_norm) {  // per head: (T * H, D) views of q and k
+    const MatrixView<float> qh(s.q.data(), T * Hq, D), kh(s.k.data(), T * Hkv, D);
+    models::rms_norm(qh, b.q_norm, c.norm_eps, qh, thr);
+    models::rms_norm(kh, b.k_norm, c.norm_eps, kh, thr);
+  }
+  models::rope(q, Hq, D, s.pos.data(), c.theta(i), c.rope_style, thr);
+  models::rope(k, Hkv, D, s.pos.data(), c.theta(i), c.rope_style, thr);
+  const float scale = c.attention_scale();
   if (policy_) {
     // the paged cache with a policy: prefill or decode under the policy, one call a layer
+    // (no sliding window there: forward() refuses a sequence past the model's window)
     policy_->attend(i, q, k, v, scale, a, thr);
   } else {
     float* kt = k_.data() + i * c.kv_dim() * ldk_;
@@ -354,16 +387,18 @@ void Session::block(size_t i, size_t T) {
     models::store_transposed_keys(k, Hkv, D, length_, kt, ldk_);
     std::copy(s.v.begin(), s.v.begin() + static_cast<std::ptrdiff_t>(T * c.kv_dim()),
               vc + length_ * c.kv_dim());
-    models::attention_transposed_keys(q, kt, ldk_,
-                                      ConstMatrixView<float>(vc, capacity_, c.kv_dim()), length_,
-                                      models::AttentionShape{Hq, Hkv, D}, scale, a, thr);
+    models::attention_transposed_keys(
+        q, kt, ldk_, ConstMatrixView<float>(vc, capacity_, c.kv_dim()), length_,
+        models::AttentionShape{Hq, Hkv, D}, scale, a, thr, c.window(i));
   }
   linear(b.o, a, y, s.masked, thr);
+  if (c.sandwich_norms) models::rms_norm(y, b.attn_post_norm, c.norm_eps, y, thr);
   add_into(h, y);
 
   // MLP.
   models::rms_norm(h, b.mlp_norm, c.norm_eps, x, thr);
-  if (T == 1 && fused_teal(b)) {
+  const bool geglu = c.activation == ModelConfig::Activation::kGeluTanh;
+  if (T == 1 && !geglu && fused_teal(b)) {
     kernels::SwiGLUWeights w;
     w.mode = kernels::SwiGLUMode::kTeal;
     w.gate = b.gate.wt.dense;
@@ -373,9 +408,14 @@ void Session::block(size_t i, size_t T) {
   } else {
     linear(b.gate, x, g, s.masked, thr);
     linear(b.up, x, u, s.masked, thr);
-    models::swiglu_gate(g, u, g, thr);
+    if (geglu) {
+      models::geglu_gate(g, u, g, thr);
+    } else {
+      models::swiglu_gate(g, u, g, thr);
+    }
     linear(b.down, g, y, s.masked, thr);
   }
+  if (c.sandwich_norms) models::rms_norm(y, b.mlp_post_norm, c.norm_eps, y, thr);
   add_into(h, y);
 }
 
@@ -389,6 +429,7 @@ std::vector<int64_t> Session::generate(const int64_t* prompt, size_t n, size_t m
                "max_new_tokens: %zu cached + %zu prompt + %zu new tokens need a capacity of %zu, "
                "the cache holds %zu",
                past, n, max_new, past + n + max_new - 1, capacity_);
+  if (max_new > 0) check_window(past + n + max_new - 1);
   std::vector<int64_t> out;
   if (max_new == 0) return out;
   const size_t vocab = model_->config.vocab_size;

@@ -27,6 +27,7 @@ def attention(
     scale: float,
     out: npt.NDArray[np.float32] | None = None,
     num_threads: int = 0,
+    window: int = 0,
 ) -> npt.NDArray[np.float32]: ...
 def decode_attention(
     q: npt.NDArray[np.float32],
@@ -36,8 +37,15 @@ def decode_attention(
     scale: float,
     out: npt.NDArray[np.float32] | None = None,
     num_threads: int = 0,
+    window: int = 0,
 ) -> npt.NDArray[np.float32]: ...
 def swiglu_gate(
+    g: npt.NDArray[np.float32],
+    u: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def geglu_gate(
     g: npt.NDArray[np.float32],
     u: npt.NDArray[np.float32],
     out: npt.NDArray[np.float32] | None = None,

@@ -27,6 +27,20 @@ class RuntimeModel:
         self, block: int, j: int, w: Any, wt: Any, bias: Any, threshold: float | None
     ) -> None: ...
     def set_norms(self, block: int, attn: Any, mlp: Any) -> None: ...
+    def set_family(
+        self,
+        activation: str,
+        embed_scale: float,
+        query_scale: float,
+        final_softcap: float,
+        qk_norm: bool,
+        sandwich_norms: bool,
+        layer_window: list[int],
+        layer_rope_theta: list[float],
+    ) -> None: ...
+    def set_block_norms(
+        self, block: int, q_norm: Any, k_norm: Any, attn_post: Any, mlp_post: Any
+    ) -> None: ...
     def set_embed(self, embed: Any) -> None: ...
     @staticmethod
     def load(path: str, verify: bool = True, num_threads: int = 0) -> RuntimeModel: ...

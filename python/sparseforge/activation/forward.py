@@ -72,6 +72,12 @@ class SparseForward:
         check_choice(weight_format, "weight_format", ("dense", "bitmap"))
         if weight_format == "bitmap" and mode != "teal":
             raise ValueError(f"weight_format: 'bitmap' needs mode 'teal', got mode {mode!r}")
+        act = self.model.config.activation
+        if mode in ("cats", "relu", "dejavu") and act != "silu":
+            raise ValueError(
+                f"mode: {mode!r} replaces or gates a SwiGLU MLP, this {self.model.config.arch} "
+                f"model's gate is {act!r} (use mode 'teal')"
+            )
         threads_arg(num_threads)
         self.mode = mode
         self.num_threads = num_threads

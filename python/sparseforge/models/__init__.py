@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ops
-from .config import LlamaConfig
+from .config import LlamaConfig, ModelConfig
 from .distributed import RayPruneError, prune_ray
 from .export_gguf import export_gguf
 from .export_hf import ExportReport, export_hf
@@ -52,6 +52,7 @@ __all__ = [
     "Llama2cTokenizer",
     "LlamaConfig",
     "LlamaModel",
+    "ModelConfig",
     "PerplexityResult",
     "PruneReport",
     "RayPruneError",

@@ -43,6 +43,7 @@ __all__ = [
     "block_forward_core",
     "core_unsupported",
     "prune_block",
+    "release_pages",
     "resolve_forward",
     "run_block",
 ]
@@ -179,6 +180,39 @@ def block_forward_core(
     return out
 
 
+_MADV_DONTNEED = 4  # Linux
+
+
+def release_pages(a: Any) -> bool:
+    """Drop the resident pages of a read-only, file-backed (memory-mapped) array from this
+    process (``madvise(MADV_DONTNEED)`` on the whole pages inside it): they stay in the page
+    cache and are read again if the array is touched, so its values do not change. Called on
+    a block's source weights once they are replaced or written out, so the process's RSS
+    holds one block, not every block it has read. Returns whether anything was released
+    (False for arrays that own their memory, writeable ones, or off Linux)."""
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux") or not isinstance(a, np.ndarray):
+        return False
+    if a.flags.writeable or a.nbytes == 0 or not a.flags.c_contiguous:
+        return False
+    base: Any = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if not isinstance(base, mmap.mmap):
+        return False
+    page = mmap.PAGESIZE
+    start = a.ctypes.data
+    lo = (start + page - 1) // page * page
+    hi = (start + a.nbytes) // page * page
+    if hi <= lo:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)) == 0
+
+
 def activation_dtype(activations: Any) -> np.dtype[Any]:
     if activations not in ACTIVATION_DTYPES:
         raise ValueError(f"activations: expected 'float32' or 'bfloat16', got {activations!r}")
@@ -263,37 +297,28 @@ def block_forward(
     thr = _threads(model.num_threads)
     p = f"model.layers.{i}."
     x = model._rms_norm(h, p + "input_layernorm.weight", thr)
-    q = np.ascontiguousarray(model._linear(p + LINEAR_SUFFIXES[0], x, hooks))
-    k = np.ascontiguousarray(model._linear(p + LINEAR_SUFFIXES[1], x, hooks))
-    v = np.ascontiguousarray(model._linear(p + LINEAR_SUFFIXES[2], x, hooks))
-    del x
-    q = q.reshape(N, c.n_heads, c.head_dim)
-    k = k.reshape(N, c.n_kv_heads, c.head_dim)
-    v = v.reshape(N, c.n_kv_heads, c.head_dim)
     pos = np.tile(np.arange(T, dtype=np.int64), windows)
-    _core.models.rope(q, pos, c.rope_theta, c.rope_style, thr)
-    _core.models.rope(k, pos, c.rope_theta, c.rope_style, thr)
+    q, k, v = model._qkv(i, x, pos, hooks, thr)
+    del x
     att = np.empty((N, c.n_heads * c.head_dim), dtype=np.float32)
     for w in range(windows):
         s = slice(w * T, (w + 1) * T)
-        _core.models.attention(q[s], k[s], v[s], model._scale, att[s], thr)
+        model._attention(i, q[s], k[s], v[s], thr, att[s])
     del q, k, v
-    h = model._residual(p + "attn_shortcut.weight", h) + model._linear(
-        p + LINEAR_SUFFIXES[3], att, hooks
-    )
+    h = model._attn_residual(i, h, att, hooks, thr)
     del att
-    x = model._rms_norm(h, p + "post_attention_layernorm.weight", thr)
+    x = model._rms_norm(h, c.mlp_norm_name(i), thr)
     g = model._linear(p + LINEAR_SUFFIXES[4], x, hooks)
     u = model._linear(p + LINEAR_SUFFIXES[5], x, hooks)
     del x
-    m = _core.models.swiglu_gate(g, u, g, thr)
+    m = model._gate(g, u, thr)
     del u
     down = p + LINEAR_SUFFIXES[6]
     if not need_output:
         if hooks is not None and hooks.linear_input is not None:
             hooks.linear_input(down, m)
         return None
-    out: F32 = model._residual(p + "mlp_shortcut.weight", h) + model._linear(down, m, hooks)
+    out: F32 = model._mlp_residual(i, h, m, hooks, thr)
     return out
 
 

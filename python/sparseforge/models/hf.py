@@ -1,8 +1,11 @@
 """Hugging Face checkpoint directories (``config.json`` + ``*.safetensors``) -> LlamaModel.
 
-Accepted: ``model_type`` ``llama``, ``mistral`` or ``qwen2`` with SiLU SwiGLU MLPs, plain
-RoPE (no ``rope_scaling``), no MLP biases and no attention biases except Qwen2's Q/K/V
-biases (``...q_proj.bias``, ``...k_proj.bias``, ``...v_proj.bias``). Weights come from
+Accepted: ``model_type`` ``llama``, ``mistral`` (sliding window), ``qwen2`` (Q/K/V biases,
+``...q_proj.bias`` etc.), ``qwen3`` (QK-norm), ``gemma3_text`` (Gemma 3: embedding scale,
+``1 + w`` norms, sandwich norms, GeGLU, QK-norm, local/global attention with two RoPE
+bases) and ``gemma2`` (Gemma 2: the same without QK-norm, with logit soft caps), each with
+plain RoPE (no ``rope_scaling``) and no MLP biases. The family becomes the fields of
+:class:`~sparseforge.models.LlamaConfig` (see there). Weights come from
 ``model.safetensors`` or from the shards that ``model.safetensors.index.json`` lists.
 
 Memory mapping: each safetensors file is parsed here (8-byte little-endian header length,
@@ -44,7 +47,8 @@ __all__ = [
     "read_hf_config",
 ]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2")
+_GEMMA = ("gemma3_text", "gemma2")
 
 _ST_FLOAT_DTYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype("<f4"),
@@ -343,7 +347,7 @@ def _config_fields(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"{path}: model_type {model_type!r:.100} is not supported "
-            f"(expected one of {', '.join(SUPPORTED_MODEL_TYPES)}: the Llama family)"
+            f"(expected one of {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
 
     def get(
@@ -368,37 +372,78 @@ def _config_fields(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         v: dict[str, Any] = get(key, (dict,), {})
         return v
 
-    act = get("hidden_act", (str,), "silu")
-    if act != "silu":
-        raise ValueError(f"{path}: hidden_act={act!r:.100} is not supported (expected 'silu')")
+    gemma = model_type in _GEMMA
+    act = get("hidden_activation" if gemma else "hidden_act", (str,), None)
+    if act is None:
+        act = get("hidden_act", (str,), "gelu_pytorch_tanh" if gemma else "silu")
+    activation = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
+    if activation is None:
+        raise ValueError(
+            f"{path}: hidden_act={act!r:.100} is not supported (expected 'silu' or "
+            "'gelu_pytorch_tanh')"
+        )
     if get("mlp_bias", (bool,), False):
         raise ValueError(f"{path}: mlp_bias=true is not supported")
     if model_type != "qwen2" and get("attention_bias", (bool,), False):
         raise ValueError(f"{path}: attention_bias=true is not supported for {model_type}")
+    n_layers = num("num_hidden_layers", required=True)
+    types = get("layer_types", (list,), None)
+    if types is not None:
+        if not all(isinstance(t, str) for t in types):
+            raise ValueError(f"{path}: layer_types: expected a list of str")
+        if len(types) != n_layers:
+            raise ValueError(f"{path}: layer_types has {len(types)} entries for {n_layers} layers")
+    window = num("sliding_window") or 0
+    if model_type in ("qwen2", "qwen3") and types is None:
+        if get("use_sliding_window", (bool,), False) and window:
+            first = num("max_window_layers", n_layers)
+            types = [
+                "sliding_attention" if i >= first else "full_attention" for i in range(n_layers)
+            ]
+        else:
+            window = 0
+    elif model_type in ("qwen2", "qwen3") and not get("use_sliding_window", (bool,), False):
+        window = 0
+    if types is not None and "sliding_attention" not in types:
+        types, window = None, 0
+    if model_type == "gemma3_text" and types is None and window:
+        pattern = num("sliding_window_pattern", 6)
+        pattern = num("_sliding_window_pattern", pattern)
+        types = [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(n_layers)
+        ]
+    # RoPE: one set of parameters, or one per layer type (Gemma 3 in transformers 5).
     rope = obj("rope_parameters")
+    per_type = {k: v for k, v in rope.items() if k in ("full_attention", "sliding_attention")}
+    if per_type:
+        if not all(isinstance(v, dict) for v in per_type.values()):
+            raise ValueError(f"{path}: rope_parameters: expected an object per layer type")
+        full = per_type.get("full_attention", {})
+        local = per_type.get("sliding_attention", full)
+    else:
+        full = local = rope
     scaling = obj("rope_scaling")
-    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
-    if rope_type not in (None, "default"):
-        raise ValueError(f"{path}: rope scaling {rope_type!r:.100} is not supported")
+    for params in (full, local, scaling):
+        rope_type = params.get("rope_type") or params.get("type")
+        if rope_type not in (None, "default"):
+            raise ValueError(f"{path}: rope scaling {rope_type!r:.100} is not supported")
     if get("partial_rotary_factor", (int, float), 1.0) != 1.0:
         raise ValueError(f"{path}: partial_rotary_factor != 1 is not supported")
     dim = num("hidden_size", required=True)
     n_heads = num("num_attention_heads", required=True)
     n_kv = num("num_key_value_heads", n_heads)
     max_seq = num("max_position_embeddings", 2048)
-    window = num("sliding_window")
-    use_window = get("use_sliding_window", (bool,), model_type == "mistral")
-    if window and use_window and window < max_seq:
-        # the full causal forward equals sliding-window attention up to the window
-        max_seq = window
-    theta = rope.get("rope_theta", get("rope_theta", (int, float), 10000.0))
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
-        raise ValueError(f"{path}: rope_theta: expected a number, got {type(theta).__name__}")
+    theta = full.get("rope_theta", get("rope_theta", (int, float), 10000.0))
+    theta_local = local.get("rope_theta", get("rope_local_base_freq", (int, float), 0.0))
+    for key, v in (("rope_theta", theta), ("rope_local_base_freq", theta_local)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{path}: {key}: expected a number, got {type(v).__name__}")
     head_dim = num("head_dim")
-    return {
+    fields: dict[str, Any] = {
         "dim": dim,
         "hidden_dim": num("intermediate_size", required=True),
-        "n_layers": num("num_hidden_layers", required=True),
+        "n_layers": n_layers,
         "n_heads": n_heads,
         "n_kv_heads": n_kv,
         "vocab_size": num("vocab_size", required=True),
@@ -406,10 +451,29 @@ def _config_fields(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         "norm_eps": float(get("rms_norm_eps", (int, float), 1e-6)),
         "rope_theta": float(theta),
         "rope_style": "half",
-        "tied_embeddings": get("tie_word_embeddings", (bool,), False),
-        "arch": str(model_type),
+        "tied_embeddings": get("tie_word_embeddings", (bool,), gemma),
+        "arch": {"gemma3_text": "gemma3"}.get(model_type, model_type),
         "head_dim": head_dim if head_dim else None,
+        "sliding_window": int(window),
+        "layer_types": tuple(types) if (types is not None and window) else (),
+        "activation": activation,
+        "qk_norm": model_type in ("qwen3", "gemma3_text"),
     }
+    if window and not fields["layer_types"] and model_type != "mistral":
+        fields["layer_types"] = ("sliding_attention",) * n_layers
+    if theta_local and float(theta_local) != float(theta) and fields["layer_types"]:
+        fields["rope_theta_local"] = float(theta_local)
+    if gemma:
+        scalar = get("query_pre_attn_scalar", (int, float), None)
+        fields.update(
+            embed_scale=float(dim) ** 0.5,
+            norm_offset=1.0,
+            sandwich_norms=True,
+            query_scale=float(scalar) ** -0.5 if scalar else 0.0,
+            attn_softcap=float(get("attn_logit_softcapping", (int, float), 0.0) or 0.0),
+            final_softcap=float(get("final_logit_softcapping", (int, float), 0.0) or 0.0),
+        )
+    return fields
 
 
 def read_hf_config(directory: str | os.PathLike[str]) -> LlamaConfig:
@@ -428,7 +492,8 @@ def load_hf(
     linear_backend: str = "numpy",
     allow_nonfinite: bool = False,
 ) -> LlamaModel:
-    """Load a Hugging Face Llama/Mistral/Qwen2 directory as a :class:`LlamaModel`.
+    """Load a Hugging Face Llama/Mistral/Qwen2/Qwen3/Gemma 3/Gemma 2 directory as a
+    :class:`LlamaModel`.
 
     Parameters
     ----------

@@ -261,7 +261,7 @@ def gguf_tokenizer(meta: Mapping[str, Any], *, source: str) -> HFTokenizer:
 
     bos = special("bos_token_id")
     add_bos = meta.get("tokenizer.ggml.add_bos_token", default_add_bos)
-    return HFTokenizer(
+    tok = HFTokenizer(
         backend,
         bos_id=bos if add_bos else None,
         eos_id=special("eos_token_id"),
@@ -269,6 +269,10 @@ def gguf_tokenizer(meta: Mapping[str, Any], *, source: str) -> HFTokenizer:
         vocab_size=len(tokens),
         declared_bos_id=bos,
     )
+    # The file's own tokenizer entries, for export_gguf to write back unchanged (a
+    # SentencePiece vocabulary's scores have no other home here).
+    tok.gguf_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.ggml.")}
+    return tok
 
 
 def _bytes_to_unicode() -> dict[int, str]:

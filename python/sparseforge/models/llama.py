@@ -101,6 +101,11 @@ class DecodeCache(Protocol):
     evict or select under a policy. Per step over T new tokens the model calls
     ``check_model`` and ``reserve(T)`` once, ``attend`` once per block, then
     ``advance(T)``.
+
+    ``attend`` receives no window: on a model with a sliding window (or attention
+    soft-capping) :meth:`LlamaModel.step` refuses a cache other than :class:`KVCache` once
+    the sequence passes the window, unless the cache sets ``supports_model_family = True``
+    (it then reads the windows from ``config.layer_window(block)`` in ``check_model``).
     """
 
     length: int  # tokens fed so far: the new tokens take positions length .. length+T-1
@@ -154,9 +159,9 @@ class KVCache:
         self._k: F32Array | None = None
         self._v: F32Array | None = None
         self._length: int = 0
-        self._session: Any = (
-            None  # a _core.runtime.RuntimeSession while the session backs the cache
-        )
+        self._session: Any = None  # a _core.runtime.RuntimeSession backing the cache
+        self._windows: list[int] = [0] * config.n_layers  # per layer sliding window (0: none)
+        self._softcap = 0.0
 
     @property
     def length(self) -> int:
@@ -231,6 +236,8 @@ class KVCache:
             config.head_dim,
         ):
             raise ValueError("cache: was built for a different model configuration")
+        self._windows = [config.layer_window(i) for i in range(config.n_layers)]
+        self._softcap = float(config.attn_softcap)
 
     def reserve(self, T: int) -> None:
         if self.length + T > self.capacity:
@@ -247,13 +254,18 @@ class KVCache:
         start, T = self._length, q.shape[0]
         K[block, start : start + T] = k
         V[block, start : start + T] = v
+        window = self._windows[block]
+        if self._softcap:
+            return softcap_attention(
+                q, K[block, : start + T], V[block, : start + T], scale, window, self._softcap
+            )
         if T == 1:
             a: F32Array = _core.models.decode_attention(
-                q[0], K[block], V[block], start + 1, scale, None, num_threads
+                q[0], K[block], V[block], start + 1, scale, None, num_threads, window
             )
             return a.reshape(1, -1)
         out: F32Array = _core.models.attention(
-            q, K[block, : start + T], V[block, : start + T], scale, None, num_threads
+            q, K[block, : start + T], V[block, : start + T], scale, None, num_threads, window
         )
         return out
 
@@ -338,7 +350,7 @@ class LlamaModel:
                 f"linear_backend: expected 'numpy' or 'sparseforge', got {linear_backend!r}"
             )
         self.linear_backend = linear_backend
-        self._scale = 1.0 / math.sqrt(config.head_dim)
+        self._scale = config.attention_scale
         # Weight version, shared with views of this model (SparseModel copies __dict__):
         # set_weight bumps it, which invalidates the compiled runtime model.
         self._version = [0]
@@ -511,7 +523,10 @@ class LlamaModel:
         """Token embeddings, float32 ``(T, dim)`` (a new array)."""
         ids = self._tokens(tokens)
         table = self.weight("model.embed_tokens.weight")
-        return np.ascontiguousarray(table[ids], dtype=np.float32)
+        h = np.ascontiguousarray(table[ids], dtype=np.float32)
+        if self.config.embed_scale != 1.0:
+            h *= np.float32(self.config.embed_scale)  # Gemma: sqrt(dim) in float32
+        return h
 
     def block(
         self,
@@ -544,29 +559,20 @@ class LlamaModel:
         p = f"model.layers.{i}."
         h = np.ascontiguousarray(h)
         x = self._rms_norm(h, p + "input_layernorm.weight", thr)
-        q = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[0], x, hooks))
-        k = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[1], x, hooks))
-        v = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[2], x, hooks))
-        q = q.reshape(T, c.n_heads, c.head_dim)
-        k = k.reshape(T, c.n_kv_heads, c.head_dim)
-        v = v.reshape(T, c.n_kv_heads, c.head_dim)
         pos = np.arange(start, start + T, dtype=np.int64)
-        _core.models.rope(q, pos, c.rope_theta, c.rope_style, thr)
-        _core.models.rope(k, pos, c.rope_theta, c.rope_style, thr)
+        q, k, v = self._qkv(int(i), x, pos, hooks, thr)
         if hooks is not None and hooks.attention is not None:
             hooks.attention(i, q, k, v)
         if cache is None:
-            a = _core.models.attention(q, k, v, self._scale, None, thr)
+            a = self._attention(int(i), q, k, v, thr)
         else:
             cache.reserve(T)
             a = cache.attend(i, q, k, v, self._scale, thr)
-        h = self._residual(p + "attn_shortcut.weight", h) + self._linear(
-            p + LINEAR_SUFFIXES[3], a, hooks
-        )
-        x = self._rms_norm(h, p + "post_attention_layernorm.weight", thr)
+        h = self._attn_residual(int(i), h, a, hooks, thr)
+        x = self._rms_norm(h, c.mlp_norm_name(int(i)), thr)
         g = self._linear(p + LINEAR_SUFFIXES[4], x, hooks)
         u = self._linear(p + LINEAR_SUFFIXES[5], x, hooks)
-        m = _core.models.swiglu_gate(g, u, g, thr)
+        m = self._gate(g, u, thr)
         if hooks is not None and hooks.mlp_hidden is not None:
             r = hooks.mlp_hidden(i, m)
             if r is not None:
@@ -576,10 +582,86 @@ class LlamaModel:
                         f"array of shape {m.shape}"
                     )
                 m = np.ascontiguousarray(r, dtype=np.float32)
-        out: F32Array = self._residual(p + "mlp_shortcut.weight", h) + self._linear(
-            p + LINEAR_SUFFIXES[6], m, hooks
-        )
+        return self._mlp_residual(int(i), h, m, hooks, thr)
+
+    # -- block pieces (shared with the calibration pipeline's batched block) -------------
+    def _qkv(
+        self, i: int, x: F32Array, pos: npt.NDArray[np.int64], hooks: Hooks | None, thr: int
+    ) -> tuple[F32Array, F32Array, F32Array]:
+        """Block ``i``'s q, k, v of the normed input ``x`` (T rows at positions ``pos``):
+        projections (+ biases), QK-norm when the family has it, RoPE with the layer's base.
+        Returns ``(T, n_heads, head_dim)``, ``(T, n_kv_heads, head_dim)`` twice."""
+        c = self.config
+        p = f"model.layers.{i}."
+        T = x.shape[0]
+        q = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[0], x, hooks))
+        k = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[1], x, hooks))
+        v = np.ascontiguousarray(self._linear(p + LINEAR_SUFFIXES[2], x, hooks))
+        q = q.reshape(T, c.n_heads, c.head_dim)
+        k = k.reshape(T, c.n_kv_heads, c.head_dim)
+        v = v.reshape(T, c.n_kv_heads, c.head_dim)
+        if c.qk_norm:
+            for a, name in ((q, "self_attn.q_norm.weight"), (k, "self_attn.k_norm.weight")):
+                flat = a.reshape(-1, c.head_dim)
+                w = self._norm_weight(p + name)
+                _core.models.rms_norm(flat, w, float(c.norm_eps), flat, thr)
+        theta = c.layer_rope_theta(i)
+        _core.models.rope(q, pos, theta, c.rope_style, thr)
+        _core.models.rope(k, pos, theta, c.rope_style, thr)
+        return q, k, v
+
+    def _attention(
+        self, i: int, q: F32Array, k: F32Array, v: F32Array, thr: int, out: F32Array | None = None
+    ) -> F32Array:
+        """Block ``i``'s causal attention over a whole sequence (its window, scale, cap)."""
+        c = self.config
+        if c.attn_softcap:
+            a = softcap_attention(q, k, v, self._scale, c.layer_window(i), c.attn_softcap)
+            if out is not None:
+                out[...] = a
+                return out
+            return a
+        r: F32Array = _core.models.attention(q, k, v, self._scale, out, thr, c.layer_window(i))
+        return r
+
+    def _attn_residual(
+        self, i: int, h: F32Array, a: F32Array, hooks: Hooks | None, thr: int
+    ) -> F32Array:
+        """``h`` plus the output projection of the attention ``a`` (post-normed in a
+        sandwich-norm family)."""
+        p = f"model.layers.{i}."
+        o = self._linear(p + LINEAR_SUFFIXES[3], a, hooks)
+        if self.config.sandwich_norms:
+            o = self._rms_norm(o, p + "post_attention_layernorm.weight", thr)
+        out: F32Array = self._residual(p + "attn_shortcut.weight", h) + o
         return out
+
+    def _gate(self, g: F32Array, u: F32Array, thr: int) -> F32Array:
+        """The MLP's ``act(g) * u`` into ``g`` (SwiGLU or GeGLU)."""
+        if self.config.activation == "gelu_tanh":
+            r: F32Array = _core.models.geglu_gate(g, u, g, thr)
+        else:
+            r = _core.models.swiglu_gate(g, u, g, thr)
+        return r
+
+    def _mlp_residual(
+        self, i: int, h: F32Array, m: F32Array, hooks: Hooks | None, thr: int
+    ) -> F32Array:
+        """``h`` plus the down projection of the MLP hidden ``m`` (post-normed in a
+        sandwich-norm family)."""
+        p = f"model.layers.{i}."
+        y = self._linear(p + LINEAR_SUFFIXES[6], m, hooks)
+        if self.config.sandwich_norms:
+            y = self._rms_norm(y, p + "post_feedforward_layernorm.weight", thr)
+        out: F32Array = self._residual(p + "mlp_shortcut.weight", h) + y
+        return out
+
+    def _norm_weight(self, name: str) -> F32Array:
+        """A norm's float32 weight as the forward multiplies by it: ``norm_offset + w``."""
+        w = self._vector(name)
+        if self.config.norm_offset:
+            w = w + np.float32(self.config.norm_offset)
+        return w
 
     def _rms_norm(self, h: F32Array, name: str, thr: int) -> F32Array:
         """RMSNorm of ``h`` with weight ``name``. In a sliced model (``config.residual_dims``)
@@ -587,7 +669,7 @@ class LlamaModel:
         TransformerCompression's ``RMSN(hidden_size)``: written as the core's mean over the
         n columns with ``eps * dim / n`` and the weight times ``sqrt(dim / n)``."""
         c = self.config
-        w = self._vector(name)
+        w = self._norm_weight(name)
         eps = float(c.norm_eps)
         n = int(h.shape[1])
         if n != c.dim:
@@ -612,7 +694,11 @@ class LlamaModel:
             raise ValueError(f"h: expected shape (T, {d}), got {h.shape}")
         x = self._rms_norm(np.ascontiguousarray(h), "model.norm.weight", _threads(self.num_threads))
         w = self.weight("model.embed_tokens.weight" if c.tied_embeddings else "lm_head.weight")
-        return self._matmul(w, x)
+        logits = self._matmul(w, x)
+        if c.final_softcap:
+            cap = np.float32(c.final_softcap)
+            logits = np.tanh(logits / cap) * cap
+        return logits
 
     # -- whole model -------------------------------------------------------------------
     def forward(
@@ -650,6 +736,25 @@ class LlamaModel:
             )
         cache.check_model(self.config)
         ids = self._tokens(tokens)
+        c = self.config
+        if (
+            not isinstance(cache, KVCache)
+            and (c.sliding_window or c.attn_softcap)
+            and not getattr(cache, "supports_model_family", False)
+        ):
+            window = min(c.layer_window(i) or c.max_seq_len for i in range(c.n_layers))
+            if c.attn_softcap or cache.length + ids.size > window:
+                raise ValueError(
+                    f"cache: a {type(cache).__name__} attends every token it keeps, but this "
+                    f"{c.arch} model has "
+                    + (
+                        "attention soft-capping"
+                        if c.attn_softcap
+                        else f"a sliding window of {window} tokens (exceeded at "
+                        f"{cache.length + ids.size} tokens)"
+                    )
+                    + "; use a KVCache"
+                )
         if cache.length + ids.size > self.config.max_seq_len:
             raise ValueError(
                 f"tokens: {cache.length} cached + {ids.size} new tokens exceed "
@@ -822,3 +927,29 @@ def _describe(a: Any) -> str:
     if isinstance(a, np.ndarray):
         return f"{a.dtype} array of shape {a.shape}"
     return type(a).__name__
+
+
+def softcap_attention(
+    q: F32Array, k: F32Array, v: F32Array, scale: float, window: int, cap: float
+) -> F32Array:
+    """Causal grouped-query attention with logit soft-capping (Gemma 2), in numpy: scores
+    ``cap * tanh(scale * q.k / cap)``; the T queries follow ``S - T`` earlier keys;
+    ``window > 0`` keeps each query's last ``window`` keys. Returns float32 ``(T, Hq * D)``.
+    The research path only (the runtime refuses soft-capped attention)."""
+    T, Hq, D = q.shape
+    S, Hkv = k.shape[0], k.shape[1]
+    group = Hq // Hkv
+    kk = np.repeat(k.astype(np.float64), group, axis=1)  # (S, Hq, D)
+    vv = np.repeat(v.astype(np.float64), group, axis=1)
+    s = np.einsum("thd,shd->hts", q.astype(np.float64), kk) * scale
+    s = cap * np.tanh(s / cap)
+    qpos = np.arange(S - T, S)[:, None]
+    kpos = np.arange(S)[None, :]
+    allowed = kpos <= qpos
+    if window:
+        allowed &= kpos > qpos - window
+    s = np.where(allowed[None], s, -np.inf)
+    s = np.exp(s - s.max(axis=-1, keepdims=True))
+    s /= s.sum(axis=-1, keepdims=True)
+    out = np.einsum("hts,shd->thd", s, vv)
+    return np.ascontiguousarray(out.reshape(T, Hq * D), dtype=np.float32)

@@ -652,6 +652,8 @@ def prune(
             forward=fwd,
         )
         report.layers.extend(layers)
+        for nm in model.linear_names(i):  # the replaced memory-mapped originals
+            _calibration.release_pages(model._weights.get(nm))
         src, dst = dst, src
         errors = [r.error for r in layers if r.error is not None]
         mean_err = f", rel. error {sum(errors) / len(errors):.2e}" if errors else ""

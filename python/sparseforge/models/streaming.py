@@ -390,6 +390,9 @@ def prune_streaming(
             _write_tensors(target / f"model-layer-{i:05d}.safetensors", tensors)
             dst_a.flush()
             live.live = {}
+            del tensors
+            for nm in block:  # the source's pages of this block leave the RSS
+                _calibration.release_pages(stored._weights[nm])
             current = 1 - current
             layers = layers + new_layers
             report.layers.extend(new_layers)

@@ -77,18 +77,24 @@ struct AttentionShape {
 // the score loop reads contiguous keys; v is read in place) + 4 * round_up(S, 16) floats
 // per task.
 // Cost: 2 Hq D (T S - T^2 / 2) multiply-adds and Hq (T S - T^2 / 2) exp.
+//
+// Sliding window (Mistral, Gemma 3's local layers): window > 0 restricts query t to the last
+// `window` keys up to its position, S - T + t - window + 1 .. S - T + t (Hugging Face's
+// kv_idx > q_idx - window); 0 attends them all. Windowed queries run one at a time through
+// the same kernel on the shifted keys, so decode equals prefill bitwise there too.
 void causal_attention(ConstMatrixView<float> q, ConstMatrixView<float> k, ConstMatrixView<float> v,
                       const AttentionShape& shape, float scale, MatrixView<float> out,
-                      int num_threads);
+                      int num_threads, size_t window = 0);
 
 // One decoded query over a contiguous cache: q (Hq*D,), k_cache and v_cache (capacity,
 // Hkv*D) of which the first `length` rows (1 <= length <= capacity) are attended, out
 // (Hq*D,). Equals causal_attention with T = 1 and S = length bit for bit (the same kernel);
 // threads split the heads. Scratch: Hkv * D * round_up(length, 16) floats (k transposed).
 // Cost: 2 Hq D length multiply-adds.
+// window: as causal_attention's (0: none).
 void decode_attention(const float* q, ConstMatrixView<float> k_cache,
                       ConstMatrixView<float> v_cache, size_t length, const AttentionShape& shape,
-                      float scale, float* out, int num_threads);
+                      float scale, float* out, int num_threads, size_t window = 0);
 
 // Attention over keys stored transposed per kv head: the layout a decode cache keeps so
 // that no step copies or transposes it (sparseforge::runtime::Session's cache). Key j of
@@ -99,9 +105,13 @@ void decode_attention(const float* q, ConstMatrixView<float> k_cache,
 // Hq*D). causal_attention and decode_attention transpose their keys into scratch and call
 // this, so all three give bitwise the same outputs for the same keys.
 // Cost: as causal_attention with S = past + T, without the transposed copy.
+// window: as causal_attention's; when it binds (0 < window < past + T) the shifted score
+// chunks read up to 15 keys further, so ldk must then be >= past + T - window +
+// round_up(window, 16) (round_up(past + T, 16) + 16 always is).
 void attention_transposed_keys(ConstMatrixView<float> q, const float* kt, size_t ldk,
                                ConstMatrixView<float> v, size_t past, const AttentionShape& shape,
-                               float scale, MatrixView<float> out, int num_threads);
+                               float scale, MatrixView<float> out, int num_threads,
+                               size_t window = 0);
 
 // Writes the rows of k (T, Hkv*D) into the transposed layout above as keys first ..
 // first + T - 1 (first + T <= ldk). Cost: T Hkv D strided stores.
@@ -112,6 +122,12 @@ void store_transposed_keys(ConstMatrixView<float> k, size_t n_kv_heads, size_t h
 // (T, hidden); out may alias g or u exactly.
 void swiglu_gate(ConstMatrixView<float> g, ConstMatrixView<float> u, MatrixView<float> out,
                  int num_threads);
+
+// The GeGLU gate (Gemma), elementwise: out = gelu_tanh(g) * u with PyTorch's
+// gelu(approximate="tanh"): 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))). Shapes and
+// aliasing as swiglu_gate.
+void geglu_gate(ConstMatrixView<float> g, ConstMatrixView<float> u, MatrixView<float> out,
+                int num_threads);
 
 }  // namespace models
 }  // namespace sparseforge

@@ -48,6 +48,26 @@ struct ModelConfig {
   bool tied_embeddings = false;  // head = embed
   std::string arch = "llama";
 
+  // The model family (sparseforge.models.ModelConfig's fields; defaults are Llama's).
+  // Norm weights with Gemma's (1 + w) convention are handed to the Model with the offset
+  // already added, so every norm here is weight * x / rms.
+  enum class Activation { kSiLU, kGeluTanh };  // SwiGLU or GeGLU gate
+  Activation activation = Activation::kSiLU;
+  float embed_scale = 1.0f;              // embeddings times this before block 0 (Gemma: sqrt(dim))
+  float query_scale = 0.0f;              // attention scores scale; 0: 1 / sqrt(head_dim)
+  float final_softcap = 0.0f;            // logits -> c tanh(logits / c); 0: none
+  bool qk_norm = false;                  // RMSNorm per query/key head before RoPE (Block::q_norm)
+  bool sandwich_norms = false;           // post-attention and post-MLP norms (Block::*_post_norm)
+  std::vector<size_t> layer_window;      // per layer sliding window (0: full); empty: none
+  std::vector<double> layer_rope_theta;  // per layer RoPE base; empty: rope_theta
+
+  size_t window(size_t layer) const { return layer_window.empty() ? 0 : layer_window[layer]; }
+  double theta(size_t layer) const {
+    return layer_rope_theta.empty() ? rope_theta : layer_rope_theta[layer];
+  }
+  bool windowed() const;  // any layer with a sliding window
+  float attention_scale() const;
+
   size_t q_dim() const { return n_heads * head_dim; }
   size_t kv_dim() const { return n_kv_heads * head_dim; }
   // Throws InvalidArgument naming the first bad field.
@@ -90,6 +110,11 @@ struct Block {
   Linear q, k, v, o;
   const float* mlp_norm = nullptr;  // (dim,) float32
   Linear gate, up, down;
+  // Family norms, set only when the config asks for them.
+  const float* q_norm = nullptr;          // (head_dim,) qk_norm
+  const float* k_norm = nullptr;          // (head_dim,) qk_norm
+  const float* attn_post_norm = nullptr;  // (dim,) sandwich_norms: on o_proj's output
+  const float* mlp_post_norm = nullptr;   // (dim,) sandwich_norms: on down_proj's output
 };
 
 struct Model {

@@ -47,7 +47,9 @@ class SavedModel {
  private:
   SavedModel() = default;
   Weight weight(const std::string& name, size_t rows, size_t cols, int num_threads);
-  const float* vector(const std::string& name, size_t n, bool optional);
+  // A float32 view of vector `name` (a widened copy when stored narrower or offset != 0:
+  // offset + w, Gemma's norm convention).
+  const float* vector(const std::string& name, size_t n, bool optional, float offset = 0.0f);
 
   std::unique_ptr<format::ContainerFile> file_;
   std::deque<format::NMMatrix> nm_;

@@ -105,6 +105,7 @@ class Session {
  private:
   struct Scratch;
   void check_tokens(const int64_t* tokens, size_t T, const char* name) const;
+  void check_window(size_t total) const;
   void forward(const int64_t* tokens, size_t T, float* logits, bool last_only);
   void block(size_t i, size_t T);
 

@@ -29,6 +29,4 @@ class StreamingLLM(_CorePolicy):
     ) -> None:
         super().__init__(budget, group_reduce=group_reduce)
         self.sinks = _int_arg(sinks, "sinks")
-        if self.sinks == 0:
-            raise ValueError("sinks: expected >= 1 (a window without sinks is SlidingWindow)")
         self._init_core(evict, sinks=self.sinks)
