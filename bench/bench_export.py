@@ -148,17 +148,11 @@ def run(
         text = wiki.read_text()
         settings = [("dense", "dense")] if args.smol_dense else []
         settings += [(m, p) for m in ("wanda", "sparsegpt") for p in ("50%", "2:4")]
+        if args.settings:
+            settings = [(x.split(":", 1)[0], x.split(":", 1)[1]) for x in args.settings.split(",")]
+        dtypes = tuple(args.dtypes.split(",")) if args.dtypes else ("f32", "f16", "bf16")
         cases.append(
-            (
-                "SmolLM2-135M",
-                smol,
-                text[:150_000],
-                text[150_000:],
-                256,
-                8,
-                settings,
-                ("f32", "f16", "bf16"),
-            )
+            ("SmolLM2-135M", smol, text[:150_000], text[150_000:], 256, 8, settings, dtypes)
         )
     for name, path, calib_text, eval_text, seqlen, count, settings, dtypes in cases:
         base = sm.load(path)
