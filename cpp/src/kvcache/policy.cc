@@ -167,8 +167,8 @@ void keep_top(PagedKVCache& cache, size_t layer, const double* scores, size_t ld
   }
 }
 
-std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, double budget,
-                                    size_t window, double beta) {
+std::vector<size_t> pyramid_budgets(size_t num_layers, size_t context, double budget, size_t window,
+                                    double beta) {
   const double T = static_cast<double>(context), w = static_cast<double>(window);
   const double cap = w + budget;
   double lo = (cap - w) / beta;

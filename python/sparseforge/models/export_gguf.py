@@ -86,8 +86,10 @@ def gguf_arch(config: Any) -> str:
     """llama.cpp's ``general.architecture`` for ``config``, or ValueError naming what
     llama.cpp would compute differently."""
     c = config
-    arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(
-        c.arch, c.arch
+    arch = str(
+        {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(
+            c.arch, c.arch
+        )
     )
     if arch in ("llama", "qwen2", "qwen3"):
         if c.sliding_window:

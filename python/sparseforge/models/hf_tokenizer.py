@@ -108,6 +108,9 @@ class HFTokenizer:
         self.eos_id = eos_id
         self.declared_bos_id = bos_id if declared_bos_id is None else declared_bos_id
         self.name = name
+        # GGUF tokenizer entries of the source file (load_gguf sets them; export_gguf writes
+        # them back unchanged), or None for tokenizers read from tokenizer.json.
+        self.gguf_meta: dict[str, Any] | None = None
 
     def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of ``text``; ``bos``/``eos`` add ``bos_id``/``eos_id`` when not None."""

@@ -256,6 +256,7 @@ def _sliced_modules() -> Any:
     torch = torch_module()
     nn = torch.nn
     F = nn.functional
+    Module: Any = nn.Module  # torch is untyped here: a dynamic base class
     from dataclasses import dataclass
 
     @dataclass
@@ -264,7 +265,7 @@ def _sliced_modules() -> Any:
         loss: Any = None
         hidden_states: Any = None
 
-    class RMSNorm(nn.Module):
+    class RMSNorm(Module):  # type: ignore[misc]
         """``h / sqrt(sum(h^2) / dim + eps) * w``: for a stream narrower than the model's
         ``dim`` this is TransformerCompression's ``RMSN(hidden_size)`` (as
         ``LlamaModel._rms_norm``); at full width the usual mean."""
@@ -280,7 +281,7 @@ def _sliced_modules() -> Any:
             r = torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.dim + self.eps)
             return (x * r).to(h.dtype) * self.weight
 
-    class Attention(nn.Module):
+    class Attention(Module):  # type: ignore[misc]
         def __init__(self, c: Any, d_in: int, d_mid: int) -> None:
             super().__init__()
             self.c = c
@@ -313,7 +314,7 @@ def _sliced_modules() -> Any:
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.o_proj(a.transpose(1, 2).reshape(B, T, c.q_dim))
 
-    class MLP(nn.Module):
+    class MLP(Module):  # type: ignore[misc]
         def __init__(self, c: Any, d_mid: int, d_out: int) -> None:
             super().__init__()
             self.gate_proj = nn.Linear(d_mid, c.hidden_dim, bias=False)
@@ -323,7 +324,7 @@ def _sliced_modules() -> Any:
         def forward(self, x: Any) -> Any:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-    class Block(nn.Module):
+    class Block(Module):  # type: ignore[misc]
         def __init__(self, c: Any, i: int) -> None:
             super().__init__()
             d_in, d_mid, d_out = c.block_dims(i)
@@ -338,14 +339,14 @@ def _sliced_modules() -> Any:
             h = self.attn_shortcut(h) + self.self_attn(self.input_layernorm(h))
             return self.mlp_shortcut(h) + self.mlp(self.post_attention_layernorm(h))
 
-    class Body(nn.Module):
+    class Body(Module):  # type: ignore[misc]
         def __init__(self, c: Any) -> None:
             super().__init__()
             self.embed_tokens = nn.Embedding(c.vocab_size, c.embed_dim)
             self.layers = nn.ModuleList(Block(c, i) for i in range(c.n_layers))
             self.norm = RMSNorm(c.head_in_dim, c.dim, c.norm_eps)
 
-    class SlicedLlamaForCausalLM(nn.Module):
+    class SlicedLlamaForCausalLM(Module):  # type: ignore[misc]
         """A SliceGPT-sliced sparseforge Llama as a torch module (HF-style names, so
         :func:`prune_model`, :class:`Sparsifier` and :class:`Distiller` work on it);
         ``forward(input_ids, labels=None, output_hidden_states=False)``."""

@@ -35,7 +35,8 @@ def unrope(x: np.ndarray, positions: np.ndarray, style: str, theta: float) -> np
     """Undo RoPE on rows of ``x`` (n, heads, D) at ``positions`` (n,): float64 pre-RoPE rows
     (``R_p^T x``, the inverse rotation)."""
     R = rope_matrices(positions, x.shape[-1], style, theta)
-    return np.einsum("nji,nhj->nhi", R, x.astype(np.float64))
+    out: np.ndarray = np.einsum("nji,nhj->nhi", R, x.astype(np.float64))
+    return out
 
 
 def prompt_values(cache: PagedKVCache, layer: int) -> np.ndarray:

@@ -108,7 +108,7 @@ class DuoAttention(KVPolicy):
     def _after_prefill(
         self, cache: PagedKVCache, layer: int, q: np.ndarray, k: np.ndarray, nt: int | None
     ) -> None:
-        if self.streaming.shape != (cache.num_layers, cache.num_kv_heads):
+        if tuple(self.streaming.shape) != (cache.num_layers, cache.num_kv_heads):
             raise ValueError(
                 f"head_scores: expected shape ({cache.num_layers}, {cache.num_kv_heads}), got "
                 f"{self.streaming.shape}"

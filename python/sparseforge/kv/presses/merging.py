@@ -21,7 +21,7 @@ def merge_values(
     """One kv head: ``k`` (T, D), ``v`` (T, Dv), ``kept`` indices. Returns the values with each
     kept row blended with the evicted rows that chose it (kvpress ``MergingPress.merge``)."""
     T = k.shape[0]
-    out = v.astype(np.float64).copy()
+    out: np.ndarray = np.asarray(v, dtype=np.float64).copy()
     ev = np.setdiff1d(np.arange(T), kept)
     if len(ev) == 0 or len(kept) == 0:
         return out
